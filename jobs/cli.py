@@ -1,0 +1,25 @@
+"""``wspsr <job> [options]``: the command line. Each job also runs as ``python -m jobs.<job>``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+JOBS = {
+    "corpus": ("jobs.corpus", "build a Whisper training corpus from audio + transcripts"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in JOBS:
+        print("usage: wspsr <job> [options]   (wspsr <job> --help for a job's options)\n\njobs:")
+        for name, (_, about) in JOBS.items():
+            print(f"  {name:12s} {about}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(JOBS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Reading transcripts: SRT, WebVTT, Whisper-style JSON and plain text, into cues in integer milliseconds.
+
+Parsing is lenient about layout (missing hours, cue settings, tags, missing final blank line, CRLF) and strict
+about meaning: text we cannot decode with certainty is refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.schema import RejectReason
+
+TIMED_FORMATS = ("srt", "vtt", "json")
+FORMAT_BY_SUFFIX = {".srt": "srt", ".vtt": "vtt", ".json": "json", ".txt": "txt"}
+
+
+@dataclass(frozen=True)
+class Cue:
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    format: str
+    text: str  # the whole transcript as written (cue texts joined for timed formats)
+    cues: tuple[Cue, ...] | None  # None: untimed
+    invalid_cues: int = 0  # cues whose times could not be read at all (NaN, garbage)
+    language: str | None = None  # when the file itself declares one (Whisper JSON)
+
+
+class TranscriptError(ValueError):
+    """A transcript that cannot be used; ``reason`` becomes the reject code."""
+
+    def __init__(self, reason: RejectReason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def decode_text(data: bytes, encoding: str | None = None) -> str:
+    """Bytes to text when the encoding is certain: a BOM, valid UTF-8, or an encoding the source declares."""
+    if encoding:
+        try:
+            text = data.decode(encoding)
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise TranscriptError(RejectReason.BAD_ENCODING, f"declared encoding {encoding!r} failed: {exc}") from None
+    else:
+        for bom, name in _BOMS:
+            if data.startswith(bom):
+                try:
+                    text = data[len(bom) :].decode(name)
+                except UnicodeDecodeError as exc:
+                    raise TranscriptError(RejectReason.BAD_ENCODING, f"{name} BOM but invalid data: {exc}") from None
+                break
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TranscriptError(
+                    RejectReason.BAD_ENCODING,
+                    f"not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}) and no BOM; "
+                    "re-encode as UTF-8 or declare \"encoding\" in the manifest",
+                ) from None
+    if "\x00" in text:
+        raise TranscriptError(RejectReason.BAD_ENCODING, "NUL characters in text (UTF-16 without a BOM?)")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_TAG = re.compile(r"<[^>\n]*>|\{\\[^}\n]*\}")  # HTML/VTT tags, ASS overrides like {\an8}
+_SPACE = re.compile(r"\s+")
+
+
+def clean_cue_text(text: str) -> str:
+    """Cue markup off, entities decoded, line breaks and runs of spaces to one space."""
+    return _SPACE.sub(" ", html.unescape(_TAG.sub("", text))).strip()
+
+
+_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:[,.](\d{1,3}))?"
+_TIMING_LINE = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}")
+
+
+def _to_ms(hours: str | None, minutes: str, seconds: str, fraction: str | None) -> int:
+    frac = int((fraction or "0").ljust(3, "0"))
+    return ((int(hours or 0) * 60 + int(minutes)) * 60 + int(seconds)) * 1000 + frac
+
+
+def _parse_timing(line: str) -> tuple[int, int] | None:
+    match = _TIMING_LINE.match(line)
+    if not match:
+        return None
+    g = match.groups()
+    return _to_ms(*g[:4]), _to_ms(*g[4:])
+
+
+def _blocks(text: str) -> list[list[str]]:
+    blocks, current = [], []
+    for line in text.split("\n"):
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _cues_from_blocks(blocks: list[list[str]]) -> tuple[list[Cue], int]:
+    """Shared by SRT and VTT: a block's first ``-->`` line times it, the lines after are its text."""
+    cues: list[Cue] = []
+    invalid = 0
+    for block in blocks:
+        timing_at = next((i for i, line in enumerate(block) if "-->" in line), None)
+        if timing_at is None:
+            # Text that continues the previous cue across a stray blank line; a lone number is an SRT index.
+            if cues and not (len(block) == 1 and block[0].strip().isdigit()):
+                last = cues[-1]
+                cues[-1] = Cue(last.start_ms, last.end_ms, clean_cue_text(last.text + " " + " ".join(block)))
+            continue
+        times = _parse_timing(block[timing_at])
+        if times is None:
+            invalid += 1
+            continue
+        text = clean_cue_text(" ".join(block[timing_at + 1 :]))
+        cues.append(Cue(times[0], times[1], text))
+    return cues, invalid
+
+
+def parse_srt(text: str) -> Transcript:
+    cues, invalid = _cues_from_blocks(_blocks(text))
+    return _timed("srt", cues, invalid)
+
+
+def parse_vtt(text: str) -> Transcript:
+    text = text.lstrip("\ufeff")
+    if not text.startswith("WEBVTT"):
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, "WebVTT file does not start with 'WEBVTT'")
+    blocks = _blocks(text)[1:]  # the header block (WEBVTT line and header metadata)
+    blocks = [b for b in blocks if not re.match(r"^(NOTE|STYLE|REGION)(\s|$)", b[0])]
+    cues, invalid = _cues_from_blocks(blocks)
+    return _timed("vtt", cues, invalid)
+
+
+def parse_whisper_json(text: str) -> Transcript:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"invalid JSON: {exc}") from None
+    segments = doc.get("segments") if isinstance(doc, dict) else doc
+    language = doc.get("language") if isinstance(doc, dict) and isinstance(doc.get("language"), str) else None
+    if segments is None and isinstance(doc, dict) and isinstance(doc.get("text"), str):
+        return Transcript("json", doc["text"].strip(), None, language=language)
+    if not isinstance(segments, list):
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, "JSON has no 'segments' list (Whisper format)")
+    cues: list[Cue] = []
+    invalid = 0
+    for seg in segments:
+        try:
+            start, end, seg_text = float(seg["start"]), float(seg["end"]), seg["text"]
+        except (KeyError, TypeError, ValueError):
+            invalid += 1
+            continue
+        if not (math.isfinite(start) and math.isfinite(end)) or not isinstance(seg_text, str):
+            invalid += 1
+            continue
+        cues.append(Cue(round(start * 1000), round(end * 1000), clean_cue_text(seg_text)))
+    return _timed("json", cues, invalid, language)
+
+
+def _timed(fmt: str, cues: list[Cue], invalid: int, language: str | None = None) -> Transcript:
+    joined = " ".join(c.text for c in cues if c.text)
+    if not joined.strip():
+        if invalid and not cues:
+            raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"no readable cue ({invalid} with unreadable times)")
+        raise TranscriptError(RejectReason.EMPTY_TRANSCRIPT, f"{fmt} transcript has no cue with text")
+    return Transcript(fmt, joined, tuple(cues), invalid, language)
+
+
+def parse_transcript(text: str, fmt: str) -> Transcript:
+    if fmt == "srt":
+        return parse_srt(text)
+    if fmt == "vtt":
+        return parse_vtt(text)
+    if fmt == "json":
+        return parse_whisper_json(text)
+    if fmt in ("txt", "inline"):
+        if not text.strip():
+            raise TranscriptError(RejectReason.EMPTY_TRANSCRIPT, "transcript is empty or whitespace only")
+        return Transcript(fmt, text.strip(), None)
+    raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"unknown transcript format {fmt!r}")
+
+
+def transcript_format(path: str | Path) -> str | None:
+    return FORMAT_BY_SUFFIX.get(Path(path).suffix.lower())
+
+
+def read_transcript(path: str | Path, max_bytes: int, encoding: str | None = None) -> Transcript:
+    path = Path(path)
+    fmt = transcript_format(path)
+    if fmt is None:
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"unknown transcript extension {path.suffix!r}")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise TranscriptError(RejectReason.TRANSCRIPT_TOO_LARGE, f"{size} bytes > limit {max_bytes}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TranscriptError(RejectReason.TRANSCRIPT_UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise TranscriptError(RejectReason.EMPTY_TRANSCRIPT, "transcript file is empty or whitespace only")
+    return parse_transcript(decode_text(data, encoding), fmt)

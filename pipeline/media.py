@@ -1,0 +1,132 @@
+"""The only place that runs ffmpeg: decoding anything ffmpeg reads to 16 kHz mono PCM, safely.
+
+Safety (see ``shared/reliability.md``): an argument list, never a shell; ``-nostdin``; the input named as
+``file:<absolute path>`` with ``-protocol_whitelist file`` so a path can never act as a URL or ``concat:``;
+a demuxer whitelist without playlist formats (the HLS-in-AVI local-file disclosure); a duration cap applied
+while decoding (we never decode more than the limit); a wall-clock timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+import soundfile
+
+from pipeline.audio import SAMPLE_RATE, samples_to_ms
+from pipeline.schema import RejectReason
+
+# Container demuxers we accept (ffmpeg names; "mov" covers mp4/m4a, "matroska" covers webm).
+DEFAULT_FORMATS = (
+    "wav,w64,flac,mp3,ogg,matroska,webm,mov,aac,aiff,caf,au,amr,asf,avi,mpegts,wv,ape,tta,loas,latm"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_binary() -> str:
+    """``$WSPSR_FFMPEG``, else the system ffmpeg, else the static one that the imageio-ffmpeg wheel ships."""
+    explicit = os.environ.get("WSPSR_FFMPEG")
+    if explicit:
+        return explicit
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class DecodeError(Exception):
+    def __init__(self, reason: RejectReason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_seconds: float = 7200.0  # longer recordings are refused (decoding stops just past the limit)
+    timeout_s: float = 600.0  # wall clock per file
+    max_file_mb: float = 4096.0
+    formats: str = DEFAULT_FORMATS  # ffmpeg demuxers allowed to open a file
+
+    def __post_init__(self) -> None:
+        if self.max_seconds <= 0 or self.timeout_s <= 0 or self.max_file_mb <= 0:
+            raise ValueError("max_seconds, timeout_s and max_file_mb must be positive")
+
+
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+_NO_STREAM = re.compile(r"does not contain any stream|matches no streams|no audio stream", re.I)
+
+
+def decode_command(path: Path, limits: DecodeLimits) -> list[str]:
+    stream = ffmpeg.input(
+        f"file:{path}",
+        protocol_whitelist="file",
+        format_whitelist=limits.formats,
+        t=f"{limits.max_seconds + 1:.3f}",
+    )
+    stream = stream.output(
+        "pipe:1", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None, threads=1
+    )
+    command = stream.compile(cmd=ffmpeg_binary())
+    return [command[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", *command[1:]]
+
+
+def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Decode to int16 16 kHz mono; raise ``DecodeError`` with a reject reason for anything unusable."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"{exc.strerror or exc}") from None
+    if not path.is_file():
+        raise DecodeError(RejectReason.BAD_AUDIO, "not a regular file")
+    if size > limits.max_file_mb * 1024 * 1024:
+        raise DecodeError(RejectReason.FILE_TOO_LARGE, f"{size} bytes > limit of {limits.max_file_mb:g} MB")
+    if size == 0:
+        raise DecodeError(RejectReason.BAD_AUDIO, "empty file (0 bytes)")
+    command = decode_command(path.resolve(), limits)
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=limits.timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise DecodeError(RejectReason.DECODE_TIMEOUT, f"ffmpeg did not finish within {limits.timeout_s:g} s") from None
+    # Drop ffmpeg's object addresses ("[mp3 @ 0x5623...]") so reject details are the same on every run.
+    errors = _ADDRESS.sub("", done.stderr.decode("utf-8", "replace")).strip()
+    first_error = errors.splitlines()[0] if errors else ""
+    if done.returncode != 0:
+        if _NO_STREAM.search(errors):
+            raise DecodeError(RejectReason.NO_AUDIO_STREAM, first_error or "no audio stream")
+        raise DecodeError(RejectReason.BAD_AUDIO, first_error or f"ffmpeg exited with {done.returncode}")
+    pcm = np.frombuffer(done.stdout, dtype="<i2")
+    if pcm.size == 0:
+        raise DecodeError(RejectReason.BAD_AUDIO, first_error or "no audio decoded")
+    if pcm.size > limits.max_seconds * SAMPLE_RATE:
+        raise DecodeError(RejectReason.AUDIO_TOO_LONG, f"longer than the limit of {limits.max_seconds:g} s")
+    return pcm
+
+
+def duration_ms(pcm: np.ndarray) -> int:
+    return samples_to_ms(len(pcm))
+
+
+def encode_flac(pcm: np.ndarray) -> bytes:
+    """16-bit FLAC in memory (libsndfile in-process: no ffmpeg start per window)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def decode_flac(data: bytes) -> np.ndarray:
+    pcm, rate = soundfile.read(io.BytesIO(data), dtype="int16")
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"expected {SAMPLE_RATE} Hz, got {rate}")
+    return pcm

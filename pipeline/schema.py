@@ -1,0 +1,161 @@
+"""Declared reason codes and the Arrow schemas of everything wspsr writes or passes between stages."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+METADATA_SCHEMA_VERSION = b"wspsr.schema_version"
+METADATA_FINGERPRINT = b"wspsr.config_fingerprint"
+
+
+class RejectReason(str, enum.Enum):
+    """Why a source (or a stretch of one) did not become training data. Values are the stored codes."""
+
+    # discovery
+    BAD_MANIFEST_LINE = "bad_manifest_line"
+    MISSING_TRANSCRIPT = "missing_transcript"
+    MISSING_AUDIO = "missing_audio"
+    UNSAFE_PATH = "unsafe_path"
+    DUPLICATE_SOURCE = "duplicate_source"
+    # transcript
+    TRANSCRIPT_UNREADABLE = "transcript_unreadable"
+    TRANSCRIPT_TOO_LARGE = "transcript_too_large"
+    BAD_ENCODING = "bad_encoding"
+    BAD_TRANSCRIPT_FORMAT = "bad_transcript_format"
+    EMPTY_TRANSCRIPT = "empty_transcript"
+    # decode
+    AUDIO_NOT_FOUND = "audio_not_found"
+    FILE_TOO_LARGE = "file_too_large"
+    BAD_AUDIO = "bad_audio"
+    NO_AUDIO_STREAM = "no_audio_stream"
+    DECODE_TIMEOUT = "decode_timeout"
+    AUDIO_TOO_LONG = "audio_too_long"
+    # segmentation (source level)
+    UNTIMED_TRANSCRIPT_TOO_LONG = "untimed_transcript_too_long"
+    NO_USABLE_CUES = "no_usable_cues"
+    # segmentation (stretch level: the source is kept, a part of it is not)
+    CUE_TOO_LONG = "cue_too_long"
+    INVALID_CUE_TIMING = "invalid_cue_timing"
+    CUE_BEYOND_AUDIO = "cue_beyond_audio"
+    NO_SPEECH_NOT_SAMPLED = "no_speech_not_sampled"
+
+
+class RejectScope(str, enum.Enum):
+    SOURCE = "source"  # the whole source is dropped
+    STRETCH = "stretch"  # a time range of a kept source is dropped
+
+
+# Columns that travel between stages, one row per source. Stages may add columns; these have fixed types
+# so that batches built from Python rows agree with each other (Arrow would infer ``null`` for empty lists).
+CUE_TYPE = pa.struct([("start_ms", pa.int64()), ("end_ms", pa.int64()), ("text", pa.string())])
+AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+WINDOW_TYPE = pa.struct(
+    [
+        ("segment_id", pa.string()),
+        ("window_index", pa.int32()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+        ("flac", pa.large_binary()),
+        ("text", pa.string()),
+        ("text_timestamped", pa.string()),
+        ("prev_text", pa.string()),
+        ("has_speech", pa.bool_()),
+    ]
+)
+DROPPED_TYPE = pa.struct(
+    [
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+    ]
+)
+
+STREAM_COLUMNS: dict[str, pa.DataType] = {
+    "source_id": pa.string(),
+    "source": pa.string(),
+    "audio_path": pa.string(),
+    "transcript_path": pa.string(),
+    "inline_text": pa.string(),
+    "transcript_encoding": pa.string(),
+    "transcript_origin": pa.string(),
+    "language": pa.string(),
+    "metadata": pa.string(),  # JSON object of the source's extra fields
+    "transcript_format": pa.string(),
+    "transcript_text": pa.string(),
+    "cues": pa.list_(CUE_TYPE),  # null when the transcript is untimed
+    "invalid_cues": pa.int32(),
+    "duration_ms": pa.int64(),
+    "pcm": pa.large_binary(),  # 16 kHz mono s16le, whole recording
+    "windows": pa.list_(WINDOW_TYPE),
+    "dropped": pa.list_(DROPPED_TYPE),
+    "task": pa.string(),
+    "transcript_language": pa.string(),
+    "transcript_language_prob": pa.float32(),
+    "audio_language": pa.string(),
+    "audio_language_prob": pa.float32(),
+    "reject_stage": pa.string(),
+    "reject_reason": pa.string(),
+    "reject_detail": pa.string(),
+    "duplicate_of": pa.string(),
+}
+
+# One row per window: the training example. Documented in README.md ("Output").
+CORPUS_SCHEMA = pa.schema(
+    [
+        ("segment_id", pa.string()),
+        ("source_id", pa.string()),
+        ("source", pa.string()),
+        ("window_index", pa.int32()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+        ("audio", AUDIO_TYPE),
+        ("sample_rate", pa.int32()),
+        ("text", pa.string()),
+        ("text_timestamped", pa.string()),
+        ("prev_text", pa.string()),
+        ("language", pa.string()),
+        ("task", pa.string()),
+        ("has_speech", pa.bool_()),
+        ("transcript_language", pa.string()),
+        ("transcript_language_prob", pa.float32()),
+        ("audio_language", pa.string()),
+        ("audio_language_prob", pa.float32()),
+        ("metadata", pa.string()),
+    ]
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("source", pa.string()),
+        ("scope", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+        ("duration_ms", pa.int64()),
+        ("duplicate_of", pa.string()),
+    ]
+)
+
+
+def table_from_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """Build a stream batch from Python rows: declared columns get their declared type, others are inferred."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    arrays, fields = [], []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        declared = STREAM_COLUMNS.get(name)
+        array = pa.array(values, type=declared) if declared is not None else pa.array(values)
+        arrays.append(array)
+        fields.append(pa.field(name, array.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

@@ -1,0 +1,262 @@
+"""Finding sources: audio paired with a transcript, from directories (pairing by file stem) or JSONL manifests.
+
+Every file or line that does not make a usable pair is returned as a reject, so it is counted like any source.
+Ids are derived from paths relative to the root the user named (never from absolute paths, clocks or random
+numbers): the same data gives the same ids on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.captions import FORMAT_BY_SUFFIX
+from pipeline.schema import RejectReason, RejectScope
+
+AUDIO_SUFFIXES = frozenset(
+    ".wav .flac .mp3 .ogg .opus .oga .m4a .aac .webm .mp4 .mkv .mka .mov .wma .aif .aiff .w64 .amr".split()
+)
+TRANSCRIPT_SUFFIXES = frozenset(FORMAT_BY_SUFFIX)
+# When one audio file has several transcripts in the same language, the first format here wins.
+FORMAT_PREFERENCE = (".json", ".srt", ".vtt", ".txt")
+RESERVED_KEYS = frozenset({"id", "audio", "transcript", "text", "language", "encoding", "transcript_origin"})
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}([-_][a-z0-9]{2,8})*$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    default_language: str | None = None  # for sources whose language nothing else declares
+    allowed_roots: tuple[str, ...] = ()  # extra folders that manifest paths may point into
+
+
+@dataclass
+class Discovery:
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, source_id: str, source: str, reason: RejectReason, detail: str) -> None:
+        self.rejects.append(discovery_reject(source_id, source, reason, detail))
+
+
+def discovery_reject(source_id: str, source: str, reason: RejectReason, detail: str) -> dict[str, Any]:
+    return {
+        "source_id": source_id,
+        "source": source,
+        "scope": RejectScope.SOURCE.value,
+        "stage": "discover_sources",
+        "reason": reason.value,
+        "detail": detail,
+    }
+
+
+def stable_id(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def _is_under(path: Path, roots: list[Path]) -> bool:
+    real = Path(os.path.realpath(path))
+    return any(real == root or root in real.parents for root in roots)
+
+
+def _language_suffix(stem: str) -> tuple[str, str | None]:
+    """``talk.de`` -> (``talk``, ``de``): subtitle files conventionally carry their language before the extension."""
+    base, dot, tail = stem.rpartition(".")
+    if dot and base and _LANGUAGE.match(tail.lower()):
+        return base, tail.lower()
+    return stem, None
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(directory) / name
+
+
+def discover_directory(root_spelled: str, options: SourceOptions, out: Discovery) -> None:
+    root = Path(root_spelled)
+    label = root.resolve().name
+    real_roots = [Path(os.path.realpath(root))]
+    audio: dict[tuple[str, str], Path] = {}
+    transcripts: dict[tuple[str, str], list[tuple[str | None, Path]]] = {}
+    for path in _walk(root):
+        rel = path.relative_to(root)
+        suffix = path.suffix.lower()
+        if suffix in AUDIO_SUFFIXES:
+            audio[(rel.parent.as_posix(), path.stem)] = path
+        elif suffix in TRANSCRIPT_SUFFIXES:
+            exact = (rel.parent.as_posix(), path.stem)
+            stem, language = _language_suffix(path.stem)
+            transcripts.setdefault(exact, []).append((None, path))
+            if language:
+                transcripts.setdefault((rel.parent.as_posix(), stem), []).append((language, path))
+    for key in sorted(audio):
+        audio_path = audio[key]
+        rel_audio = audio_path.relative_to(root).as_posix()
+        source = os.path.join(root_spelled, rel_audio)
+        by_language: dict[str | None, Path] = {}
+        for language, path in sorted(transcripts.get(key, []), key=lambda t: (str(t[0]), FORMAT_PREFERENCE.index(t[1].suffix.lower()))):
+            by_language.setdefault(language, path)
+        if not by_language:
+            out.reject(stable_id(label, rel_audio), source, RejectReason.MISSING_TRANSCRIPT, f"no transcript beside {rel_audio}")
+            continue
+        for language, transcript_path in sorted(by_language.items(), key=lambda kv: str(kv[0])):
+            rel_transcript = transcript_path.relative_to(root).as_posix()
+            source_id = stable_id(label, rel_audio, rel_transcript)
+            if not (_is_under(audio_path, real_roots) and _is_under(transcript_path, real_roots)):
+                out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the source folder")
+                continue
+            out.sources.append(
+                source_row(source_id, source, audio_path, transcript_path, None, language or options.default_language, {})
+            )
+    claimed = {path for key, paths in transcripts.items() if key in audio for _, path in paths}
+    for path in sorted({path for paths in transcripts.values() for _, path in paths} - claimed):
+        rel = path.relative_to(root).as_posix()
+        out.reject(stable_id(label, rel), os.path.join(root_spelled, rel), RejectReason.MISSING_AUDIO, f"no audio file for {rel}")
+
+
+def source_row(
+    source_id: str,
+    source: str,
+    audio_path: Path,
+    transcript_path: Path | None,
+    inline_text: str | None,
+    language: str | None,
+    metadata: dict[str, Any],
+    encoding: str | None = None,
+    transcript_origin: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "source_id": source_id,
+        "source": source,
+        "audio_path": str(audio_path.resolve()),
+        "transcript_path": str(transcript_path.resolve()) if transcript_path else None,
+        "inline_text": inline_text,
+        "transcript_encoding": encoding,
+        "transcript_origin": transcript_origin,
+        "language": language,
+        "metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False),
+    }
+
+
+def _manifest_path(value: Any, field_name: str, base: Path, roots: list[Path]) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"{field_name!r} must be a non-empty string")
+    if _SCHEME.match(value):
+        raise _LineError(RejectReason.UNSAFE_PATH, f"{field_name!r} looks like a URL or protocol ({value.split(':')[0]}:)")
+    path = base / value
+    if not _is_under(path, roots):
+        raise _LineError(RejectReason.UNSAFE_PATH, f"{field_name!r} resolves outside the manifest's folder and allowed roots")
+    return path
+
+
+class _LineError(Exception):
+    def __init__(self, reason: RejectReason, detail: str):
+        self.reason, self.detail = reason, detail
+
+
+def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discovery) -> None:
+    manifest = Path(manifest_spelled)
+    label = manifest.name
+    base = manifest.parent
+    roots = [Path(os.path.realpath(base))] + [Path(os.path.realpath(r)) for r in options.allowed_roots]
+    seen: dict[str, int] = {}
+    with manifest.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{manifest_spelled}:{lineno}"
+            line_id = stable_id(label, f"line {lineno}")
+            try:
+                try:
+                    entry = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({exc})") from None
+                if not isinstance(entry, dict):
+                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
+                row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options)
+            except _LineError as err:
+                detail = err.detail if err.detail.startswith("line ") else f"line {lineno}: {err.detail}"
+                out.reject(line_id, where, err.reason, detail)
+                continue
+            if row["source_id"] in seen:
+                out.reject(
+                    stable_id(label, f"line {lineno}"), where, RejectReason.DUPLICATE_SOURCE,
+                    f"line {lineno}: same source id {row['source_id']!r} as line {seen[row['source_id']]}",
+                )
+                continue
+            seen[row["source_id"]] = lineno
+            out.sources.append(row)
+
+
+def _manifest_entry(
+    entry: dict[str, Any], lineno: int, label: str, spelled: str, base: Path, roots: list[Path], options: SourceOptions
+) -> dict[str, Any]:
+    audio = _manifest_path(entry.get("audio"), "audio", base, roots)
+    has_transcript, has_text = "transcript" in entry, "text" in entry
+    if has_transcript == has_text:
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, "needs exactly one of 'transcript' (a path) or 'text'")
+    transcript = _manifest_path(entry["transcript"], "transcript", base, roots) if has_transcript else None
+    text = entry.get("text")
+    if has_text and not isinstance(text, str):
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, "'text' must be a string")
+    language = entry.get("language")
+    if language is not None and (not isinstance(language, str) or not _LANGUAGE.match(language.lower())):
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"'language' must be a language code like 'en' or 'pt-br', got {language!r}")
+    for key in ("encoding", "transcript_origin"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"{key!r} must be a string")
+    given_id = entry.get("id")
+    if given_id is not None:
+        if not isinstance(given_id, str) or not _ID.match(given_id):
+            raise _LineError(RejectReason.BAD_MANIFEST_LINE, "'id' must match [A-Za-z0-9][A-Za-z0-9._-]* (at most 128 characters)")
+        source_id = given_id
+    else:
+        label_of_text = entry["transcript"] if has_transcript else "text:" + hashlib.sha256(text.encode()).hexdigest()
+        source_id = stable_id(label, entry["audio"], label_of_text)
+    metadata = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
+    return source_row(
+        source_id,
+        os.path.normpath(os.path.join(os.path.dirname(spelled), entry["audio"])),
+        audio,
+        transcript,
+        text,
+        language.lower() if language else options.default_language,
+        metadata,
+        entry.get("encoding"),
+        entry.get("transcript_origin"),
+    )
+
+
+def discover_sources(paths: list[str], options: SourceOptions = SourceOptions()) -> Discovery:
+    """All sources under the given directories and manifests, in a deterministic order."""
+    out = Discovery()
+    for spelled in paths:
+        path = Path(spelled)
+        if path.is_dir():
+            discover_directory(spelled, options, out)
+        elif path.is_file():
+            discover_manifest(spelled, options, out)
+        else:
+            raise FileNotFoundError(f"source path {spelled!r} is neither a directory nor a manifest file")
+    ids: dict[str, str] = {}
+    unique = []
+    for row in out.sources:
+        if row["source_id"] in ids:
+            out.reject(
+                stable_id(row["source"], "duplicate"), row["source"], RejectReason.DUPLICATE_SOURCE,
+                f"source id {row['source_id']!r} already used by {ids[row['source_id']]}",
+            )
+            continue
+        ids[row["source_id"]] = row["source"]
+        unique.append(row)
+    out.sources = sorted(unique, key=lambda r: r["source_id"])
+    return out

@@ -1,0 +1,102 @@
+"""The stage contract.
+
+A stage is a plain function ``fn(batch, options) -> batch`` over a ``pyarrow.Table`` of source rows, with a
+frozen dataclass of options. It sees only rows that no earlier stage rejected; it may add columns, and it
+rejects a row by setting ``reject_reason``/``reject_detail`` on it (``map_rows`` does this from a returned
+``Reject``). Model stages also have ``setup(options) -> state``, run once per worker; their ``fn`` then takes
+``(batch, options, state)``. Stages never import Ray: ``pipeline.runner`` decides where they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.schema import RejectReason, table_from_rows
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: RejectReason
+    detail: str
+    duplicate_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage as the runner sees it: the function, its options, and what it needs to run."""
+
+    name: str
+    fn: Callable[..., pa.Table]
+    options: Any
+    setup: Callable[[Any], Any] | None = None  # model stages: load once per worker
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    concurrency: int | None = None  # model stages: number of actors
+    batch_size: int | None = None  # rows per call; None: a whole block
+
+    @property
+    def is_model_stage(self) -> bool:
+        return self.setup is not None
+
+
+def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Reject]) -> pa.Table:
+    """Apply a per-row function; a returned ``Reject`` marks that row rejected (its other columns unchanged)."""
+    rows = []
+    for row in batch.to_pylist():
+        result = fn(row)
+        if isinstance(result, Reject):
+            row = dict(row, reject_reason=result.reason.value, reject_detail=result.detail)
+            if result.duplicate_of is not None:
+                row["duplicate_of"] = result.duplicate_of
+            rows.append(row)
+        else:
+            rows.append(result)
+    return table_from_rows(rows) if rows else batch
+
+
+def active_mask(batch: pa.Table) -> pa.ChunkedArray | None:
+    if "reject_reason" not in batch.column_names:
+        return None
+    return pc.is_null(batch["reject_reason"])
+
+
+def apply_stage(stage: Stage, batch: pa.Table, state: Any = None) -> pa.Table:
+    """Run one stage on the still-active rows of a batch; rejected rows pass through untouched."""
+    mask = active_mask(batch)
+    if mask is None:
+        active, passed = batch, None
+    else:
+        active, passed = batch.filter(mask), batch.filter(pc.invert(mask))
+    if active.num_rows:
+        out = stage.fn(active, stage.options, state) if stage.is_model_stage else stage.fn(active, stage.options)
+        out = _stamp_stage(out, stage.name)
+    else:
+        out = active
+    if passed is None or passed.num_rows == 0:
+        return out
+    if out.num_rows == 0:
+        return passed
+    return pa.concat_tables([out, passed], promote_options="permissive")
+
+
+def _stamp_stage(table: pa.Table, name: str) -> pa.Table:
+    if "reject_reason" not in table.column_names:
+        return table
+    rejected_here = pc.is_valid(table["reject_reason"])
+    if "reject_stage" in table.column_names:
+        stamped = pc.if_else(pc.and_(rejected_here, pc.is_null(table["reject_stage"])), name, table["reject_stage"])
+        return table.set_column(table.column_names.index("reject_stage"), "reject_stage", stamped)
+    stamped = pc.if_else(rejected_here, pa.scalar(name), pa.scalar(None, pa.string()))
+    return table.append_column("reject_stage", stamped)
+
+
+def run_stages(stages: list[Stage], batch: pa.Table) -> pa.Table:
+    """Run stages in order in this process (tests, debugging); the Ray runner does the same per block."""
+    states = [stage.setup(stage.options) if stage.setup else None for stage in stages]
+    for stage, state in zip(stages, states):
+        batch = apply_stage(stage, batch, state)
+    return batch

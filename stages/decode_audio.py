@@ -1,0 +1,25 @@
+"""Decode each source's audio to 16 kHz mono PCM through ffmpeg (``pipeline.media``), or reject it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline import media
+from pipeline.media import DecodeError, DecodeLimits
+from pipeline.stage import Reject, map_rows
+
+DecodeOptions = DecodeLimits
+
+
+def decode_audio(batch: pa.Table, options: DecodeOptions) -> pa.Table:
+    return map_rows(batch, lambda row: _decode(row, options))
+
+
+def _decode(row: dict[str, Any], options: DecodeOptions) -> dict[str, Any] | Reject:
+    try:
+        pcm = media.decode_audio(row["audio_path"], options)
+    except DecodeError as err:
+        return Reject(err.reason, err.detail)
+    return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm))

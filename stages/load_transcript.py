@@ -1,0 +1,49 @@
+"""Read each source's transcript (file or inline text) into cues, or reject it with the reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.captions import TranscriptError, parse_transcript, read_transcript
+from pipeline.schema import RejectReason
+from pipeline.stage import Reject, map_rows
+
+
+@dataclass(frozen=True)
+class TranscriptOptions:
+    max_mb: float = 20.0  # larger transcript files are refused unread (a subtitle file is kilobytes)
+
+    def __post_init__(self) -> None:
+        if self.max_mb <= 0:
+            raise ValueError("max_mb must be positive")
+
+
+def load_transcript(batch: pa.Table, options: TranscriptOptions) -> pa.Table:
+    return map_rows(batch, lambda row: _load(row, options))
+
+
+def _load(row: dict[str, Any], options: TranscriptOptions) -> dict[str, Any] | Reject:
+    max_bytes = int(options.max_mb * 1024 * 1024)
+    try:
+        if row.get("inline_text") is not None:
+            if len(row["inline_text"].encode("utf-8")) > max_bytes:
+                return Reject(RejectReason.TRANSCRIPT_TOO_LARGE, f"inline text over {options.max_mb:g} MB")
+            transcript = parse_transcript(row["inline_text"], "inline")
+        else:
+            transcript = read_transcript(row["transcript_path"], max_bytes, row.get("transcript_encoding"))
+    except TranscriptError as err:
+        return Reject(err.reason, err.detail)
+    cues = None
+    if transcript.cues is not None:
+        cues = [{"start_ms": c.start_ms, "end_ms": c.end_ms, "text": c.text} for c in transcript.cues]
+    return dict(
+        row,
+        transcript_format=transcript.format,
+        transcript_text=transcript.text,
+        cues=cues,
+        invalid_cues=transcript.invalid_cues,
+        language=row.get("language") or transcript.language,
+    )
