@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.commit import OutputDir, OutputError, OutputOptions, write_json_atomically
-from pipeline.config import ConfigError, apply_overrides, build_config, fingerprint, load_toml, to_plain
+from pipeline.config import ConfigError, apply_overrides, build_config, fingerprint, load_toml, to_plain, to_toml
 from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, commit_rejects, summarize
 from pipeline.runner import RayOptions, run_plan
 from pipeline.schema import table_from_rows
@@ -53,12 +53,13 @@ def build_stages(config: dict[str, Any]) -> list[Stage]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wspsr corpus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", nargs="+", metavar="PATH", help="directories (pairs by file stem) and/or JSONL manifests; default: the bundled sample")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default="out/sample", help="output folder (default: out/sample)")
     parser.add_argument("--config", help="TOML file with [sources] [transcript] [decode] [segment] [output] [ray] sections")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray in-process)")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder written with a different config")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     return parser.parse_args(argv)
 
 
@@ -70,6 +71,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quiet:
         overrides.append("ray.progress=false")
     config = build_config(SECTIONS, apply_overrides(load_toml(args.config), overrides))
+    if args.print_config:
+        print(to_toml(to_plain(config)))
+        return {}
     source_paths = args.sources or [str(REPO / p) for p in SAMPLE_SOURCES]
     plain = to_plain(config)
     produced = {k: v for k, v in plain.items() if k not in RUNTIME_SECTIONS}
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OutputError, FileNotFoundError) as exc:
         print(f"wspsr corpus: error: {exc}", file=sys.stderr)
         return 2
+    if not summary:
+        return 0
     print_summary(summary)
     if not summary["accounting"]["ok"]:
         print("wspsr corpus: error: accounting check failed (see summary.json)", file=sys.stderr)

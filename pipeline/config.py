@@ -98,3 +98,17 @@ def fingerprint(plain: Mapping[str, Any]) -> str:
     """A short hash of the config parts that decide output rows."""
     canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def to_toml(plain: Mapping[str, Any]) -> str:
+    """The resolved config as TOML (``--print-config``); ``None`` values are left out, as TOML has no null."""
+    lines = []
+    for section, values in plain.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} =  (not set)")
+            else:
+                lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""The framework's contracts: config parsing, the stage wrapper, shard commit, and the one-way layering."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.commit import OutputDir, OutputError, OutputOptions, split_by_bytes
+from pipeline.config import ConfigError, apply_overrides, build_config, fingerprint, to_plain
+from pipeline.schema import RejectReason, table_from_rows
+from pipeline.stage import Reject, Stage, map_rows, run_stages
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Opts:
+    rate: float = 0.5
+    name: str = "x"
+    roots: tuple[str, ...] = ()
+    limit: int | None = None
+
+
+def test_config_builds_typed_frozen_options():
+    raw = apply_overrides({"a": {"rate": 1}}, ["a.name=hello world", "a.roots=['p', 'q']", "a.limit=3"])
+    config = build_config({"a": Opts}, raw)
+    assert config["a"] == Opts(rate=1.0, name="hello world", roots=("p", "q"), limit=3)
+    assert fingerprint(to_plain(config)) == fingerprint(to_plain(build_config({"a": Opts}, raw)))
+    assert fingerprint(to_plain(config)) != fingerprint(to_plain(build_config({"a": Opts}, {})))
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"a": {"rat": 1}}, "unknown key"),
+        ({"b": {}}, "unknown config section"),
+        ({"a": {"rate": "fast"}}, "must be float"),
+        ({"a": {"limit": True}}, "must be int"),
+    ],
+)
+def test_config_errors_are_explicit(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({"a": Opts}, raw)
+
+
+def test_override_syntax_is_checked():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides({}, ["rate=1"])
+
+
+def _keep_even(batch: pa.Table, options) -> pa.Table:
+    return map_rows(batch, lambda row: dict(row, half=row["n"] // 2) if row["n"] % 2 == 0 else Reject(RejectReason.BAD_AUDIO, f"odd {row['n']}"))
+
+
+def _count_seen(batch: pa.Table, options) -> pa.Table:
+    return batch.append_column("seen", pa.array([True] * batch.num_rows))
+
+
+def test_rejected_rows_skip_later_stages_and_name_their_stage():
+    batch = table_from_rows([{"source_id": str(n), "n": n} for n in range(5)])
+    out = run_stages([Stage("keep_even", _keep_even, None), Stage("count_seen", _count_seen, None)], batch).to_pylist()
+    kept = [r for r in out if r["reject_reason"] is None]
+    rejected = [r for r in out if r["reject_reason"] is not None]
+    assert sorted(r["n"] for r in kept) == [0, 2, 4] and all(r["seen"] for r in kept)
+    assert {(r["reject_stage"], r["reject_detail"]) for r in rejected} == {("keep_even", "odd 1"), ("keep_even", "odd 3")}
+    assert all(r["seen"] is None for r in rejected)
+
+
+def test_commit_protocol(tmp_path):
+    out = OutputDir(tmp_path / "o", ("t",), "fp1")
+    out.prepare({"job": "x"}, overwrite=False)
+    table = pa.table({"v": list(range(10))})
+    marker = out.commit_shard("s1", {"t": [table]}, {"kept": ["a"], "rejected": ["b"]}, {"n": 1}, OutputOptions())
+    assert marker["files"] == {"t": ["part-s1-000.parquet"]} and marker["rows"] == {"t": 10}
+    assert out.committed_sources() == {"a", "b"}
+    (tmp_path / "o" / "t" / "part-orphan-000.parquet").write_bytes(b"x")
+    (tmp_path / "o" / "t" / ".tmp-part-s2-000.parquet").write_bytes(b"x")
+    removed = sorted(p.name for p in out.remove_uncommitted())
+    assert removed == [".tmp-part-s2-000.parquet", "part-orphan-000.parquet"]
+    assert [p.name for p in out.committed_files("t")] == ["part-s1-000.parquet"]
+    with pytest.raises(OutputError, match="different config"):
+        OutputDir(tmp_path / "o", ("t",), "fp2").prepare({}, overwrite=False)
+    other = OutputDir(tmp_path / "o", ("t",), "fp2")
+    other.prepare({}, overwrite=True)
+    assert other.committed_sources() == set() and not list((tmp_path / "o" / "t").iterdir())
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["fingerprint"] == "fp2"
+
+
+def test_split_by_bytes_bounds_each_part():
+    table = pa.table({"v": list(range(7))})
+    parts = split_by_bytes(table, [5, 5, 5, 20, 1, 1, 1], 10)
+    assert [p["v"].to_pylist() for p in parts] == [[0, 1], [2], [3], [4, 5, 6]]
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [("stages", {"ray", "jobs"}), ("pipeline", {"stages", "jobs"})],
+)
+def test_layers_point_one_way(package, forbidden):
+    for path in (ROOT / package).rglob("*.py"):
+        assert not (_imports(path) & forbidden), f"{path.relative_to(ROOT)} imports {_imports(path) & forbidden}"
