@@ -1,0 +1,91 @@
+"""The corpus job on the bundled sample (what `make corpus` runs), checked against sample/labels.jsonl."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.corpus import run
+from pipeline.media import decode_flac
+
+pytestmark = pytest.mark.slow
+SAMPLE = Path(__file__).resolve().parent.parent / "sample"
+TOKEN = re.compile(r"<\|(\d+\.\d\d)\|>")
+# Outcomes decided by the stages of the corpus foundation (sources, transcripts, decoding, segmentation).
+STRUCTURAL = {
+    "bad_manifest_line", "missing_transcript", "empty_transcript", "bad_audio", "no_audio_stream", "untimed_transcript_too_long",
+}
+
+
+def labels():
+    return [json.loads(line) for line in (SAMPLE / "labels.jsonl").read_text().splitlines() if line.strip()]
+
+
+def label_key(label):
+    if label.get("manifest_line") and not label.get("audio"):
+        return f"manifest.jsonl:{label['manifest_line']}"
+    return f"sample/{label['audio']}"
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, local_ray):
+    out = tmp_path_factory.mktemp("sample") / "out"
+    summary = run(["--out", str(out), "--quiet"])
+    return out, summary
+
+
+def test_every_sample_source_is_accounted_for(sample_run):
+    _, summary = sample_run
+    assert summary["accounting"]["ok"]
+    assert summary["sources"]["in"] == len(labels()) == summary["sources"]["kept"] + summary["sources"]["rejected"]
+    assert set(summary["hours"]["per_language"]) >= {"en", "de", "es", "it", "ru", "pt", "pl", "zh"}
+
+
+def test_structural_defects_are_rejected_as_labelled_and_clean_sources_kept(sample_run):
+    out, _ = sample_run
+    rejects = [r for r in pq.read_table(out / "rejects").to_pylist() if r["scope"] == "source"]
+    kept_sources = set(pq.read_table(out / "corpus", columns=["source"])["source"].to_pylist())
+    for label in labels():
+        key = label_key(label)
+        found = [r["reason"] for r in rejects if r["source"].endswith(key)]
+        if label["expected"] in STRUCTURAL:
+            assert found == [label["expected"]], (key, found)
+        elif label["expected"] == "keep":
+            assert not found and any(s.endswith(key) for s in kept_sources), key
+
+
+def test_long_recordings_keep_their_whole_transcript(sample_run):
+    out, _ = sample_run
+    rows = pq.read_table(out / "corpus").sort_by("segment_id").to_pylist()
+    long_labels = [label for label in labels() if label["kind"].startswith("clean_long") or label.get("duration_s", 0) > 60]
+    assert len(long_labels) >= 3
+    for label in long_labels:
+        windows = [r for r in rows if r["source"].endswith(label_key(label)) and r["has_speech"]]
+        assert len(windows) >= 2, label["audio"]
+        joined = " ".join(w["text"] for w in windows)
+        if label["language"] == "zh":
+            assert joined.replace(" ", "") == label["text"].replace(" ", "")
+        else:
+            assert joined.split() == label["text"].split(), label["audio"]
+
+
+def test_every_window_is_a_valid_example(sample_run):
+    out, _ = sample_run
+    for row in pq.read_table(out / "corpus").to_pylist():
+        length = row["end_ms"] - row["start_ms"]
+        assert 0 < length <= 30_000
+        assert abs(len(decode_flac(row["audio"]["bytes"])) - length * 16) <= 16
+        for token in TOKEN.findall(row["text_timestamped"] or ""):
+            assert 0 <= float(token) * 1000 <= length
+
+
+def test_rerunning_the_sample_does_no_work_and_changes_nothing(sample_run):
+    out, summary = sample_run
+    before = pq.read_table(out / "corpus").sort_by("segment_id")
+    again = run(["--out", str(out), "--quiet"])
+    assert again["sources"] == summary["sources"] and again["windows"] == summary["windows"]
+    assert pq.read_table(out / "corpus").sort_by("segment_id").equals(before)
