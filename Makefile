@@ -21,7 +21,7 @@ setup: $(STAMP)
 models: $(STAMP)
 	$(PY) -m jobs.models
 
-corpus: $(STAMP)
+corpus: models
 	$(PY) -m jobs.corpus --out $(OUT)
 
 test: models

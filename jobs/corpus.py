@@ -7,6 +7,7 @@ Output folder: ``corpus/`` (one row per window), ``rejects/`` (one row per dropp
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -14,16 +15,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from pipeline.commit import OutputDir, OutputError, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, apply_overrides, build_config, fingerprint, load_toml, to_plain, to_toml
 from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, commit_rejects, summarize
-from pipeline.runner import RayOptions, run_plan
+from pipeline.engines import ENGINES
+from pipeline.models import ModelNotFound, resolve_model
+from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.sources import SourceOptions, discover_sources
 from pipeline.stage import Stage
+from stages.agree_language import agree_language
+from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.decode_audio import DecodeOptions, decode_audio
+from stages.dedup import (
+    DedupOptions, DuplicateDecisions, band_keys, bucket_edges, compute_signatures, exclusion_rows, mark_duplicates, resolve_duplicates,
+)
+from stages.detect_audio_language import detect_audio_language, load_language_model
+from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
+from stages.detect_text_language import detect_text_language
+from stages.languages import LanguageOptions
 from stages.load_transcript import TranscriptOptions, load_transcript
 from stages.segment_into_windows import SegmentOptions, segment_into_windows
 
@@ -34,7 +44,11 @@ SAMPLE_SOURCES = ["sample/sources", "sample/manifest.jsonl"]
 SECTIONS: dict[str, type] = {
     "sources": SourceOptions,
     "transcript": TranscriptOptions,
+    "machine_generated": MachineGeneratedOptions,
+    "language": LanguageOptions,
+    "dedup": DedupOptions,
     "decode": DecodeOptions,
+    "speaking_rate": SpeakingRateOptions,
     "segment": SegmentOptions,
     "output": OutputOptions,
     "ray": RayOptions,
@@ -42,12 +56,63 @@ SECTIONS: dict[str, type] = {
 RUNTIME_SECTIONS = ("ray",)  # how the job runs, not what it produces: outside the fingerprint
 
 
-def build_stages(config: dict[str, Any]) -> list[Stage]:
-    return [
-        Stage("load_transcript", load_transcript, config["transcript"]),
-        Stage("decode_audio", decode_audio, config["decode"]),
-        Stage("segment_into_windows", segment_into_windows, config["segment"]),
-    ]
+def text_stages(config: dict[str, Any]) -> list[Stage]:
+    """Cheap per-transcript steps, run on every source before the global dedup step."""
+    stages = [Stage("load_transcript", load_transcript, config["transcript"])]
+    if config["machine_generated"].enabled:
+        stages.append(Stage("detect_machine_generated", detect_machine_generated, config["machine_generated"]))
+    if config["language"].enabled:
+        stages.append(Stage("detect_text_language", detect_text_language, config["language"]))
+    if config["dedup"].enabled:
+        stages.append(Stage("compute_signatures", compute_signatures, config["dedup"]))
+    return stages
+
+
+def audio_stages(config: dict[str, Any], decisions: DuplicateDecisions | None) -> list[Stage]:
+    stages = []
+    if decisions is not None:
+        stages.append(Stage("remove_duplicates", mark_duplicates, decisions))
+    stages.append(Stage("decode_audio", decode_audio, config["decode"]))
+    if config["speaking_rate"].enabled:
+        stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"]))
+    stages.append(Stage("segment_into_windows", segment_into_windows, config["segment"]))
+    if config["language"].enabled:
+        stages.append(Stage("detect_audio_language", detect_audio_language, config["language"], setup=load_language_model))
+        stages.append(Stage("agree_language", agree_language, config["language"]))
+    return stages
+
+
+def find_duplicates(plan: Plan, dataset, options: DedupOptions) -> DuplicateDecisions:
+    """The global step: signatures' band keys grouped across the dataset, candidate pairs checked, clusters resolved."""
+    extra = exclusion_rows(options)
+    if extra.num_rows:
+        extra = compute_signatures(extra, options)
+    edges = plan.group(
+        dataset, lambda batch: band_keys(_active(batch), options), "band_key", lambda group: bucket_edges(group, options), extra=extra
+    )
+    pairs = sorted({(e["a"], e["b"]) for e in edges})  # a pair shows up once per band it shares
+    members = {m for pair in pairs for m in pair}
+    quality = plan.lookup(dataset, "source_id", members, "dedup_quality", extra=extra)
+    decisions = resolve_duplicates(pairs, quality)
+    log.info("dedup: %d similar pairs, %d sources are near-duplicates or match evaluation texts", len(pairs), len(decisions))
+    return DuplicateDecisions.from_mapping(decisions, options)
+
+
+def check_engine(options: LanguageOptions) -> None:
+    """Fail before any work when the language-ID model is missing or does not fit the engine."""
+    ref = resolve_model(options.model)
+    if options.engine == "faster-whisper" and ref.ct2_dir is None:
+        raise ConfigError(f"language.engine = faster-whisper needs a CTranslate2 folder; {options.model!r} has none")
+    if options.engine not in ENGINES:
+        raise ConfigError(f"language.engine must be one of {', '.join(ENGINES)}")
+
+
+def _active(batch):
+    import pyarrow.compute as pc
+
+    if "reject_reason" not in batch.column_names:
+        return batch
+    return batch.filter(pc.is_null(batch["reject_reason"]))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML file with [sources] [transcript] [decode] [segment] [output] [ray] sections")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray in-process)")
+    parser.add_argument("--model", help="Whisper model for audio language ID: a name or path, never downloaded (default: base)")
+    parser.add_argument("--engine", choices=ENGINES, help="Whisper engine for audio language ID (default: openai-whisper)")
+    parser.add_argument("--exclude-texts", metavar="FILE", help="evaluation transcripts (one per line, or JSONL with \"text\"); sources matching one are removed")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder written with a different config")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
@@ -70,6 +138,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         overrides.append(f"ray.address={json.dumps(args.address)}")
     if args.quiet:
         overrides.append("ray.progress=false")
+    for flag, key in ((args.model, "language.model"), (args.engine, "language.engine"), (args.exclude_texts, "dedup.exclude_texts")):
+        if flag:
+            overrides.append(f"{key}={json.dumps(flag)}")
     config = build_config(SECTIONS, apply_overrides(load_toml(args.config), overrides))
     if args.print_config:
         print(to_toml(to_plain(config)))
@@ -78,9 +149,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     plain = to_plain(config)
     produced = {k: v for k, v in plain.items() if k not in RUNTIME_SECTIONS}
     produced["inputs"] = source_paths
+    if config["dedup"].exclude_texts:  # the file's content, not only its name, decides the output
+        produced["exclude_texts_sha256"] = hashlib.sha256(Path(config["dedup"].exclude_texts).read_bytes()).hexdigest()
     out = OutputDir(args.out, CORPUS_TABLES, fingerprint(produced))
     started = time.monotonic()
 
+    if config["language"].enabled:
+        check_engine(config["language"])
     discovery = discover_sources(source_paths, config["sources"])
     expected = {row["source_id"] for row in discovery.sources} | {r["source_id"] for r in discovery.rejects}
     out.prepare({"job": "corpus", "sources": source_paths, "config": plain}, overwrite=args.overwrite)
@@ -93,13 +168,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         len(expected), len(discovery.rejects), len(done & expected), len(todo),
     )
     output_options = config["output"]
-    for _ in run_plan(
-        table_from_rows(todo) if todo else pa.table({}),
-        build_stages(config),
-        lambda batch: commit_corpus_batch(batch, out, output_options),
-        config["ray"],
-    ):
-        pass
+    if todo:
+        plan = Plan(config["ray"])
+        decisions = None
+        if config["dedup"].enabled:
+            # Dedup sees every source, committed ones too, so a resumed run decides exactly as a whole run would.
+            dataset = plan.materialize(plan.apply(plan.source(table_from_rows(discovery.sources)), text_stages(config)))
+            decisions = find_duplicates(plan, dataset, config["dedup"])
+            dataset = plan.drop(dataset, "source_id", done)
+        else:
+            dataset = plan.apply(plan.source(table_from_rows(todo)), text_stages(config))
+        dataset = plan.apply(dataset, audio_stages(config, decisions))
+        for _ in plan.commit(dataset, lambda batch: commit_corpus_batch(batch, out, output_options)):
+            pass
     summary = summarize(out, expected, {"elapsed_s": round(time.monotonic() - started, 1), "output": str(Path(args.out).resolve())})
     write_json_atomically(out.root / "summary.json", summary)
     return summary
@@ -120,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         summary = run(argv)
-    except (ConfigError, OutputError, FileNotFoundError) as exc:
+    except (ConfigError, OutputError, ModelNotFound, FileNotFoundError) as exc:
         print(f"wspsr corpus: error: {exc}", file=sys.stderr)
         return 2
     if not summary:

@@ -33,7 +33,8 @@ def explode_batch(batch: pa.Table) -> tuple[list[dict[str, Any]], list[dict[str,
         if reason is not None:
             sources["rejected"].append(row["source_id"])
             _add(stats["rejected"], reason, 1)
-            _add(stats["ms_rejected"], reason, duration or 0)
+            # Rejected before decoding: the transcript's last cue tells roughly how much audio was dropped.
+            _add(stats["ms_rejected"], reason, duration or max((c["end_ms"] for c in row.get("cues") or []), default=0))
             rejects_out.append(
                 {
                     "source_id": row["source_id"],
@@ -128,6 +129,7 @@ def commit_rejects(rejects: list[dict[str, Any]], out: OutputDir, options: Outpu
     stats: dict[str, Any] = {"rejected": {}, "ms_rejected": {}}
     for r in rejects:
         _add(stats["rejected"], r["reason"], 1)
+        _add(stats["ms_rejected"], r["reason"], 0)  # never decoded, no transcript read: duration unknown
     return out.commit_shard(shard_id(ids), {"corpus": [], "rejects": [table]}, {"kept": [], "rejected": ids}, stats, options)
 
 

@@ -1,13 +1,15 @@
-"""The one place Ray is configured: a list of stages becomes a Ray Data plan that ends in a committing sink.
+"""The one place Ray is configured: jobs describe stages, this turns them into a Ray Data plan.
 
-Plain stages run as Ray tasks over whole blocks of source rows (consecutive ones fuse, so decoded audio
-never leaves the worker); model stages run in actor pools that load their model once (``concurrency``
-actors, ``num_gpus`` each). The sink commits each block as a shard and returns its marker; the driver only
-collects markers. Locally Ray starts in-process; ``address`` (or ``RAY_ADDRESS``) joins an existing cluster.
+Plain stages run as Ray tasks over whole blocks of source rows (consecutive ones fuse, so decoded audio never
+leaves its worker); model stages run in actor pools that load their model once (``model_actors`` actors,
+a GPU each when the cluster has GPUs). Global steps (dedup) group rows by key across the dataset with Ray's
+``groupby``. The sink commits each block as a shard and returns its marker; the driver only collects markers
+and small results. Locally Ray starts in-process; ``address`` (or ``RAY_ADDRESS``) joins an existing cluster.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.stage import Stage, apply_stage
 
@@ -26,23 +29,25 @@ class RayOptions:
     address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); default $RAY_ADDRESS or local
     num_cpus: int | None = None  # local Ray only: CPUs to use (default: all)
     sources_per_block: int = 16  # sources per task and per committed shard
+    model_actors: int = 1  # actors per model stage (on GPUs: one per GPU you want busy)
+    model_gpus: float | None = None  # GPUs per model actor; default 1 when the cluster has GPUs, else 0
+    model_memory_gb: float = 2.0  # memory reserved per model actor (Whisper base needs about 1 GB on CPU)
     progress: bool = True  # Ray Data progress bars
 
     def __post_init__(self) -> None:
-        if self.sources_per_block <= 0:
-            raise ValueError("sources_per_block must be positive")
+        if self.sources_per_block <= 0 or self.model_actors <= 0 or self.model_memory_gb <= 0:
+            raise ValueError("sources_per_block, model_actors and model_memory_gb must be positive")
 
 
 def init_ray(options: RayOptions) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
-    address = options.address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address is None:
-        kwargs.update(include_dashboard=False, num_cpus=options.num_cpus)
-    ray.init(address=address, **kwargs)
+    if not ray.is_initialized():
+        address = options.address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if address is None:
+            kwargs.update(include_dashboard=False, num_cpus=options.num_cpus)
+        ray.init(address=address, **kwargs)
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -66,54 +71,110 @@ class _ModelStageActor:
 
 
 def _run_sink(batch: pa.Table, sink: Callable[[pa.Table], dict[str, Any]]) -> pa.Table:
-    import json
+    return pa.table({"marker": [json.dumps(sink(batch))]})
 
-    marker = sink(batch)
-    return pa.table({"marker": [json.dumps(marker)]})
+
+def _drop_ids(batch: pa.Table, column: str, ids: pa.Array) -> pa.Table:
+    return batch.filter(pc.invert(pc.is_in(batch[column], value_set=ids)))
+
+
+def _call(batch: pa.Table, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    return fn(batch)
+
+
+def _select(batch: pa.Table, column: str, ids: pa.Array, columns: list[str]) -> pa.Table:
+    return batch.filter(pc.is_in(batch[column], value_set=ids)).select(columns)
 
 
 def blocks_of(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
     return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table]
 
 
-def run_plan(
-    sources: pa.Table,
-    stages: list[Stage],
-    sink: Callable[[pa.Table], dict[str, Any]],
-    options: RayOptions,
-) -> Iterator[dict[str, Any]]:
-    """Run the stages over the source rows on Ray and commit each block; yields markers as shards commit."""
-    import json
+class Plan:
+    """A Ray Data plan built step by step by a job; nothing runs until results are read."""
 
-    import ray.data
+    def __init__(self, options: RayOptions):
+        self.options = options
+        init_ray(options)
+        import ray
 
-    if sources.num_rows == 0:
-        return
-    init_ray(options)
-    dataset = ray.data.from_arrow(blocks_of(sources, options.sources_per_block))
-    for stage in stages:
-        if stage.is_model_stage:
-            dataset = dataset.map_batches(
-                _ModelStageActor,
-                fn_constructor_args=(stage,),
-                batch_format="pyarrow",
-                batch_size=stage.batch_size,
-                concurrency=stage.concurrency or 1,
-                num_cpus=stage.num_cpus,
-                num_gpus=stage.num_gpus,
+        self._has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+
+    def source(self, table: pa.Table):
+        import ray.data
+
+        return ray.data.from_arrow(blocks_of(table, self.options.sources_per_block))
+
+    def apply(self, dataset, stages: list[Stage]):
+        for stage in stages:
+            if stage.is_model_stage:
+                gpus = stage.num_gpus if stage.num_gpus else (self.options.model_gpus if self.options.model_gpus is not None else float(self._has_gpus))
+                dataset = dataset.map_batches(
+                    _ModelStageActor,
+                    fn_constructor_args=(stage,),
+                    batch_format="pyarrow",
+                    batch_size=stage.batch_size,
+                    concurrency=stage.concurrency or self.options.model_actors,
+                    num_cpus=stage.num_cpus,
+                    num_gpus=gpus,
+                    # Declared memory keeps model actors off nodes that cannot hold the model; as a resource the
+                    # CPU stages don't share, it also keeps Ray from fusing them into the actor, so decoding
+                    # scales with CPUs, not with the number of model actors.
+                    memory=self.options.model_memory_gb * 2**30,
+                )
+            else:
+                dataset = dataset.map_batches(
+                    _run_task_stage, fn_args=(stage,), batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus
+                )
+        return dataset
+
+    def materialize(self, dataset):
+        """Compute now and keep the blocks (in the object store, spilled to disk if large) for reuse."""
+        return dataset.materialize()
+
+    def drop(self, dataset, column: str, values: set[str]):
+        if not values:
+            return dataset
+        ids = pa.array(sorted(values), pa.string())
+        return dataset.map_batches(_drop_ids, fn_args=(column, ids), batch_format="pyarrow", batch_size=None)
+
+    def group(
+        self,
+        dataset,
+        explode: Callable[[pa.Table], pa.Table],
+        key: str,
+        reduce: Callable[[pa.Table], pa.Table],
+        extra: pa.Table | None = None,
+    ) -> list[dict[str, Any]]:
+        """Explode rows (plus ``extra`` rows) into keyed rows, group by ``key`` across the cluster, reduce each
+        group, and collect what the reductions return (keep that small: it comes to the driver)."""
+        import ray.data
+
+        keyed = dataset.map_batches(_call, fn_args=(explode,), batch_format="pyarrow", batch_size=None)
+        if extra is not None and extra.num_rows:
+            keyed = keyed.union(ray.data.from_arrow(explode(extra)))
+        reduced = keyed.groupby(key).map_groups(_call, fn_args=(reduce,), batch_format="pyarrow")
+        return reduced.take_all()
+
+    def lookup(self, dataset, key: str, keys: set[str], column: str, extra: pa.Table | None = None) -> dict[str, Any]:
+        """``{key: column}`` for the given keys only (the dataset itself never comes to the driver)."""
+        if not keys:
+            return {}
+        ids = pa.array(sorted(keys), pa.string())
+        rows = dataset.map_batches(_select, fn_args=(key, ids, [key, column]), batch_format="pyarrow", batch_size=None).take_all()
+        if extra is not None and extra.num_rows:
+            rows += _select(extra, key, ids, [key, column]).to_pylist()
+        return {row[key]: row[column] for row in rows}
+
+    def commit(self, dataset, sink: Callable[[pa.Table], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Run the plan into the sink; yields each shard's marker as it commits."""
+        dataset = dataset.map_batches(_run_sink, fn_args=(sink,), batch_format="pyarrow", batch_size=None)
+        started = time.monotonic()
+        for row in dataset.iter_rows():
+            marker = json.loads(row["marker"])
+            log.info(
+                "committed shard %s: %d sources (%d kept), %d windows [%.0f s]",
+                marker["shard"], sum(len(ids) for ids in marker["sources"].values()), len(marker["sources"].get("kept", [])),
+                marker["rows"].get("corpus", 0), time.monotonic() - started,
             )
-        else:
-            dataset = dataset.map_batches(
-                _run_task_stage, fn_args=(stage,), batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus
-            )
-    dataset = dataset.map_batches(_run_sink, fn_args=(sink,), batch_format="pyarrow", batch_size=None)
-    started = time.monotonic()
-    for row in dataset.iter_rows():
-        marker = json.loads(row["marker"])
-        sources_done = sum(len(ids) for ids in marker["sources"].values())
-        log.info(
-            "committed shard %s: %d sources (%d kept), %d windows [%.0f s]",
-            marker["shard"], sources_done, len(marker["sources"].get("kept", [])),
-            marker["rows"].get("corpus", 0), time.monotonic() - started,
-        )
-        yield marker
+            yield marker

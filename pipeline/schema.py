@@ -42,6 +42,21 @@ class RejectReason(str, enum.Enum):
     INVALID_CUE_TIMING = "invalid_cue_timing"
     CUE_BEYOND_AUDIO = "cue_beyond_audio"
     NO_SPEECH_NOT_SAMPLED = "no_speech_not_sampled"
+    # machine-generated or low-quality transcripts
+    MACHINE_GENERATED_CAPTIONS = "machine_generated_captions"
+    ALL_UPPERCASE = "all_uppercase"
+    ALL_LOWERCASE = "all_lowercase"
+    MISSING_PUNCTUATION = "missing_punctuation"
+    RULE_BASED_ITN = "rule_based_itn"
+    REPETITIVE_TEXT = "repetitive_text"
+    MOSTLY_NON_SPEECH_MARKERS = "mostly_non_speech_markers"
+    IMPLAUSIBLE_CHAR_RATE = "implausible_char_rate"
+    # language agreement
+    LANGUAGE_UNKNOWN = "language_unknown"
+    LANGUAGE_MISMATCH = "language_mismatch"
+    # deduplication
+    DUPLICATE = "duplicate"
+    EVAL_OVERLAP = "eval_overlap"
 
 
 class RejectScope(str, enum.Enum):
@@ -99,6 +114,9 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "transcript_language_prob": pa.float32(),
     "audio_language": pa.string(),
     "audio_language_prob": pa.float32(),
+    "audio_language_probs": pa.string(),  # JSON: the top languages and the transcript's, averaged over windows
+    "minhash": pa.binary(),
+    "dedup_quality": pa.string(),
     "reject_stage": pa.string(),
     "reject_reason": pa.string(),
     "reject_detail": pa.string(),

@@ -56,3 +56,13 @@ def local_ray():
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory, local_ray):
+    """The corpus job on the bundled sample with every stage and the real Whisper base: once per test session."""
+    from jobs.corpus import run
+
+    out = tmp_path_factory.mktemp("sample") / "out"
+    summary = run(["--out", str(out), "--quiet"])
+    return out, summary

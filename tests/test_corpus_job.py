@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,6 +16,8 @@ from pipeline.media import decode_flac
 from pipeline.schema import CORPUS_SCHEMA, REJECTS_SCHEMA
 
 pytestmark = pytest.mark.slow
+# These tests check the corpus foundation (sources, decoding, windows, commit); the filters have their own tests.
+NO_FILTERS = ["--set", "machine_generated.enabled=false", "--set", "dedup.enabled=false", "--set", "language.enabled=false"]
 TOKEN = re.compile(r"<\|(\d+\.\d\d)\|>")
 LONG_CUES = [(0.0, 4.5, "And so my fellow Americans,"), (4.5, 10.6, "ask not what your country can do for you, ask what you can do for your country.")]
 
@@ -65,7 +66,7 @@ def reject_rows(out):
 def built(sources, tmp_path_factory, local_ray):
     paths, _ = sources
     out = tmp_path_factory.mktemp("out") / "corpus-out"
-    summary = run(["--sources", *paths, "--out", str(out), "--quiet", "--set", "segment.no_speech_keep_rate=1.0"])
+    summary = run(["--sources", *paths, "--out", str(out), "--quiet", "--set", "segment.no_speech_keep_rate=1.0", *NO_FILTERS])
     return out, summary
 
 
@@ -130,7 +131,7 @@ def test_metadata_is_kept(built):
 def test_rerun_is_idempotent_and_resumes_after_a_crash(built, sources, tmp_path):
     out, summary = built
     paths, _ = sources
-    args = ["--sources", *paths, "--quiet", "--set", "segment.no_speech_keep_rate=1.0"]
+    args = ["--sources", *paths, "--quiet", "--set", "segment.no_speech_keep_rate=1.0", *NO_FILTERS]
     before_corpus, before_rejects = corpus_rows(out), reject_rows(out)
     again = tmp_path / "again"
     shutil.copytree(out, again)
@@ -150,7 +151,7 @@ def test_a_fresh_run_gives_the_same_rows_and_ids(built, sources, tmp_path):
     out, _ = built
     paths, _ = sources
     fresh = tmp_path / "fresh"
-    run(["--sources", *paths, "--out", str(fresh), "--quiet", "--set", "segment.no_speech_keep_rate=1.0", "--set", "ray.sources_per_block=2"])
+    run(["--sources", *paths, "--out", str(fresh), "--quiet", "--set", "segment.no_speech_keep_rate=1.0", "--set", "ray.sources_per_block=2", *NO_FILTERS])
     assert corpus_rows(fresh) == corpus_rows(out) and reject_rows(fresh) == reject_rows(out)
 
 
@@ -159,7 +160,7 @@ def test_other_config_in_same_folder_is_refused_unless_overwrite(built, sources,
     paths, _ = sources
     target = tmp_path / "target"
     shutil.copytree(out, target)
-    other = ["--sources", *paths, "--out", str(target), "--quiet", "--set", "segment.boundary_pad_ms=0"]
+    other = ["--sources", *paths, "--out", str(target), "--quiet", "--set", "segment.boundary_pad_ms=0", *NO_FILTERS]
     with pytest.raises(OutputError, match="different config"):
         run(other)
     summary = run([*other, "--overwrite"])

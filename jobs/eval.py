@@ -1,0 +1,43 @@
+"""``wspsr eval``: run the corpus job on labelled sources (default: the bundled sample) and score it.
+
+Prints per-outcome precision and recall (keep, translate, and each reject reason) and every disagreement with
+its detail (for language mismatches: the probabilities Whisper gave); writes ``eval.json`` beside the output.
+``--corpus DIR`` scores an existing output instead of running the job. Other options are the corpus job's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.labels import format_report, outcomes, read_labels, score
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wspsr eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", default=str(REPO / "sample" / "labels.jsonl"), help="labels JSONL (default: the sample's)")
+    parser.add_argument("--corpus", help="score this existing output folder instead of running the job")
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    out = args.corpus
+    if out is None:
+        if "--out" not in rest:
+            rest += ["--out", "out/eval"]
+        code = subprocess.run([sys.executable, "-m", "jobs.corpus", *rest], check=False).returncode
+        if code != 0:
+            return code
+        out = rest[rest.index("--out") + 1]
+    report = score(outcomes(out, read_labels(args.labels)))
+    print(format_report(report))
+    (Path(out) / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

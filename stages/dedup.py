@@ -1,0 +1,519 @@
+"""Fuzzy transcript deduplication with MinHash LSH (Whisper paper §2.1: "fuzzy de-duping of transcript texts").
+
+The pure parts of a four-phase plan (as DataTrove splits it), each a plain function the runner places:
+
+1. ``compute_signatures`` (a stage, per block): normalised text -> shingles -> a MinHash signature of ``num_perm``
+   uint32 values, the same values ``datasketch.MinHash(num_perm, seed)`` gives for the same shingles, computed for
+   a whole block at once with numpy; plus ``dedup_quality``, a sortable key that says which copy to keep.
+2. ``band_keys`` (per block): one row per (source, LSH band); rows with equal ``band_key`` are candidates.
+3. ``bucket_edges`` (per group of equal band keys): candidate pairs whose estimated Jaccard similarity (share
+   of equal signature values) reaches the threshold become edges.
+4. ``resolve_duplicates`` (on the driver, global): union-find over the edges; each cluster keeps its best copy.
+   ``mark_duplicates`` (a stage) then rejects the others as ``duplicate``, or as ``eval_overlap`` when their
+   cluster holds an evaluation text (``exclusion_rows`` turns the evaluation file into rows that go through
+   phases 1-3 like sources).
+
+Text is compared after NFKC, case folding and removal of punctuation and symbols, so copies that differ only in
+punctuation or case are the same text. Scripts written with spaces are shingled into word n-grams (Korean too),
+scripts without spaces (Chinese, Japanese, Thai, Lao, Khmer, Myanmar) into character n-grams. Texts with fewer
+than ``min_tokens`` words (characters) are too short to judge and are never deduplicated.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import re
+import struct
+import unicodedata
+from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.schema import CUE_TYPE, RejectReason
+from pipeline.stage import Reject, map_rows
+
+EVAL_PREFIX = "eval:"
+SIGNATURE_DTYPE = np.dtype("<u4")  # datasketch's default scheme ("affine32") keeps uint32 hash values
+_PERMUTE_BYTES = 1 << 20  # permuted hash values per slice: 2048 shingles x 128 (stays in cache: 5x faster than 64k)
+_ALL_PAIRS_MAX = 64  # buckets up to this size: every pair is compared
+_HEADS = 16  # larger buckets: every member against the first 16 (by source id)
+
+# Scripts written without spaces between words: CJK ideographs (and extensions, compatibility ideographs,
+# iteration marks), hiragana, katakana, Thai, Lao, Myanmar (and its extensions), Khmer (and symbols).
+# Hangul is not among them: Korean separates words with spaces.
+_SPACELESS = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\u3005-\u3007\u3021-\u3029\u3038-\u303b"
+    "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua9e0-\ua9ff\uaa60-\uaa7f\uf900-\ufaff"
+    "\U00020000-\U0003134f]"
+)
+# Apostrophes are deleted ("don't" == "dont"); every other punctuation mark or symbol becomes a space
+# ("well-known" == "well known").
+_APOSTROPHES = frozenset("'\u2019\u2018\u02bc\u0060\u00b4\uff07")
+# Marks whose presence says a transcript was punctuated by a person (the keeper preference).
+_PUNCTUATION_MARKS = frozenset(",，、،;；?？!！؟¿¡.。．।॥։።…:：")
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    enabled: bool = True
+    threshold: float = 0.7  # Jaccard similarity of shingle sets at or above which two transcripts are near-duplicates
+    num_perm: int = 128  # MinHash permutations (signature length)
+    ngram_words: int = 3  # word shingles for scripts written with spaces
+    ngram_chars: int = 5  # character shingles for scripts written without spaces (Chinese, Japanese, Thai, ...)
+    min_tokens: int = 8  # fewer words (characters without spaces): too little evidence, never deduplicated
+    seed: int = 1  # of the MinHash permutations (datasketch's seed)
+    # Weight of missed pairs against spurious candidates when datasketch's optimal-parameter search picks LSH
+    # (bands, rows). Candidates are verified against the threshold, so a spurious one costs a comparison and a
+    # missed one is a kept duplicate: 0.9 gives 20 bands x 6 rows at 0.7/128 (recall 92 % at Jaccard 0.7;
+    # 0.5, datasketch's default, gives 14 x 9 and 44 %).
+    false_negative_weight: float = 0.9
+    # File of evaluation transcripts (one per line, or .jsonl with "text"): sources matching one are removed as
+    # eval_overlap. Similarity is over whole texts: give one line per evaluation recording, not per sentence.
+    exclude_texts: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError("threshold must be in (0, 1]")
+        if not 16 <= self.num_perm <= 4096:
+            raise ValueError("num_perm must be between 16 and 4096")
+        if self.ngram_words < 1 or self.ngram_chars < 1:
+            raise ValueError("ngram_words and ngram_chars must be at least 1")
+        if self.min_tokens < max(self.ngram_words, self.ngram_chars):
+            raise ValueError("min_tokens must be at least ngram_words and ngram_chars (a text needs one whole shingle)")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError("seed must be in [0, 2**32)")
+        if not 0.0 < self.false_negative_weight < 1.0:
+            raise ValueError("false_negative_weight must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DuplicateDecisions:
+    """What ``resolve_duplicates`` decided, as ``mark_duplicates``' options: (duplicate, keeper) pairs, sorted."""
+
+    duplicate_of: tuple[tuple[str, str], ...]
+    threshold: float = 0.7  # for the reject detail
+    exclude_texts: str | None = None  # the evaluation file, named in eval_overlap details
+
+    @classmethod
+    def from_mapping(cls, duplicate_of: dict[str, str], options: DedupOptions) -> DuplicateDecisions:
+        return cls(tuple(sorted(duplicate_of.items())), options.threshold, options.exclude_texts)
+
+    @functools.cached_property
+    def keeper(self) -> dict[str, str]:
+        return dict(self.duplicate_of)
+
+
+# --- text -> shingles --------------------------------------------------------------------------------------
+
+
+class _StripTable(dict):
+    """``str.translate`` table filled on first sight of each character: P*/S* -> space, apostrophes deleted."""
+
+    def __missing__(self, code: int) -> int | str | None:
+        ch = chr(code)
+        if ch in _APOSTROPHES:
+            value: int | str | None = None
+        elif unicodedata.category(ch)[0] in "PS":
+            value = " "
+        else:
+            value = code
+        self[code] = value
+        return value
+
+
+_STRIP = _StripTable()
+
+
+def normalize_for_dedup(text: str) -> str:
+    """NFKC, case folded, punctuation and symbols removed (apostrophes joined), whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold().translate(_STRIP)
+    return " ".join(text.split())
+
+
+def _is_spaceless(normalized: str) -> bool:
+    """Mostly a script without spaces: more such characters than words of other scripts (as detect_machine_generated)."""
+    spaceless_chars = len(_SPACELESS.findall(normalized))
+    if not spaceless_chars:
+        return False
+    return spaceless_chars > len(_SPACELESS.sub(" ", normalized).split())
+
+
+def shingles(text: str, options: DedupOptions) -> list[str] | None:
+    """The text's distinct shingles in order of first occurrence; None when it has fewer than min_tokens tokens."""
+    normalized = normalize_for_dedup(text)
+    if _is_spaceless(normalized):
+        chars = normalized.replace(" ", "")
+        if len(chars) < options.min_tokens:
+            return None
+        n = options.ngram_chars
+        return list(dict.fromkeys(chars[i : i + n] for i in range(len(chars) - n + 1)))
+    words = normalized.split()
+    if len(words) < options.min_tokens:
+        return None
+    n = options.ngram_words
+    return list(dict.fromkeys(" ".join(words[i : i + n]) for i in range(len(words) - n + 1)))
+
+
+def shingle_bytes(text: str, options: DedupOptions) -> list[bytes] | None:
+    """The UTF-8 bytes of ``shingles(text)`` (the same set, repeats not removed), as hashed: word n-grams are
+    cut out of the encoded text by byte offsets instead of being joined word by word."""
+    normalized = normalize_for_dedup(text)
+    if _is_spaceless(normalized):
+        chars = normalized.replace(" ", "")
+        if len(chars) < options.min_tokens:
+            return None
+        n = options.ngram_chars
+        return [chars[i : i + n].encode("utf-8") for i in range(len(chars) - n + 1)]
+    words = normalized.split(" ") if normalized else []
+    if len(words) < options.min_tokens:
+        return None
+    encoded = normalized.encode("utf-8")
+    widths = map(len, words) if len(encoded) == len(normalized) else (len(w.encode("utf-8")) for w in words)
+    offsets = [0, *accumulate(width + 1 for width in widths)]  # word k: encoded[offsets[k] : offsets[k + 1] - 1]
+    return [encoded[start : end - 1] for start, end in zip(offsets, offsets[options.ngram_words :])]
+
+
+# --- MinHash ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's own permutation parameters (a, b) for the default "affine32" scheme."""
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
+    return np.ascontiguousarray(a, dtype=np.uint32), np.ascontiguousarray(b, dtype=np.uint32)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, as datasketch pre-mixes input hashes (uint32 arithmetic wraps)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _sha1_hash32(items: list[bytes]) -> np.ndarray:
+    """datasketch's default hashfunc (first 4 bytes of SHA-1, little-endian) of each item, as one array."""
+    sha1 = hashlib.sha1
+    digests = np.frombuffer(b"".join([sha1(item).digest() for item in items]), dtype=SIGNATURE_DTYPE)
+    return digests[::5].copy()  # 20-byte digests: every fifth uint32 is a digest's first four bytes
+
+
+def minhash_signatures(docs: list[list[bytes]], num_perm: int, seed: int) -> np.ndarray:
+    """MinHash signatures of non-empty lists of shingles (bytes), shape (len(docs), num_perm) uint32.
+
+    Equal to ``MinHash(num_perm=num_perm, seed=seed)`` updated with each shingle, but the
+    shingles of all documents are hashed in one pass and permuted in cache-sized slices of one flat array
+    (a slice may cover many short documents or part of a long one).
+    """
+    a, b = _permutations(num_perm, seed)
+    out = np.full((len(docs), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    if not docs:
+        return out
+    lengths = np.fromiter((len(doc) for doc in docs), dtype=np.int64, count=len(docs))
+    if lengths.min() < 1:
+        raise ValueError("every document needs at least one shingle")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    hashes = _fmix32(_sha1_hash32([s for doc in docs for s in doc]))
+    rows = max(1, _PERMUTE_BYTES // (num_perm * 4))
+    buffer = np.empty((rows, num_perm), dtype=np.uint32)
+    for lo in range(0, len(hashes), rows):
+        hi = min(lo + rows, len(hashes))
+        permuted = buffer[: hi - lo]
+        np.multiply(hashes[lo:hi, None], a, out=permuted)  # a * h + b mod 2^32 (uint32 wraps)
+        np.add(permuted, b, out=permuted)
+        first = int(np.searchsorted(starts, lo, side="right")) - 1  # documents overlapping [lo, hi)
+        last = int(np.searchsorted(starts, hi, side="left"))
+        local = np.maximum(starts[first:last] - lo, 0)
+        np.minimum(out[first:last], np.minimum.reduceat(permuted, local, axis=0), out=out[first:last])
+    return out
+
+
+# --- which copy to keep ------------------------------------------------------------------------------------
+
+
+def quality_key(text: str, audio_ms: int) -> str:
+    """Sortable (greater is better): punctuated, then cased (mixed case over all-lower/all-upper), then longer
+    audio, then longer text. Texts of scripts without case rank between the two casing classes (they only
+    ever meet texts of the same script)."""
+    punctuated = 0 if _PUNCTUATION_MARKS.isdisjoint(text) else 1
+    has_upper, has_lower = text.lower() != text, text.upper() != text
+    cased = 2 if has_upper and has_lower else (0 if has_upper or has_lower else 1)
+    return f"{punctuated}{cased}:{max(0, min(int(audio_ms), 10**13 - 1)):013d}:{min(len(text), 10**10 - 1):010d}"
+
+
+def _cue_spans(batch: pa.Table) -> np.ndarray:
+    """Last cue end minus first cue start per row (the audio-length proxy); 0 for untimed transcripts."""
+    spans = np.zeros(batch.num_rows, dtype=np.int64)
+    if "cues" not in batch.column_names or batch.num_rows == 0:
+        return spans
+    cues = batch["cues"].combine_chunks()
+    if not (pa.types.is_list(cues.type) or pa.types.is_large_list(cues.type)):
+        return spans
+    lengths = pc.fill_null(pc.list_value_length(cues), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    nonempty = np.flatnonzero(lengths)
+    if not len(nonempty):
+        return spans
+    flat = pc.list_flatten(cues)
+    starts = pc.fill_null(pc.struct_field(flat, "start_ms"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = pc.fill_null(pc.struct_field(flat, "end_ms"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths[nonempty])[:-1]])
+    spans[nonempty] = np.maximum(np.maximum.reduceat(ends, offsets) - np.minimum.reduceat(starts, offsets), 0)
+    return spans
+
+
+# --- phase 1: signatures (stage) ---------------------------------------------------------------------------
+
+
+def compute_signatures(batch: pa.Table, options: DedupOptions) -> pa.Table:
+    """Adds ``minhash`` (num_perm little-endian uint32 values as bytes; null for texts too short to judge)
+    and ``dedup_quality`` (see ``quality_key``)."""
+    texts = batch["transcript_text"].to_pylist()
+    shingled = [shingle_bytes(text, options) if text else None for text in texts]
+    signed = [i for i, doc in enumerate(shingled) if doc]
+    signatures = minhash_signatures([shingled[i] for i in signed], options.num_perm, options.seed)
+    width = options.num_perm * SIGNATURE_DTYPE.itemsize
+    valid = np.zeros(len(texts), dtype=bool)
+    valid[signed] = True
+    data = np.zeros((len(texts), options.num_perm), dtype=SIGNATURE_DTYPE)
+    data[signed] = signatures
+    minhash = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(texts), [pa.array(valid).buffers()[1] if not valid.all() else None, pa.py_buffer(data.tobytes())],
+        null_count=int((~valid).sum()),
+    ).cast(pa.binary())
+    spans = _cue_spans(batch)
+    quality = pa.array([quality_key(text or "", span) for text, span in zip(texts, spans.tolist())], pa.string())
+    out = batch
+    for name, column in (("minhash", minhash), ("dedup_quality", quality)):
+        if name in out.column_names:
+            out = out.set_column(out.column_names.index(name), name, column)
+        else:
+            out = out.append_column(name, column)
+    return out
+
+
+# --- phase 2: band keys ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _optimal_param(threshold: float, num_perm: int, false_negative_weight: float) -> tuple[int, int]:
+    from datasketch.lsh import _optimal_param as optimal
+
+    return optimal(threshold, num_perm, 1.0 - false_negative_weight, false_negative_weight)
+
+
+def lsh_params(options: DedupOptions) -> tuple[int, int]:
+    """(bands, rows) from datasketch's optimal-parameter search (0.7/128 with weight 0.9: 20 x 6)."""
+    return _optimal_param(options.threshold, options.num_perm, options.false_negative_weight)
+
+
+def _signature_matrix(column: pa.ChunkedArray | pa.Array, num_perm: int) -> np.ndarray:
+    return _signatures_of(column.to_pylist(), num_perm)
+
+
+def _signatures_of(values: list[bytes], num_perm: int) -> np.ndarray:
+    width = num_perm * SIGNATURE_DTYPE.itemsize
+    if any(len(v) != width for v in values):
+        raise ValueError(f"minhash values must be {width} bytes (num_perm={num_perm}); computed with other options?")
+    return np.frombuffer(b"".join(values), dtype=SIGNATURE_DTYPE).reshape(len(values), num_perm)
+
+
+def band_keys(batch: pa.Table, options: DedupOptions) -> pa.Table:
+    """One row per (row with a signature, band): ``band_key`` = 2-byte band index + the band's hash values,
+    with ``source_id``, ``minhash``, ``dedup_quality``."""
+    bands, rows = lsh_params(options)
+    if batch.num_rows:
+        batch = batch.filter(pc.is_valid(batch["minhash"]))
+    n = batch.num_rows
+    signatures = _signature_matrix(batch["minhash"], options.num_perm) if n else np.zeros((0, options.num_perm), SIGNATURE_DTYPE)
+    band_bytes = rows * SIGNATURE_DTYPE.itemsize
+    keys = np.empty((n, bands, 2 + band_bytes), dtype=np.uint8)
+    keys[:, :, :2] = np.frombuffer(b"".join(struct.pack(">H", i) for i in range(bands)), dtype=np.uint8).reshape(bands, 2)
+    keys[:, :, 2:] = signatures[:, : bands * rows].view(np.uint8).reshape(n, bands, band_bytes)
+    band_key = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(2 + band_bytes), n * bands, [None, pa.py_buffer(keys.tobytes())]
+    ).cast(pa.binary())
+    take = pa.array(np.repeat(np.arange(n, dtype=np.int64), bands))
+    return pa.table(
+        {
+            "band_key": band_key,
+            "source_id": batch["source_id"].take(take),
+            "minhash": batch["minhash"].take(take),
+            "dedup_quality": batch["dedup_quality"].take(take),
+        }
+    )
+
+
+# --- phase 3: candidate pairs in one bucket ----------------------------------------------------------------
+
+EDGE_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
+def bucket_edges(group: pa.Table, options: DedupOptions) -> pa.Table:
+    """Pairs (a < b) of one bucket whose estimated Jaccard similarity (share of equal signature values) is at
+    least the threshold, sorted. Buckets of at most 64 members compare every pair; larger ones compare each
+    member with the first 16 (by source id). Rows of several band keys may come together (e.g. a sorted block):
+    each key is then its own bucket."""
+    if group.num_rows < 2:
+        return EDGE_SCHEMA.empty_table()
+    ids = group["source_id"].to_pylist()
+    values = group["minhash"].to_pylist()
+    buckets: list[list[int]] = [list(range(len(ids)))]
+    if "band_key" in group.column_names:
+        by_key: dict[bytes, list[int]] = {}
+        for i, key in enumerate(group["band_key"].to_pylist()):
+            by_key.setdefault(key, []).append(i)
+        buckets = [rows for rows in by_key.values() if len(rows) > 1]
+    pairs: set[tuple[str, str]] = set()
+    for rows in buckets:
+        pairs.update(_bucket_pairs({ids[i]: values[i] for i in reversed(rows)}, options))
+    ordered = sorted(pairs)
+    return pa.table({"a": pa.array([a for a, _ in ordered], pa.string()), "b": pa.array([b for _, b in ordered], pa.string())})
+
+
+def _bucket_pairs(signature_of: dict[str, bytes], options: DedupOptions) -> list[tuple[str, str]]:
+    order = sorted(signature_of)
+    n = len(order)
+    if n < 2:
+        return []
+    signatures = _signatures_of([signature_of[s] for s in order], options.num_perm)
+    needed = math.ceil(options.threshold * options.num_perm - 1e-9)  # equal values for estimated J >= threshold
+    if n <= _ALL_PAIRS_MAX:
+        equal = (signatures[:, None, :] == signatures[None, :, :]).sum(axis=2)
+        i, j = np.nonzero(equal >= needed)
+        keep = i < j
+        return [(order[a], order[b]) for a, b in zip(i[keep].tolist(), j[keep].tolist())]
+    heads = signatures[:_HEADS]
+    found = []
+    for start in range(0, n, 4096):
+        equal = (signatures[start : start + 4096, None, :] == heads[None, :, :]).sum(axis=2)
+        member, head = np.nonzero(equal >= needed)
+        member = member + start
+        keep = head < member
+        found += [(order[a], order[b]) for a, b in zip(head[keep].tolist(), member[keep].tolist())]
+    return found
+
+
+# --- phase 4: clusters (driver) ----------------------------------------------------------------------------
+
+
+def _eval_order(source_id: str) -> tuple[int, str]:
+    suffix = source_id[len(EVAL_PREFIX) :]
+    return (int(suffix) if suffix.isdigit() else 2**63, source_id)
+
+
+def resolve_duplicates(edges: Iterable[tuple[str, str]], quality: dict[str, Any]) -> dict[str, str]:
+    """Union-find over the edges; returns duplicate -> keeper for every corpus source that is not kept.
+
+    A cluster keeps its member with the greatest quality (ties: the smallest source id; unknown quality ranks
+    last). A cluster with an evaluation member ("eval:..." ids) keeps none: each of its sources maps to the
+    first evaluation member (by line). Evaluation members themselves are never in the result. The result
+    depends on the set of edges only, not on their order.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in edges:
+        parent.setdefault(a, a)
+        parent.setdefault(b, b)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            if rb < ra:
+                ra, rb = rb, ra
+            parent[rb] = ra
+    clusters: dict[str, list[str]] = {}
+    for node in parent:
+        clusters.setdefault(find(node), []).append(node)
+
+    def rank(source_id: str) -> tuple[int, Any]:
+        value = quality.get(source_id)
+        return (0, "") if value is None else (1, value)
+
+    duplicate_of: dict[str, str] = {}
+    for members in clusters.values():
+        members.sort()
+        evals = [m for m in members if m.startswith(EVAL_PREFIX)]
+        keeper = min(evals, key=_eval_order) if evals else max(members, key=rank)  # max: first of equals
+        for member in members:
+            if member != keeper and not member.startswith(EVAL_PREFIX):
+                duplicate_of[member] = keeper
+    return dict(sorted(duplicate_of.items()))
+
+
+# --- evaluation texts --------------------------------------------------------------------------------------
+
+EXCLUSION_SCHEMA = pa.schema(
+    [("source_id", pa.string()), ("transcript_text", pa.string()), ("transcript_format", pa.string()), ("cues", pa.list_(CUE_TYPE))]
+)
+
+
+def exclusion_rows(options: DedupOptions) -> pa.Table:
+    """The evaluation texts as source-like rows (``eval:<line number>``), empty without ``exclude_texts``."""
+    if not options.exclude_texts:
+        return EXCLUSION_SCHEMA.empty_table()
+    path = Path(options.exclude_texts)
+    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    ids, texts = [], []
+    with path.open(encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if is_jsonl:
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"{path}:{number}: expected a JSON object with a \"text\" string ({err})") from None
+                if not isinstance(text, str):
+                    raise ValueError(f"{path}:{number}: \"text\" must be a string")
+            else:
+                text = line.rstrip("\r\n")
+            ids.append(f"{EVAL_PREFIX}{number}")
+            texts.append(text)
+    n = len(ids)
+    return pa.table(
+        [pa.array(ids, pa.string()), pa.array(texts, pa.string()), pa.array(["txt"] * n, pa.string()), pa.nulls(n, pa.list_(CUE_TYPE))],
+        schema=EXCLUSION_SCHEMA,
+    )
+
+
+# --- marking (stage) ---------------------------------------------------------------------------------------
+
+
+def mark_duplicates(batch: pa.Table, decisions: DuplicateDecisions) -> pa.Table:
+    """Rejects the sources that are not their cluster's keeper (``duplicate``, or ``eval_overlap`` when the
+    cluster holds an evaluation text), with ``duplicate_of``; drops the ``minhash`` column."""
+    if "minhash" in batch.column_names:
+        batch = batch.drop_columns(["minhash"])
+    keeper = decisions.keeper
+    if not keeper or not any(source_id in keeper for source_id in batch["source_id"].to_pylist()):
+        return batch
+    where = f" of {Path(decisions.exclude_texts).name}" if decisions.exclude_texts else ""
+
+    def mark(row: dict[str, Any]) -> dict[str, Any] | Reject:
+        kept = keeper.get(row["source_id"])
+        if kept is None:
+            return row
+        if kept.startswith(EVAL_PREFIX):
+            line = kept[len(EVAL_PREFIX) :]
+            detail = f"transcript matches evaluation text on line {line}{where} (Jaccard ≥ {decisions.threshold:g})"
+            return Reject(RejectReason.EVAL_OVERLAP, detail, duplicate_of=kept)
+        return Reject(RejectReason.DUPLICATE, f"near-duplicate of {kept} (Jaccard ≥ {decisions.threshold:g})", duplicate_of=kept)
+
+    return map_rows(batch, mark)

@@ -1,0 +1,419 @@
+"""Fuzzy transcript dedup (stages/dedup.py): the pure phases, run here in plain Python as the Ray plan runs them."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from itertools import permutations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from datasketch import MinHash
+
+from pipeline.schema import CUE_TYPE, RejectReason, table_from_rows
+from pipeline.stage import Stage, run_stages
+from stages.dedup import (
+    DedupOptions,
+    DuplicateDecisions,
+    band_keys,
+    bucket_edges,
+    compute_signatures,
+    exclusion_rows,
+    lsh_params,
+    mark_duplicates,
+    normalize_for_dedup,
+    resolve_duplicates,
+    shingle_bytes,
+    shingles,
+)
+
+OPTIONS = DedupOptions()
+
+
+def source_table(texts: list[str], ids: list[str] | None = None, cues: list[list[tuple[int, int]] | None] | None = None) -> pa.Table:
+    ids = ids or [f"s{i:05d}" for i in range(len(texts))]
+    cue_rows = [None if c is None else [{"start_ms": a, "end_ms": b, "text": "x"} for a, b in c] for c in (cues or [None] * len(texts))]
+    return pa.table(
+        {
+            "source_id": pa.array(ids, pa.string()),
+            "transcript_text": pa.array(texts, pa.string()),
+            "transcript_format": pa.array(["txt" if c is None else "srt" for c in cue_rows], pa.string()),
+            "cues": pa.array(cue_rows, pa.list_(CUE_TYPE)),
+        }
+    )
+
+
+def find_duplicates(table: pa.Table, options: DedupOptions = OPTIONS, batch_size: int | None = None, extra: pa.Table | None = None) -> dict[str, str]:
+    """The whole plan without Ray: signatures and band keys per batch, buckets grouped, edges, clusters."""
+    batches = [table] if batch_size is None else [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)]
+    if extra is not None and extra.num_rows:
+        batches.append(extra)
+    signed = [compute_signatures(batch, options) for batch in batches]
+    keys = pa.concat_tables([band_keys(batch, options) for batch in signed]).combine_chunks()
+    buckets: dict[bytes, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys["band_key"].to_pylist()):
+        buckets[key].append(i)
+    edges = set()
+    for rows in buckets.values():
+        if len(rows) > 1:
+            found = bucket_edges(keys.take(rows), options)
+            edges.update(zip(found["a"].to_pylist(), found["b"].to_pylist()))
+    quality = {}
+    for batch in signed:
+        quality.update(zip(batch["source_id"].to_pylist(), batch["dedup_quality"].to_pylist()))
+    return resolve_duplicates(sorted(edges), quality)
+
+
+def is_duplicate(a: str, b: str, options: DedupOptions = OPTIONS) -> bool:
+    return bool(find_duplicates(source_table([a, b]), options))
+
+
+SENTENCE_20 = "the committee met on tuesday to discuss the new budget and agreed that the school should hire three more teachers"
+SENTENCE_20_CHANGED = SENTENCE_20.replace("discuss", "review")
+ZH = "今天我们在这里讨论城市交通的问题，政府计划明年在市中心修建三条新的地铁线路，以减少道路拥堵和空气污染。"
+ZH_CHANGED = ZH.replace("三条", "四条")
+
+
+@pytest.mark.parametrize(
+    "a, b, duplicate",
+    [
+        # punctuation, case, spacing and Unicode width differences only: the same text
+        (
+            "Hello, everyone! Welcome back to the show. Today we're talking about gardening in small spaces.",
+            "hello everyone welcome back to the show today we're talking about gardening in small spaces",
+            True,
+        ),
+        (
+            "HELLO EVERYONE, WELCOME BACK TO THE SHOW; TODAY WE'RE TALKING ABOUT GARDENING IN SMALL SPACES!",
+            "Hello everyone -- welcome back to the show. Today we’re talking about gardening in small spaces…",
+            True,
+        ),
+        ("don't stop believing, hold on to that feeling, streetlight people", "dont stop believing hold on to that feeling streetlight people", True),
+        ("Ｆｕｌｌ ｗｉｄｔｈ letters are the same letters after NFKC normalisation here", "Full width letters are the same letters after NFKC normalisation here", True),
+        # one word changed in the middle of a 20-word sentence: 15 of 21 word 3-grams shared (J = 0.714)
+        (SENTENCE_20, SENTENCE_20_CHANGED, True),
+        # different sentences
+        (SENTENCE_20, "the weather today is sunny with a light breeze from the west and temperatures around twenty degrees in the afternoon", False),
+        # same words, different order: different shingles
+        (SENTENCE_20, " ".join(reversed(SENTENCE_20.split())), False),
+        # below min_tokens (8 words): never judged, even when identical
+        ("Thank you very much.", "thank you very much", False),
+        ("Yes. No. Maybe so!", "Yes. No. Maybe so!", False),
+        # Chinese: character 5-grams; punctuation removed, one character changed
+        (ZH, ZH_CHANGED.replace("，", " ").replace("。", ""), True),
+        (ZH, "我昨天去商店买了很多新鲜的水果和蔬菜，然后回家给全家人做了一顿丰盛的晚饭。", False),
+        ("谢谢大家。", "谢谢大家", False),  # 4 characters: too short
+        # Japanese (kanji + kana) and Thai: scripts without spaces, spacing differences ignored
+        ("今日はとても良い天気ですね。明日も晴れるといいですね。", "今日は とても 良い 天気ですね 明日も 晴れると いいですね", True),
+        ("วันนี้อากาศดีมากเราจะไปเที่ยวทะเลกันที่หัวหิน", "วันนี้อากาศดีมาก เราจะไปเที่ยวทะเลกัน ที่หัวหิน", True),
+        # Korean is written with spaces: word shingles
+        ("오늘은 날씨가 정말 좋아서 우리는 공원에 가서 산책을 하기로 했습니다.", "오늘은 날씨가 정말 좋아서, 우리는 공원에 가서 산책을 하기로 했습니다!", True),
+        ("오늘은 날씨가 정말 좋아서 우리는 공원에 가서 산책을 하기로 했습니다.", "내일은 비가 많이 온다고 해서 우리는 집에서 영화를 보기로 했습니다.", False),
+    ],
+)
+def test_pairs(a, b, duplicate):
+    assert is_duplicate(a, b) is duplicate
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Hello, World!", "hello world"),
+        ("  many   spaces\tand\nlines ", "many spaces and lines"),
+        ("well-known $5 50% #tag", "well known 5 50 tag"),
+        ("I’m here, aren't I?", "im here arent i"),
+        ("Straße ＡＢＣ ﬁne", "strasse abc fine"),
+        ("你好，世界！", "你好 世界"),
+        ("♪ music ♪ [applause]", "music applause"),
+    ],
+)
+def test_normalize_for_dedup(text, expected):
+    assert normalize_for_dedup(text) == expected
+
+
+def test_shingles_by_script():
+    assert shingles("one two three four five six seven eight", OPTIONS)[:2] == ["one two three", "two three four"]
+    assert shingles("one two three four five six seven", OPTIONS) is None  # 7 words < min_tokens
+    assert shingles("a b a b a b a b a b", OPTIONS) == ["a b a", "b a b"]  # distinct, in order
+    assert shingles("我们今天在这里讨论", OPTIONS)[:2] == ["我们今天在", "们今天在这"]  # spaces would not matter
+    assert shingles("我们 今天 在这里 讨论", OPTIONS) == shingles("我们今天在这里讨论", OPTIONS)
+    assert shingles("我们用Python写了很多代码", OPTIONS)[0] == "我们用py"  # mostly Chinese: characters
+    assert shingles("오늘은 날씨가 정말 좋아서 우리는 공원에 가서 산책을", OPTIONS)[0] == "오늘은 날씨가 정말"  # Korean: words
+    assert shingles("ภาษาไทยไม่มีช่องว่าง", OPTIONS)[0] == "ภาษาไ"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [SENTENCE_20, ZH, "Straße — ÉTÉ, naïve café; ﬁne Ｆｕｌｌ!", "a b a b a b a b a b", "오늘은 날씨가 정말 좋아서 우리는 공원에 가서 산책을", "short text", "", "..."],
+)
+@pytest.mark.parametrize("options", [OPTIONS, DedupOptions(ngram_words=1, ngram_chars=2, min_tokens=2), DedupOptions(ngram_words=5, min_tokens=9)])
+def test_shingle_bytes_are_the_shingles(text, options):
+    """compute_signatures hashes byte slices of the encoded text: the same set as shingles()."""
+    expected = shingles(text, options)
+    found = shingle_bytes(text, options)
+    assert (found is None) == (expected is None)
+    if expected is not None:
+        assert set(found) == {s.encode("utf-8") for s in expected}
+
+
+def test_options_are_validated():
+    for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"num_perm": 8}, {"min_tokens": 2}, {"ngram_words": 0}, {"false_negative_weight": 1.0}):
+        with pytest.raises(ValueError):
+            DedupOptions(**bad)
+
+
+def test_lsh_params():
+    assert lsh_params(OPTIONS) == (20, 6)
+    assert lsh_params(DedupOptions(false_negative_weight=0.5)) == (14, 9)  # datasketch MinHashLSH's own choice
+    for threshold, num_perm in ((0.5, 64), (0.8, 256), (0.9, 128)):
+        bands, rows = lsh_params(DedupOptions(threshold=threshold, num_perm=num_perm))
+        assert bands >= 2 and bands * rows <= num_perm
+
+
+@pytest.mark.parametrize("num_perm, seed", [(128, 1), (64, 7)])
+def test_signatures_equal_datasketch(num_perm, seed):
+    options = DedupOptions(num_perm=num_perm, seed=seed)
+    texts = [SENTENCE_20, ZH, "Hello, everyone! Welcome back to the show. Today we talk.", "too short", "", "a b a b a b a b a b"]
+    table = source_table(texts)
+    table = table.set_column(1, "transcript_text", pa.array(texts[:-2] + [None, texts[-1]], pa.string()))
+    signed = compute_signatures(table, options)
+    assert signed.column_names == table.column_names + ["minhash", "dedup_quality"]
+    for text, value in zip(texts, signed["minhash"].to_pylist()):
+        items = shingles(text, options) if text else None
+        if items is None:
+            assert value is None
+            continue
+        reference = MinHash(num_perm=num_perm, seed=seed)
+        for item in items:
+            reference.update(item.encode("utf-8"))
+        assert np.array_equal(np.frombuffer(value, dtype="<u4"), reference.hashvalues)
+    # batches give the same values as one call
+    halves = pa.concat_tables([compute_signatures(table.slice(0, 3), options), compute_signatures(table.slice(3), options)])
+    assert halves.equals(signed)
+
+
+def test_long_transcripts_span_several_hash_slices():
+    """An hour-long transcript has thousands of shingles: it is permuted in several slices, next to short ones."""
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(3000)]
+    texts = [" ".join(rng.choices(words, k=k)) for k in (12, 5000, 9, 30, 2100, 2046, 8)]
+    signed = compute_signatures(source_table(texts), OPTIONS)
+    for text, value in zip(texts, signed["minhash"].to_pylist()):
+        reference = MinHash(num_perm=OPTIONS.num_perm, seed=OPTIONS.seed)
+        reference.update_batch([s.encode("utf-8") for s in shingles(text, OPTIONS)])
+        assert np.array_equal(np.frombuffer(value, dtype="<u4"), reference.hashvalues)
+
+
+def test_band_keys_and_bucket_edges():
+    signed = compute_signatures(source_table([SENTENCE_20, SENTENCE_20.upper(), "too short"], ids=["b", "a", "c"]), OPTIONS)
+    keys = band_keys(signed, OPTIONS)
+    bands, rows = lsh_params(OPTIONS)
+    assert keys.num_rows == 2 * bands  # the short text has no signature
+    assert keys.column_names == ["band_key", "source_id", "minhash", "dedup_quality"]
+    assert {len(k) for k in keys["band_key"].to_pylist()} == {2 + 4 * rows}
+    assert len(set(keys["band_key"].to_pylist())) == bands  # identical texts share every band, bands never collide
+    edges = bucket_edges(keys.filter(pc.equal(keys["band_key"], keys["band_key"][0])), OPTIONS)
+    assert edges.to_pylist() == [{"a": "a", "b": "b"}]
+    # rows of several band keys at once (a sorted block): each key is its own bucket, pairs reported once
+    assert bucket_edges(keys, OPTIONS).to_pylist() == [{"a": "a", "b": "b"}]
+    assert bucket_edges(keys.drop_columns(["band_key"]), OPTIONS).to_pylist() == [{"a": "a", "b": "b"}]
+
+
+def test_bucket_edges_is_bounded_and_deterministic():
+    signature = compute_signatures(source_table([SENTENCE_20]), OPTIONS)["minhash"][0].as_py()
+    ids = [f"x{i:03d}" for i in range(200)]
+    group = pa.table({"source_id": ids, "minhash": [signature] * 200})
+    edges = bucket_edges(group, OPTIONS)
+    # beyond 64 members: each member against the first 16 by id (120 head pairs + 184 x 16)
+    assert edges.num_rows == 16 * 15 // 2 + 184 * 16
+    shuffled = group.take(np.random.default_rng(0).permutation(200))
+    assert sorted(bucket_edges(shuffled, OPTIONS).to_pylist(), key=str) == sorted(edges.to_pylist(), key=str)
+    small = bucket_edges(group.slice(0, 10), OPTIONS)
+    assert small.num_rows == 45
+    assert bucket_edges(group.slice(0, 1), OPTIONS).num_rows == 0
+    repeated = pa.table({"source_id": ["x", "x"], "minhash": [signature] * 2})  # one source twice: no self-pair
+    assert bucket_edges(repeated, OPTIONS).num_rows == 0
+
+
+def test_recall_at_the_threshold():
+    """One word changed in the middle: 20 words sit at J = 0.714, right at 0.7, so only some are caught (the
+    MinHash estimate has a standard deviation of 0.04 at 128 permutations); 40 words (J = 0.85) always are."""
+    rng = random.Random(5)
+    vocabulary = [f"w{i}" for i in range(5000)]
+    caught = {}
+    for words in (20, 40):
+        texts, ids = [], []
+        for k in range(150):
+            base = rng.sample(vocabulary, words)
+            changed = list(base)
+            changed[words // 2] = "changed"
+            texts += [" ".join(base), " ".join(changed)]
+            ids += [f"{k:03d}a", f"{k:03d}b"]
+        caught[words] = len(find_duplicates(source_table(texts, ids))) / 150
+    assert 0.5 <= caught[20] <= 0.9
+    assert caught[40] == 1.0
+
+
+def keep(texts_and_cues: list[tuple[str, list[tuple[int, int]] | None]], ids: list[str]) -> str:
+    """The keeper of a cluster of copies (every other id maps to it)."""
+    table = source_table([t for t, _ in texts_and_cues], ids, [c for _, c in texts_and_cues])
+    duplicate_of = find_duplicates(table)
+    keepers = set(duplicate_of.values())
+    assert len(keepers) == 1 and set(duplicate_of) | keepers == set(ids)
+    return keepers.pop()
+
+
+def test_keeper_preference():
+    text = "Hello, everyone. Welcome back to the show! Today we're talking about gardening in small spaces."
+    plain = "hello everyone welcome back to the show today were talking about gardening in small spaces"
+    # punctuated over unpunctuated, whatever the ids and the audio
+    assert keep([(plain, [(0, 90000)]), (text, None)], ["a", "b"]) == "b"
+    # cased over all lower case and all upper case (both punctuated)
+    assert keep([(text.lower(), None), (text.upper(), None), (text, None)], ["a", "b", "c"]) == "c"
+    # longer audio (cue span) among equal texts
+    assert keep([(text, [(0, 4000), (4000, 9000)]), (text, [(1000, 21000)]), (text, None)], ["a", "b", "c"]) == "b"
+    # then longer text
+    assert keep([(text, None), (text + " Thanks.", None)], ["a", "b"]) == "b"
+    # tie: the smallest source id
+    assert keep([(text, None), (text, None), (text, None)], ["m", "c", "x"]) == "c"
+
+
+def test_resolve_duplicates_is_order_independent():
+    edges = [("a", "b"), ("c", "d"), ("b", "c"), ("e", "f"), ("g", "eval:2"), ("h", "eval:10"), ("g", "h"), ("eval:2", "eval:10")]
+    quality = {"a": "1", "b": "3", "c": "3", "d": "2", "e": 0.5, "f": 0.25, "g": "9", "h": "9"}
+    expected = {"a": "b", "c": "b", "d": "b", "f": "e", "g": "eval:2", "h": "eval:2"}
+    for order in list(permutations(edges))[::997]:
+        assert resolve_duplicates(order, quality) == expected
+        assert resolve_duplicates([(b, a) for a, b in order], quality) == expected
+    assert resolve_duplicates([("p", "q")], {}) == {"q": "p"}  # no quality known: the smallest id
+    assert resolve_duplicates([], {}) == {}
+
+
+def generated_corpus(seed: int = 7) -> tuple[list[str], list[str], list[set[str]]]:
+    """300 different base texts (40-120 words of a random vocabulary, with sentences), each with 5-15 noisy
+    copies: a word swapped, punctuation changed or removed, case changed."""
+    rng = random.Random(seed)
+    letters = "bcdfghjklmnprstvwz"
+    vocabulary = sorted({"".join(rng.choice(letters) + rng.choice("aeiou") for _ in range(rng.randint(1, 4))) for _ in range(8000)})
+    ids, texts, groups = [], [], []
+    for g in range(300):
+        words = rng.sample(vocabulary, rng.randint(40, 120))
+        sentences, i = [], 0
+        while i < len(words):
+            n = rng.randint(4, 12)
+            chunk = words[i : i + n]
+            sentences.append(chunk[0].capitalize() + " " + ", ".join([" ".join(chunk[1:3])] + chunk[3:]) + rng.choice(".?!"))
+            i += n
+        base = " ".join(sentences)
+        members = [(f"g{g:03d}-00", base)]
+        for v in range(1, rng.randint(6, 16)):
+            variant = base
+            if rng.random() < 0.7:  # one word swapped for another
+                tokens = variant.split(" ")
+                tokens[rng.randrange(len(tokens))] = rng.choice(vocabulary)
+                variant = " ".join(tokens)
+            change = rng.choice(["none", "strip", "swap", "lower", "upper"])
+            if change == "strip":
+                variant = variant.replace(",", "").replace(".", "").replace("?", "").replace("!", "")
+            elif change == "swap":
+                variant = variant.replace(",", ";").replace(".", "!")
+            elif change == "lower":
+                variant = variant.lower()
+            elif change == "upper":
+                variant = variant.upper()
+            members.append((f"g{g:03d}-{v:02d}", variant))
+        groups.append({m for m, _ in members})
+        ids += [m for m, _ in members]
+        texts += [t for _, t in members]
+    return ids, texts, groups
+
+
+def clusters(duplicate_of: dict[str, str], ids: list[str]) -> set[frozenset[str]]:
+    by_keeper = defaultdict(set)
+    for source_id in ids:
+        by_keeper[duplicate_of.get(source_id, source_id)].add(source_id)
+    return {frozenset(members) for members in by_keeper.values()}
+
+
+def test_thousands_of_generated_near_duplicates():
+    ids, texts, groups = generated_corpus()
+    assert len(ids) > 3000
+    table = source_table(texts, ids)
+    decisions = find_duplicates(table, batch_size=500)
+    assert clusters(decisions, ids) == {frozenset(g) for g in groups}  # every copy found, no two groups merged
+    # the same decisions whatever the order of the rows and the block sizes
+    order = np.random.default_rng(1).permutation(len(ids))
+    assert find_duplicates(table.take(order), batch_size=97) == decisions
+    assert find_duplicates(table.take(order[::-1])) == decisions
+    # keepers are punctuated and cased when such a copy exists
+    text_of = dict(zip(ids, texts))
+    for keeper in set(decisions.values()):
+        assert any(mark in text_of[keeper] for mark in ".?!;") and text_of[keeper] not in (text_of[keeper].lower(), text_of[keeper].upper())
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_eval_overlap(tmp_path, suffix):
+    eval_texts = [
+        "and so my fellow americans ask not what your country can do for you ask what you can do for your country",
+        "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm windowsill",
+    ]
+    path = tmp_path / f"eval{suffix}"
+    lines = eval_texts if suffix == ".txt" else [json.dumps({"text": t, "id": i}) for i, t in enumerate(eval_texts)]
+    path.write_text(lines[0] + "\n\n" + lines[1] + "\n", encoding="utf-8")  # line 2 is blank
+    options = DedupOptions(exclude_texts=str(path))
+    extra = exclusion_rows(options)
+    assert extra["source_id"].to_pylist() == ["eval:1", "eval:3"]
+    assert extra["transcript_format"].to_pylist() == ["txt", "txt"] and extra["cues"].null_count == 2
+    sources = source_table(
+        [
+            "And so, my fellow Americans: ask not what your country can do for you; ask what you can do for your country.",
+            "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country!",
+            "The quick brown fox jumps over the lazy dog, while the cat sleeps on the warm windowsill.",
+            "An unrelated talk about the history of bread making in medieval european monasteries and villages.",
+        ],
+        ["jfk-1", "jfk-2", "fox", "bread"],
+    )
+    decisions = find_duplicates(sources, options, extra=extra)
+    assert decisions == {"fox": "eval:3", "jfk-1": "eval:1", "jfk-2": "eval:1"}
+
+    signed = compute_signatures(sources, options)
+    stage = Stage("remove_duplicates", mark_duplicates, DuplicateDecisions.from_mapping(decisions, options))
+    marked = run_stages([stage], signed)
+    assert "minhash" not in marked.column_names
+    rows = {r["source_id"]: r for r in marked.to_pylist()}
+    assert rows["bread"]["reject_reason"] is None
+    assert rows["fox"]["reject_reason"] == RejectReason.EVAL_OVERLAP.value
+    assert rows["fox"]["duplicate_of"] == "eval:3" and rows["fox"]["reject_stage"] == "remove_duplicates"
+    assert f"line 3 of eval{suffix}" in rows["fox"]["reject_detail"]
+
+
+def test_exclusion_rows_without_file_and_bad_jsonl(tmp_path):
+    empty = exclusion_rows(OPTIONS)
+    assert empty.num_rows == 0 and empty.column_names == ["source_id", "transcript_text", "transcript_format", "cues"]
+    assert compute_signatures(empty, OPTIONS).num_rows == 0
+    assert band_keys(compute_signatures(empty, OPTIONS), OPTIONS).num_rows == 0
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"sentence": "no text key"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="eval.jsonl:1"):
+        exclusion_rows(DedupOptions(exclude_texts=str(bad)))
+
+
+def test_mark_duplicates():
+    text = "Hello, everyone. Welcome back to the show! Today we're talking about gardening in small spaces."
+    batch = table_from_rows(
+        [{"source_id": s, "transcript_text": text, "language": "en", "cues": None} for s in ("a", "b", "c")]
+    )
+    signed = compute_signatures(batch, OPTIONS)
+    decisions = DuplicateDecisions.from_mapping({"b": "a", "zz": "a"}, OPTIONS)
+    assert decisions == DuplicateDecisions((("b", "a"), ("zz", "a")), 0.7) and hash(decisions) == hash(decisions)
+    marked = mark_duplicates(signed, decisions)
+    assert "minhash" not in marked.column_names and "dedup_quality" in marked.column_names
+    rows = marked.to_pylist()
+    assert [r.get("reject_reason") for r in rows] == [None, "duplicate", None]
+    assert rows[1]["duplicate_of"] == "a" and rows[1]["reject_detail"] == "near-duplicate of a (Jaccard ≥ 0.7)"
+    assert rows[0]["language"] == "en"
+    untouched = mark_duplicates(signed, DuplicateDecisions.from_mapping({"zz": "a"}, OPTIONS))
+    assert untouched.equals(signed.drop_columns(["minhash"]))
