@@ -148,18 +148,8 @@ def _is_spaceless(normalized: str) -> bool:
 
 def shingles(text: str, options: DedupOptions) -> list[str] | None:
     """The text's distinct shingles in order of first occurrence; None when it has fewer than min_tokens tokens."""
-    normalized = normalize_for_dedup(text)
-    if _is_spaceless(normalized):
-        chars = normalized.replace(" ", "")
-        if len(chars) < options.min_tokens:
-            return None
-        n = options.ngram_chars
-        return list(dict.fromkeys(chars[i : i + n] for i in range(len(chars) - n + 1)))
-    words = normalized.split()
-    if len(words) < options.min_tokens:
-        return None
-    n = options.ngram_words
-    return list(dict.fromkeys(" ".join(words[i : i + n]) for i in range(len(words) - n + 1)))
+    pieces = shingle_bytes(text, options)
+    return None if pieces is None else [piece.decode("utf-8") for piece in dict.fromkeys(pieces)]
 
 
 def shingle_bytes(text: str, options: DedupOptions) -> list[bytes] | None:
