@@ -23,7 +23,7 @@ from pipeline.models import ModelNotFound, resolve_model
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.sources import SourceOptions, discover_sources
-from pipeline.stage import Stage
+from pipeline.stage import Stage, active_rows
 from stages.agree_language import agree_language
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.decode_audio import DecodeOptions, decode_audio
@@ -88,7 +88,7 @@ def find_duplicates(plan: Plan, dataset, options: DedupOptions) -> DuplicateDeci
     if extra.num_rows:
         extra = compute_signatures(extra, options)
     edges = plan.group(
-        dataset, lambda batch: band_keys(_active(batch), options), "band_key", lambda group: bucket_edges(group, options), extra=extra
+        dataset, lambda batch: band_keys(active_rows(batch), options), "band_key", lambda group: bucket_edges(group, options), extra=extra
     )
     pairs = sorted({(e["a"], e["b"]) for e in edges})  # a pair shows up once per band it shares
     members = {m for pair in pairs for m in pair}
@@ -107,19 +107,11 @@ def check_engine(options: LanguageOptions) -> None:
         raise ConfigError(f"language.engine must be one of {', '.join(ENGINES)}")
 
 
-def _active(batch):
-    import pyarrow.compute as pc
-
-    if "reject_reason" not in batch.column_names:
-        return batch
-    return batch.filter(pc.is_null(batch["reject_reason"]))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wspsr corpus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", nargs="+", metavar="PATH", help="directories (pairs by file stem) and/or JSONL manifests; default: the bundled sample")
     parser.add_argument("--out", default="out/sample", help="output folder (default: out/sample)")
-    parser.add_argument("--config", help="TOML file with [sources] [transcript] [decode] [segment] [output] [ray] sections")
+    parser.add_argument("--config", help="TOML file, one table per section (wspsr corpus --print-config shows them all)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray in-process)")
     parser.add_argument("--model", help="Whisper model for audio language ID: a name or path, never downloaded (default: base)")

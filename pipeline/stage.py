@@ -64,6 +64,12 @@ def active_mask(batch: pa.Table) -> pa.ChunkedArray | None:
     return pc.is_null(batch["reject_reason"])
 
 
+def active_rows(batch: pa.Table) -> pa.Table:
+    """The rows no stage has rejected."""
+    mask = active_mask(batch)
+    return batch if mask is None else batch.filter(mask)
+
+
 def apply_stage(stage: Stage, batch: pa.Table, state: Any = None) -> pa.Table:
     """Run one stage on the still-active rows of a batch; rejected rows pass through untouched."""
     mask = active_mask(batch)
