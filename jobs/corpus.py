@@ -7,24 +7,27 @@ Output folder: ``corpus/`` (one row per window), ``rejects/`` (one row per dropp
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipeline.commit import OutputDir, OutputError, OutputOptions, write_json_atomically
-from pipeline.config import ConfigError, apply_overrides, build_config, fingerprint, load_toml, to_plain, to_toml
+from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, commit_rejects, summarize
 from pipeline.engines import ENGINES
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config
 from pipeline.models import ModelNotFound, resolve_model
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.sources import SourceOptions, discover_sources
 from pipeline.stage import Stage, active_rows
 from stages.agree_language import agree_language
+from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.decode_audio import DecodeOptions, decode_audio
 from stages.dedup import (
@@ -50,15 +53,17 @@ SECTIONS: dict[str, type] = {
     "decode": DecodeOptions,
     "speaking_rate": SpeakingRateOptions,
     "segment": SegmentOptions,
+    "pseudo_labels": PseudoLabelOptions,
     "output": OutputOptions,
     "ray": RayOptions,
 }
-RUNTIME_SECTIONS = ("ray",)  # how the job runs, not what it produces: outside the fingerprint
 
 
-def text_stages(config: dict[str, Any]) -> list[Stage]:
+def text_stages(config: dict[str, Any], verdicts: PseudoLabelVerdicts | None = None) -> list[Stage]:
     """Cheap per-transcript steps, run on every source before the global dedup step."""
     stages = [Stage("load_transcript", load_transcript, config["transcript"])]
+    if verdicts is not None:
+        stages.append(Stage("check_pseudo_labels", check_pseudo_labels, verdicts))
     if config["machine_generated"].enabled:
         stages.append(Stage("detect_machine_generated", detect_machine_generated, config["machine_generated"]))
     if config["language"].enabled:
@@ -98,6 +103,23 @@ def find_duplicates(plan: Plan, dataset, options: DedupOptions) -> DuplicateDeci
     return DuplicateDecisions.from_mapping(decisions, options)
 
 
+def verdicts_files(config: dict[str, Any]) -> list[str]:
+    folder = config["pseudo_labels"].comparison
+    return [str(p) for p in sorted(Path(folder, "comparison").glob("*.parquet"))] if folder else []
+
+
+def load_pseudo_label_verdicts(options: PseudoLabelOptions) -> PseudoLabelVerdicts | None:
+    """The per-source error rates of a `wspsr transcribe --compare-with` run (only its committed shards)."""
+    if not options.comparison:
+        return None
+    files = verdicts_files({"pseudo_labels": options})
+    if not files:
+        raise FileNotFoundError(f"{options.comparison} has no comparison/ table: run `wspsr transcribe --compare-with SOURCES --out {options.comparison}` first")
+    table = pa.concat_tables([pq.read_table(f, columns=["source_id", "language", "wer", "cer"]) for f in files])
+    figures = tuple(sorted((r["source_id"], r["language"] or "", float(r["wer"]), float(r["cer"])) for r in table.to_pylist()))
+    return PseudoLabelVerdicts(figures, options.max_wer, options.max_cer)
+
+
 def check_engine(options: LanguageOptions) -> None:
     """Fail before any work when the language-ID model is missing or does not fit the engine."""
     ref = resolve_model(options.model)
@@ -111,39 +133,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wspsr corpus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", nargs="+", metavar="PATH", help="directories (pairs by file stem) and/or JSONL manifests; default: the bundled sample")
     parser.add_argument("--out", default="out/sample", help="output folder (default: out/sample)")
-    parser.add_argument("--config", help="TOML file, one table per section (wspsr corpus --print-config shows them all)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray in-process)")
     parser.add_argument("--model", help="Whisper model for audio language ID: a name or path, never downloaded (default: base)")
     parser.add_argument("--engine", choices=ENGINES, help="Whisper engine for audio language ID (default: openai-whisper)")
     parser.add_argument("--exclude-texts", metavar="FILE", help="evaluation transcripts (one per line, or JSONL with \"text\"); sources matching one are removed")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output folder written with a different config")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    parser.add_argument("--pseudo-labels", metavar="DIR", help="a `wspsr transcribe --compare-with` output: drop sources whose transcript Whisper disagrees with")
+    parser.add_argument("--max-wer", type=float, help="with --pseudo-labels: the WER above which a source is dropped (default 0.3)")
+    add_common_arguments(parser, "corpus")
     return parser.parse_args(argv)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    overrides = list(args.set)
-    if args.address:
-        overrides.append(f"ray.address={json.dumps(args.address)}")
-    if args.quiet:
-        overrides.append("ray.progress=false")
-    for flag, key in ((args.model, "language.model"), (args.engine, "language.engine"), (args.exclude_texts, "dedup.exclude_texts")):
-        if flag:
-            overrides.append(f"{key}={json.dumps(flag)}")
-    config = build_config(SECTIONS, apply_overrides(load_toml(args.config), overrides))
+    config = resolve_config(
+        args,
+        SECTIONS,
+        {
+            "language.model": args.model, "language.engine": args.engine, "dedup.exclude_texts": args.exclude_texts,
+            "pseudo_labels.comparison": args.pseudo_labels, "pseudo_labels.max_wer": args.max_wer,
+        },
+    )
     if args.print_config:
         print(to_toml(to_plain(config)))
         return {}
     source_paths = args.sources or [str(REPO / p) for p in SAMPLE_SOURCES]
     plain = to_plain(config)
-    produced = {k: v for k, v in plain.items() if k not in RUNTIME_SECTIONS}
-    produced["inputs"] = source_paths
-    if config["dedup"].exclude_texts:  # the file's content, not only its name, decides the output
-        produced["exclude_texts_sha256"] = hashlib.sha256(Path(config["dedup"].exclude_texts).read_bytes()).hexdigest()
-    out = OutputDir(args.out, CORPUS_TABLES, fingerprint(produced))
+    verdicts = load_pseudo_label_verdicts(config["pseudo_labels"])
+    # The contents of the files the config names decide the output too, not only their names.
+    out = OutputDir(args.out, CORPUS_TABLES, output_fingerprint(config, source_paths, [config["dedup"].exclude_texts, *verdicts_files(config)]))
     started = time.monotonic()
 
     if config["language"].enabled:
@@ -165,11 +181,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         decisions = None
         if config["dedup"].enabled:
             # Dedup sees every source, committed ones too, so a resumed run decides exactly as a whole run would.
-            dataset = plan.materialize(plan.apply(plan.source(table_from_rows(discovery.sources)), text_stages(config)))
+            dataset = plan.materialize(plan.apply(plan.source(table_from_rows(discovery.sources)), text_stages(config, verdicts)))
             decisions = find_duplicates(plan, dataset, config["dedup"])
             dataset = plan.drop(dataset, "source_id", done)
         else:
-            dataset = plan.apply(plan.source(table_from_rows(todo)), text_stages(config))
+            dataset = plan.apply(plan.source(table_from_rows(todo)), text_stages(config, verdicts))
         dataset = plan.apply(dataset, audio_stages(config, decisions))
         for _ in plan.commit(dataset, lambda batch: commit_corpus_batch(batch, out, output_options)):
             pass

@@ -60,10 +60,11 @@ def write_json_atomically(path: Path, doc: Any) -> None:
 class OutputDir:
     """One job's output folder: ``<table>/part-*.parquet`` files, ``_commits/*.json`` markers, ``run.json``."""
 
-    def __init__(self, root: str | Path, tables: tuple[str, ...], fingerprint: str):
+    def __init__(self, root: str | Path, tables: tuple[str, ...], fingerprint: str, file_dir: str | None = None):
         self.root = Path(root)
         self.tables = tables
         self.fingerprint = fingerprint
+        self.file_dir = file_dir  # a folder of per-source files (subtitles), committed with the shards that write them
 
     @property
     def markers_dir(self) -> Path:
@@ -89,7 +90,7 @@ class OutputDir:
         self.remove_uncommitted()
 
     def clear(self) -> None:
-        for name in (*self.tables, MARKERS):
+        for name in (*self.tables, MARKERS, *([self.file_dir] if self.file_dir else [])):
             shutil.rmtree(self.root / name, ignore_errors=True)
         for name in (RUN_FILE, "summary.json"):
             (self.root / name).unlink(missing_ok=True)
@@ -118,6 +119,12 @@ class OutputDir:
                 if f"{table}/{path.name}" not in committed:
                     path.unlink(missing_ok=True)
                     removed.append(path)
+        if self.file_dir and (self.root / self.file_dir).is_dir():
+            for path in sorted((self.root / self.file_dir).rglob("*")):
+                name = path.relative_to(self.root / self.file_dir).as_posix()
+                if path.is_file() and (path.name.startswith(TMP_PREFIX) or f"{self.file_dir}/{name}" not in committed):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
         return removed
 
     def committed_sources(self) -> set[str]:
@@ -134,8 +141,10 @@ class OutputDir:
         sources: dict[str, list[str]],
         stats: dict[str, Any],
         options: OutputOptions,
+        extra_files: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Write each table's files, then the marker. Idempotent: the same shard rewrites the same files."""
+        """Write each table's files and the extra files (path under ``file_dir`` -> text), then the marker.
+        Idempotent: the same shard rewrites the same files."""
         files: dict[str, list[str]] = {}
         rows: dict[str, int] = {}
         for table_name, parts in tables.items():
@@ -146,6 +155,16 @@ class OutputDir:
                 self._write_parquet(part, self.root / table_name / name, options)
                 files[table_name].append(name)
                 rows[table_name] += part.num_rows
+        if extra_files:
+            assert self.file_dir, "extra files need a file_dir"
+            files[self.file_dir] = []
+            for name, text in sorted(extra_files.items()):
+                final = self.root / self.file_dir / name
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
+                tmp.write_text(text, encoding="utf-8")
+                _fsync_replace(tmp, final)
+                files[self.file_dir].append(name)
         marker = {
             "shard": shard,
             "fingerprint": self.fingerprint,

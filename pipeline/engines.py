@@ -124,6 +124,11 @@ def _is_silence(raw: _Raw, options: TranscribeOptions) -> bool:
     )
 
 
+def sampling_seed(audio: np.ndarray, temperature: float) -> int:
+    """A seed from the window's own samples: a retried window samples the same way in any batch, on any run."""
+    return (zlib.crc32(np.ascontiguousarray(audio).tobytes()) + round(temperature * 1000)) % 2**31
+
+
 def decode_with_fallback(n: int, decode: Callable[[list[int], float], list[_Raw]], options: TranscribeOptions) -> list[_Raw]:
     """Whisper's temperature fallback, per item: only windows that failed are decoded again, hotter."""
     final: list[_Raw | None] = [None] * n
@@ -237,6 +242,15 @@ class OpenAIWhisperEngine:
         mel = self._mel(audios)
 
         def decode(indices: list[int], temperature: float) -> list[_Raw]:
+            if temperature > 0:  # sampling: one window at a time, seeded by its audio, so results never depend on the batch
+                out = []
+                for i in indices:
+                    torch.manual_seed(sampling_seed(audios[i], temperature))
+                    out += decode_now([i], temperature)
+                return out
+            return decode_now(indices, temperature)
+
+        def decode_now(indices: list[int], temperature: float) -> list[_Raw]:
             decoding = whisper.DecodingOptions(
                 task=options.task,
                 language=options.language,
@@ -302,6 +316,7 @@ class FasterWhisperEngine:
         return prompt
 
     def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]:
+        import ctranslate2
         from faster_whisper.transcribe import get_suppressed_tokens
 
         if not audios:
@@ -315,6 +330,15 @@ class FasterWhisperEngine:
         suppress = get_suppressed_tokens(self.tokenizer, [-1])
 
         def decode(indices: list[int], temperature: float) -> list[_Raw]:
+            if temperature > 0:  # sampling: one window at a time, seeded by its audio, so results never depend on the batch
+                out = []
+                for i in indices:
+                    ctranslate2.set_random_seed(sampling_seed(audios[i], temperature))
+                    out += decode_now([i], temperature)
+                return out
+            return decode_now(indices, temperature)
+
+        def decode_now(indices: list[int], temperature: float) -> list[_Raw]:
             encoder_output = encoded if len(indices) == len(audios) else self.model.encode(features[indices])
             if temperature > 0:
                 kwargs: dict[str, Any] = {"beam_size": 1, "num_hypotheses": options.best_of or 1, "sampling_topk": 0, "sampling_temperature": temperature}

@@ -107,6 +107,10 @@ def tiny_random_whisper(seed: int = 0) -> Any:
     torch.manual_seed(seed)
     try:
         model = whisper.model.Whisper(dims)
+        # openai-whisper leaves the decoder's positional embedding as torch.empty (checkpoints fill it): memory
+        # garbage, sometimes NaN. Fill it from the seeded generator so the model is the same in every process.
+        with torch.no_grad():
+            model.decoder.positional_embedding.normal_(0.0, 0.02)
     finally:
         torch.random.set_rng_state(generator_state)
     return model.eval()

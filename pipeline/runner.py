@@ -173,8 +173,8 @@ class Plan:
         for row in dataset.iter_rows():
             marker = json.loads(row["marker"])
             log.info(
-                "committed shard %s: %d sources (%d kept), %d windows [%.0f s]",
+                "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
                 marker["shard"], sum(len(ids) for ids in marker["sources"].values()), len(marker["sources"].get("kept", [])),
-                marker["rows"].get("corpus", 0), time.monotonic() - started,
+                ", ".join(f"{table} {n}" for table, n in marker["rows"].items()), time.monotonic() - started,
             )
             yield marker

@@ -54,6 +54,10 @@ class RejectReason(str, enum.Enum):
     # language agreement
     LANGUAGE_UNKNOWN = "language_unknown"
     LANGUAGE_MISMATCH = "language_mismatch"
+    # transcription
+    TRANSCRIPTION_FAILED = "transcription_failed"
+    # pseudo-label check
+    HIGH_ERROR_RATE = "high_error_rate"
     # deduplication
     DUPLICATE = "duplicate"
     EVAL_OVERLAP = "eval_overlap"
@@ -79,6 +83,22 @@ WINDOW_TYPE = pa.struct(
         ("text_timestamped", pa.string()),
         ("prev_text", pa.string()),
         ("has_speech", pa.bool_()),
+    ]
+)
+SPEECH_WINDOW_TYPE = pa.struct(
+    [("window_index", pa.int32()), ("start_ms", pa.int64()), ("end_ms", pa.int64()), ("pcm", pa.large_binary())]
+)
+SEGMENT_TYPE = pa.struct(
+    [
+        ("window_index", pa.int32()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+        ("text", pa.string()),
+        ("avg_logprob", pa.float32()),
+        ("compression_ratio", pa.float32()),
+        ("no_speech_prob", pa.float32()),
+        ("temperature", pa.float32()),
+        ("flag", pa.string()),
     ]
 )
 DROPPED_TYPE = pa.struct(
@@ -108,6 +128,18 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "duration_ms": pa.int64(),
     "pcm": pa.large_binary(),  # 16 kHz mono s16le, whole recording
     "windows": pa.list_(WINDOW_TYPE),
+    "output_name": pa.string(),  # where per-file outputs of the source go (relative path, no extension)
+    "speech_windows": pa.list_(SPEECH_WINDOW_TYPE),  # transcribe: <=30 s windows cut at silences
+    "segments": pa.list_(SEGMENT_TYPE),  # transcribe: Whisper's timed segments, absolute times
+    "language_prob": pa.float32(),
+    "group": pa.string(),
+    "word_errors": pa.int64(),
+    "reference_words": pa.int64(),
+    "wer": pa.float32(),
+    "char_errors": pa.int64(),
+    "reference_chars": pa.int64(),
+    "cer": pa.float32(),
+    "speech_ms": pa.int64(),
     "dropped": pa.list_(DROPPED_TYPE),
     "task": pa.string(),
     "transcript_language": pa.string(),
@@ -145,6 +177,26 @@ CORPUS_SCHEMA = pa.schema(
         ("audio_language", pa.string()),
         ("audio_language_prob", pa.float32()),
         ("metadata", pa.string()),
+    ]
+)
+
+# wspsr transcribe: one row per segment.
+TRANSCRIPTS_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("source", pa.string()),
+        ("segment_index", pa.int32()),
+        ("window_index", pa.int32()),
+        ("start_ms", pa.int64()),
+        ("end_ms", pa.int64()),
+        ("text", pa.string()),
+        ("language", pa.string()),
+        ("language_prob", pa.float32()),
+        ("avg_logprob", pa.float32()),
+        ("compression_ratio", pa.float32()),
+        ("no_speech_prob", pa.float32()),
+        ("temperature", pa.float32()),
+        ("flag", pa.string()),  # null, or why the hallucination guard distrusts the segment
     ]
 )
 

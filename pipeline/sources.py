@@ -115,7 +115,10 @@ def discover_directory(root_spelled: str, options: SourceOptions, out: Discovery
                 out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the source folder")
                 continue
             out.sources.append(
-                source_row(source_id, source, audio_path, transcript_path, None, language or options.default_language, {})
+                source_row(
+                    source_id, source, audio_path, transcript_path, None, language or options.default_language, {},
+                    output_name=_output_name(label, rel_audio),
+                )
             )
     claimed = {path for key, paths in transcripts.items() if key in audio for _, path in paths}
     for path in sorted({path for paths in transcripts.values() for _, path in paths} - claimed):
@@ -133,10 +136,12 @@ def source_row(
     metadata: dict[str, Any],
     encoding: str | None = None,
     transcript_origin: str | None = None,
+    output_name: str | None = None,
 ) -> dict[str, Any]:
     return {
         "source_id": source_id,
         "source": source,
+        "output_name": output_name or source_id,
         "audio_path": str(audio_path.resolve()),
         "transcript_path": str(transcript_path.resolve()) if transcript_path else None,
         "inline_text": inline_text,
@@ -163,7 +168,13 @@ class _LineError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discovery) -> None:
+def _output_name(label: str, relative: str) -> str:
+    """Where per-file outputs (subtitles) of a source go: its path under the root it was found in, minus extension."""
+    stem = relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
+    return f"{label}/{stem}"
+
+
+def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discovery, audio_only: bool = False) -> None:
     manifest = Path(manifest_spelled)
     label = manifest.name
     base = manifest.parent
@@ -182,7 +193,7 @@ def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discov
                     raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({exc})") from None
                 if not isinstance(entry, dict):
                     raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
-                row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options)
+                row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options, audio_only)
             except _LineError as err:
                 detail = err.detail if err.detail.startswith("line ") else f"line {lineno}: {err.detail}"
                 out.reject(line_id, where, err.reason, detail)
@@ -198,11 +209,18 @@ def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discov
 
 
 def _manifest_entry(
-    entry: dict[str, Any], lineno: int, label: str, spelled: str, base: Path, roots: list[Path], options: SourceOptions
+    entry: dict[str, Any],
+    lineno: int,
+    label: str,
+    spelled: str,
+    base: Path,
+    roots: list[Path],
+    options: SourceOptions,
+    audio_only: bool = False,
 ) -> dict[str, Any]:
     audio = _manifest_path(entry.get("audio"), "audio", base, roots)
     has_transcript, has_text = "transcript" in entry, "text" in entry
-    if has_transcript == has_text:
+    if has_transcript and has_text or not (has_transcript or has_text or audio_only):
         raise _LineError(RejectReason.BAD_MANIFEST_LINE, "needs exactly one of 'transcript' (a path) or 'text'")
     transcript = _manifest_path(entry["transcript"], "transcript", base, roots) if has_transcript else None
     text = entry.get("text")
@@ -220,8 +238,11 @@ def _manifest_entry(
             raise _LineError(RejectReason.BAD_MANIFEST_LINE, "'id' must match [A-Za-z0-9][A-Za-z0-9._-]* (at most 128 characters)")
         source_id = given_id
     else:
-        label_of_text = entry["transcript"] if has_transcript else "text:" + hashlib.sha256(text.encode()).hexdigest()
-        source_id = stable_id(label, entry["audio"], label_of_text)
+        if has_transcript or has_text:
+            label_of_text = entry["transcript"] if has_transcript else "text:" + hashlib.sha256(text.encode()).hexdigest()
+            source_id = stable_id(label, entry["audio"], label_of_text)
+        else:
+            source_id = stable_id(label, entry["audio"])
     metadata = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     return source_row(
         source_id,
@@ -233,11 +254,12 @@ def _manifest_entry(
         metadata,
         entry.get("encoding"),
         entry.get("transcript_origin"),
+        output_name=_output_name(Path(label).stem, os.path.normpath(entry["audio"]).lstrip("./")),
     )
 
 
 def discover_sources(paths: list[str], options: SourceOptions = SourceOptions()) -> Discovery:
-    """All sources under the given directories and manifests, in a deterministic order."""
+    """All audio-transcript pairs under the given directories and manifests, in a deterministic order."""
     out = Discovery()
     for spelled in paths:
         path = Path(spelled)
@@ -247,6 +269,64 @@ def discover_sources(paths: list[str], options: SourceOptions = SourceOptions())
             discover_manifest(spelled, options, out)
         else:
             raise FileNotFoundError(f"source path {spelled!r} is neither a directory nor a manifest file")
+    return _finish(out)
+
+
+def discover_audio(paths: list[str], options: SourceOptions = SourceOptions()) -> Discovery:
+    """Audio to transcribe: audio files, directories of them (searched recursively), JSONL manifests (a transcript
+    is optional), or wspsr Parquet tables with a ``source`` column (a corpus output folder, or a file)."""
+    out = Discovery()
+    for spelled in paths:
+        path = Path(spelled)
+        if path.is_dir() and (path / "run.json").is_file():
+            _discover_table(sorted((path / "corpus").glob("*.parquet")), spelled, out)
+        elif path.is_dir():
+            label = path.resolve().name
+            root = [Path(os.path.realpath(path))]
+            for file in _walk(path):
+                if file.suffix.lower() not in AUDIO_SUFFIXES:
+                    continue
+                rel = file.relative_to(path).as_posix()
+                source_id, source = stable_id(label, rel), os.path.join(spelled, rel)
+                if not _is_under(file, root):
+                    out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the input folder")
+                    continue
+                out.sources.append(
+                    source_row(source_id, source, file, None, None, options.default_language, {}, output_name=_output_name(label, rel))
+                )
+        elif path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
+            source_id = stable_id(path.resolve().parent.name, path.name)
+            out.sources.append(source_row(source_id, spelled, path, None, None, options.default_language, {}, output_name=path.stem))
+        elif path.is_file() and path.suffix.lower() == ".parquet":
+            _discover_table([path], spelled, out)
+        elif path.is_file():
+            discover_manifest(spelled, options, out, audio_only=True)
+        else:
+            raise FileNotFoundError(f"input {spelled!r} is not an audio file, a folder, a manifest or a Parquet table")
+    return _finish(out)
+
+
+def _discover_table(files: list[Path], spelled: str, out: Discovery) -> None:
+    import pyarrow.parquet as pq
+
+    if not files:
+        raise FileNotFoundError(f"{spelled!r} holds no Parquet files")
+    seen: set[str] = set()
+    for file in files:
+        table = pq.read_table(file, columns=["source"])
+        for source in table["source"].unique().to_pylist():
+            if source is None or source in seen:
+                continue
+            seen.add(source)
+            source_id = stable_id("table", source)
+            if _SCHEME.match(source):
+                out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a URL or protocol, not a file path")
+                continue
+            path = Path(source)
+            out.sources.append(source_row(source_id, source, path, None, None, None, {}, output_name=_output_name("table", path.as_posix().lstrip("/"))))
+
+
+def _finish(out: Discovery) -> Discovery:
     ids: dict[str, str] = {}
     unique = []
     for row in out.sources:
@@ -258,5 +338,11 @@ def discover_sources(paths: list[str], options: SourceOptions = SourceOptions())
             continue
         ids[row["source_id"]] = row["source"]
         unique.append(row)
+    names: dict[str, int] = {}
+    for row in unique:
+        names[row["output_name"]] = names.get(row["output_name"], 0) + 1
+    for row in unique:  # two sources would write the same subtitle file: both get their id in the name
+        if names[row["output_name"]] > 1:
+            row["output_name"] = f"{row['output_name']}.{row['source_id'][:8]}"
     out.sources = sorted(unique, key=lambda r: r["source_id"])
     return out

@@ -166,3 +166,10 @@ def test_batched_decoding_equals_one_by_one(base, english_windows):
     batched = [r.text for r in engine.transcribe(audios, options)]
     single = [engine.transcribe([a], options)[0].text for a in audios]
     assert batched == single
+
+
+def test_tiny_random_model_is_the_same_everywhere():
+    from pipeline.models import tiny_random_whisper
+
+    a, b = tiny_random_whisper().state_dict(), tiny_random_whisper().state_dict()
+    assert all(a[k].equal(b[k]) for k in a) and not any(v.isnan().any() for v in a.values() if v.is_floating_point())

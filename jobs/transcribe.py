@@ -1,0 +1,185 @@
+"""``wspsr transcribe``: Whisper over many files in a Ray actor pool, batched across files, resumable.
+
+Decoding and voice-activity windowing run as CPU tasks; Whisper runs in ``model_actors`` actors (a GPU each when
+the cluster has GPUs) that decode windows of many files per forward pass with Whisper's fallback per window.
+Output folder: ``transcripts/`` (one Parquet row per segment), ``files/`` (SRT/VTT/JSON/TXT per input file,
+named from its path), ``rejects/``, ``comparison/`` (with ``--compare-with``), ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.commit import OutputDir, OutputError, OutputOptions, write_json_atomically
+from pipeline.config import ConfigError, to_plain, to_toml
+from pipeline.corpus_sink import commit_rejects
+from pipeline.engines import ENGINES
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config
+from pipeline.models import ModelNotFound, resolve_model
+from pipeline.runner import Plan, RayOptions
+from pipeline.schema import table_from_rows
+from pipeline.sources import Discovery, SourceOptions, discover_audio, discover_sources
+from pipeline.stage import Stage
+from pipeline.subtitles import FORMATS
+from pipeline.transcribe_sink import FILES_DIR, TRANSCRIBE_TABLES, commit_transcribe_batch, summarize_transcription
+from stages.compare_with_reference import CompareOptions, compare_with_reference
+from stages.decode_audio import DecodeOptions, decode_audio
+from stages.load_transcript import TranscriptOptions, load_transcript
+from stages.segment_at_silences import VadOptions, segment_at_silences
+from stages.transcribe_windows import HallucinationOptions, TranscribeStageOptions, WhisperOptions, load_transcriber, transcribe_windows
+
+log = logging.getLogger("wspsr")
+
+@dataclass(frozen=True)
+class TranscribeRayOptions(RayOptions):
+    sources_per_block: int = 4  # files per task and shard: small, so decoding and Whisper overlap and a crash loses little
+
+
+SECTIONS: dict[str, type] = {
+    "sources": SourceOptions,
+    "transcript": TranscriptOptions,
+    "decode": DecodeOptions,
+    "vad": VadOptions,
+    "whisper": WhisperOptions,
+    "hallucination": HallucinationOptions,
+    "compare": CompareOptions,
+    "output": OutputOptions,
+    "ray": TranscribeRayOptions,
+}
+
+
+def build_stages(config: dict[str, Any], compare: bool) -> list[Stage]:
+    stages = [Stage("load_transcript", load_transcript, config["transcript"])] if compare else []
+    stages += [
+        Stage("decode_audio", decode_audio, config["decode"]),
+        Stage("segment_at_silences", segment_at_silences, config["vad"]),
+        Stage(
+            "transcribe_windows",
+            transcribe_windows,
+            TranscribeStageOptions(config["whisper"], config["hallucination"]),
+            setup=load_transcriber,
+        ),
+    ]
+    if compare:
+        stages.append(Stage("compare_with_reference", compare_with_reference, config["compare"]))
+    return stages
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wspsr transcribe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", nargs="+", default=[], metavar="PATH", help="audio files, folders, JSONL manifests, or wspsr Parquet tables")
+    parser.add_argument("--compare-with", nargs="+", default=[], metavar="SOURCES", help="audio+transcript sources (as for wspsr corpus): transcribe them and score their transcripts (WER/CER)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--model", help="Whisper model: a name or path, never downloaded (default: base)")
+    parser.add_argument("--engine", choices=ENGINES, help="default: faster-whisper")
+    parser.add_argument("--language", help="language code for every file (default: detected per file)")
+    parser.add_argument("--task", choices=("transcribe", "translate"))
+    parser.add_argument("--formats", default="parquet,srt", help=f"parquet plus any of {','.join(FORMATS)} (default: parquet,srt)")
+    parser.add_argument("--group-by", help="rank compared sources by folder (dir, default) or by a manifest field, e.g. uploader")
+    add_common_arguments(parser, "transcribe")
+    args = parser.parse_args(argv)
+    if not args.inputs and not args.compare_with:
+        parser.error("give --inputs and/or --compare-with")
+    return args
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = sorted(set(formats) - {"parquet", *FORMATS})
+    if unknown:
+        raise ConfigError(f"unknown format(s) {', '.join(unknown)}; choose from parquet,{','.join(FORMATS)}")
+    return formats
+
+
+def discover(args: argparse.Namespace, options: SourceOptions) -> Discovery:
+    found = Discovery()
+    for part in ([discover_audio(args.inputs, options)] if args.inputs else []) + (
+        [discover_sources(args.compare_with, options)] if args.compare_with else []
+    ):
+        found.sources += part.sources
+        found.rejects += part.rejects
+    return found
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    formats = parse_formats(args.formats)
+    config = resolve_config(
+        args,
+        SECTIONS,
+        {"whisper.model": args.model, "whisper.engine": args.engine, "whisper.language": args.language, "whisper.task": args.task, "compare.group_by": args.group_by},
+    )
+    if args.print_config:
+        print(to_toml(to_plain(config)))
+        return {}
+    whisper = config["whisper"]
+    if whisper.engine not in ENGINES:
+        raise ConfigError(f"whisper.engine must be one of {', '.join(ENGINES)}")
+    ref = resolve_model(whisper.model)
+    if whisper.engine == "faster-whisper" and ref.ct2_dir is None:
+        raise ConfigError(f"the faster-whisper engine needs a CTranslate2 folder; {whisper.model!r} has none (use --engine openai-whisper)")
+    inputs = [f"inputs:{p}" for p in args.inputs] + [f"compare:{p}" for p in args.compare_with] + [f"formats:{','.join(formats)}"]
+    out = OutputDir(args.out, TRANSCRIBE_TABLES, output_fingerprint(config, inputs), file_dir=FILES_DIR)
+    started = time.monotonic()
+
+    found = discover(args, config["sources"])
+    expected = {r["source_id"] for r in found.sources} | {r["source_id"] for r in found.rejects}
+    out.prepare({"job": "transcribe", "inputs": inputs, "config": to_plain(config)}, overwrite=args.overwrite)
+    done = out.committed_sources()
+    if not {r["source_id"] for r in found.rejects} <= done:
+        commit_rejects(found.rejects, out, config["output"])
+    todo = [row for row in found.sources if row["source_id"] not in done]
+    log.info("%d files found (%d rejected at discovery), %d already done, %d to transcribe", len(expected), len(found.rejects), len(done & expected), len(todo))
+    if todo:
+        plan = Plan(config["ray"])
+        dataset = plan.apply(plan.source(table_from_rows(todo)), build_stages(config, bool(args.compare_with)))
+        output_options = config["output"]
+        files_done, audio_ms = 0, 0
+        for marker in plan.commit(dataset, lambda batch: commit_transcribe_batch(batch, out, output_options, formats)):
+            files_done += sum(len(ids) for ids in marker["sources"].values())
+            audio_ms += marker["stats"].get("ms_audio", 0)
+            wall = time.monotonic() - started
+            log.info(
+                "%d/%d files, %.3f audio hours, %.1fx real time", files_done, len(todo), audio_ms / 3_600_000, audio_ms / 1000 / max(wall, 1e-9)
+            )
+    summary = summarize_transcription(out, expected)
+    elapsed = time.monotonic() - started
+    summary.update(elapsed_s=round(elapsed, 1), output=str(Path(args.out).resolve()))
+    summary["real_time_factor"] = round(summary["hours"]["audio"] * 3600 / max(elapsed, 1e-9), 2) if todo else None
+    write_json_atomically(out.root / "summary.json", summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    f, h = summary["files"], summary["hours"]
+    print(f"\nwspsr transcribe: {summary['output']}")
+    print(f"  files: {f['in']} in = {f['transcribed']} transcribed + {f['rejected']} rejected {f['rejected_by_reason'] or ''}")
+    print(f"  hours: {h['audio']:.3f} audio, {h['speech']:.3f} speech; segments {summary['segments']['total']} ({summary['segments']['flagged']} flagged)")
+    if summary.get("real_time_factor"):
+        print(f"  speed: {summary['real_time_factor']}x real time this run")
+    for language, fig in summary.get("comparison", {}).get("per_language", {}).items():
+        print(f"  vs references [{language}]: WER {fig['wer']:.1%}, CER {fig['cer']:.1%} over {fig['sources']} sources")
+    print(f"  accounting: {'ok' if summary['accounting']['ok'] else 'VIOLATED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        summary = run(argv)
+    except (ConfigError, OutputError, ModelNotFound, FileNotFoundError) as exc:
+        print(f"wspsr transcribe: error: {exc}", file=sys.stderr)
+        return 2
+    if not summary:
+        return 0
+    print_summary(summary)
+    return 0 if summary["accounting"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

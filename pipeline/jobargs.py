@@ -1,0 +1,45 @@
+"""What every job's command line shares: config file, overrides, cluster address, output folder handling."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.config import apply_overrides, build_config, fingerprint, load_toml, to_plain
+
+RUNTIME_SECTIONS = ("ray",)  # how a job runs, not what it produces: outside the fingerprint
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, job: str) -> None:
+    parser.add_argument("--config", help=f"TOML file, one table per section (wspsr {job} --print-config shows them all)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray in-process)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder written with a different config")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+
+
+def resolve_config(args: argparse.Namespace, sections: Mapping[str, type], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The config file, then ``--set``, then dedicated flags (``{"section.key": value or None}``)."""
+    overrides = list(args.set)
+    if args.address:
+        overrides.append(f"ray.address={json.dumps(args.address)}")
+    if args.quiet:
+        overrides.append("ray.progress=false")
+    for key, value in flags.items():
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return build_config(sections, apply_overrides(load_toml(args.config), overrides))
+
+
+def output_fingerprint(config: Mapping[str, Any], inputs: list[str], files: list[str | None] = ()) -> str:
+    """Everything that decides the output rows: the non-runtime config, the inputs, and named files' contents."""
+    produced = {k: v for k, v in to_plain(config).items() if k not in RUNTIME_SECTIONS}
+    produced["inputs"] = inputs
+    for path in files:
+        if path:
+            produced[f"sha256:{path}"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return fingerprint(produced)

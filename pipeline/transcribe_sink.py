@@ -1,0 +1,155 @@
+"""The transcribe job's sink: one Parquet row per segment, per-file SRT/VTT/JSON/TXT, rejects, comparison figures."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.commit import OutputDir, OutputOptions, shard_id
+from pipeline.schema import REJECTS_SCHEMA, TRANSCRIPTS_SCHEMA, RejectScope
+from pipeline.subtitles import render
+
+TRANSCRIBE_TABLES = ("transcripts", "rejects", "comparison")
+FILES_DIR = "files"
+COMPARISON_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("source", pa.string()),
+        ("group", pa.string()),
+        ("language", pa.string()),
+        ("duration_ms", pa.int64()),
+        ("reference_words", pa.int64()),
+        ("word_errors", pa.int64()),
+        ("wer", pa.float32()),
+        ("reference_chars", pa.int64()),
+        ("char_errors", pa.int64()),
+        ("cer", pa.float32()),
+    ]
+)
+
+
+def _add(counter: dict[str, Any], key: str, value: float) -> None:
+    counter[key] = counter.get(key, 0) + value
+
+
+def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOptions, formats: tuple[str, ...]) -> dict[str, Any]:
+    segments_out: list[dict[str, Any]] = []
+    rejects_out: list[dict[str, Any]] = []
+    comparison_out: list[dict[str, Any]] = []
+    files: dict[str, str] = {}
+    sources: dict[str, list[str]] = {"kept": [], "rejected": []}
+    stats: dict[str, Any] = defaultdict(dict)
+    stats.update(files_transcribed=0, ms_audio=0, ms_speech=0, segments=0, segments_flagged=0)
+    for row in batch.to_pylist():
+        if row.get("reject_reason"):
+            sources["rejected"].append(row["source_id"])
+            _add(stats["rejected"], row["reject_reason"], 1)
+            rejects_out.append(
+                {
+                    "source_id": row["source_id"], "source": row["source"], "scope": RejectScope.SOURCE.value,
+                    "stage": row.get("reject_stage"), "reason": row["reject_reason"], "detail": row.get("reject_detail"),
+                    "duration_ms": row.get("duration_ms"),
+                }
+            )
+            continue
+        sources["kept"].append(row["source_id"])
+        stats["files_transcribed"] += 1
+        stats["ms_audio"] += row["duration_ms"]
+        stats["ms_speech"] += row.get("speech_ms") or 0
+        _add(stats["ms_per_language"], str(row.get("language")), row["duration_ms"])
+        segments = row.get("segments") or []
+        for index, seg in enumerate(segments):
+            segments_out.append(
+                dict(
+                    seg, source_id=row["source_id"], source=row["source"], segment_index=index,
+                    language=row.get("language"), language_prob=row.get("language_prob"),
+                )
+            )
+            stats["segments"] += 1
+            if seg["flag"]:
+                stats["segments_flagged"] += 1
+                _add(stats["flagged"], seg["flag"], 1)
+        trusted = [s for s in segments if not s["flag"]]
+        for fmt in formats:
+            if fmt != "parquet":
+                files[f"{row['output_name']}.{fmt}"] = render(fmt, trusted, row.get("language"), row["source"])
+        if row.get("word_errors") is not None:
+            comparison_out.append({name: row.get(name) for name in COMPARISON_SCHEMA.names})
+    segments_out.sort(key=lambda s: (s["source_id"], s["segment_index"]))
+    rejects_out.sort(key=lambda r: r["source_id"])
+    comparison_out.sort(key=lambda r: r["source_id"])
+    tables = {
+        "transcripts": [pa.Table.from_pylist(segments_out, schema=TRANSCRIPTS_SCHEMA)],
+        "rejects": [pa.Table.from_pylist(rejects_out, schema=REJECTS_SCHEMA)],
+        "comparison": [pa.Table.from_pylist(comparison_out, schema=COMPARISON_SCHEMA)],
+    }
+    shard = shard_id(sources["kept"] + sources["rejected"])
+    return out.commit_shard(shard, tables, sources, dict(stats), options, extra_files=files)
+
+
+def summarize_transcription(out: OutputDir, expected: set[str], rank_top: int = 20) -> dict[str, Any]:
+    """Files in = transcribed + rejected (checked), hours, flags, and with references: WER per language and the
+    groups of sources ranked by word errors x hours (the paper's way of choosing what to inspect by hand)."""
+    import pyarrow.parquet as pq
+
+    seen: dict[str, int] = defaultdict(int)
+    totals: dict[str, Any] = defaultdict(dict)
+    totals.update(files_transcribed=0, ms_audio=0, ms_speech=0, segments=0, segments_flagged=0, shards=0)
+    for marker in out.markers():
+        totals["shards"] += 1
+        for ids in marker["sources"].values():
+            for source_id in ids:
+                seen[source_id] += 1
+        for key in ("files_transcribed", "ms_audio", "ms_speech", "segments", "segments_flagged"):
+            totals[key] += marker["stats"].get(key, 0)
+        for key in ("rejected", "flagged", "ms_per_language"):
+            for name, value in marker["stats"].get(key, {}).items():
+                _add(totals[key], name, value)
+    hours = lambda ms: round(ms / 3_600_000, 4)  # noqa: E731
+    rejected = sum(totals["rejected"].values())
+    summary: dict[str, Any] = {
+        "config_fingerprint": out.fingerprint,
+        "files": {"in": len(expected), "transcribed": totals["files_transcribed"], "rejected": rejected,
+                  "rejected_by_reason": dict(sorted(totals["rejected"].items()))},
+        "accounting": {
+            "ok": set(seen) == expected and all(n == 1 for n in seen.values()) and totals["files_transcribed"] + rejected == len(expected),
+            "missing": sorted(expected - set(seen))[:20],
+            "counted_twice": sorted(i for i, n in seen.items() if n > 1)[:20],
+        },
+        "hours": {"audio": hours(totals["ms_audio"]), "speech": hours(totals["ms_speech"]),
+                  "per_language": {k: hours(v) for k, v in sorted(totals["ms_per_language"].items())}},
+        "segments": {"total": totals["segments"], "flagged": totals["segments_flagged"], "flagged_by_reason": dict(sorted(totals["flagged"].items()))},
+        "shards": totals["shards"],
+    }
+    files = out.committed_files("comparison")
+    if files:
+        rows = pq.read_table(files, schema=COMPARISON_SCHEMA).to_pylist() if len(files) else []
+        summary["comparison"] = compare_summary(rows, rank_top)
+    return summary
+
+
+def compare_summary(rows: list[dict[str, Any]], rank_top: int = 20) -> dict[str, Any]:
+    by_language: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    by_group: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for row in rows:
+        for bucket in (by_language[row["language"] or "?"], by_group[row["group"] or "?"]):
+            bucket["sources"] += 1
+            bucket["hours"] += row["duration_ms"] / 3_600_000
+            bucket["word_errors"] += row["word_errors"]
+            bucket["reference_words"] += row["reference_words"]
+            bucket["char_errors"] += row["char_errors"]
+            bucket["reference_chars"] += row["reference_chars"]
+
+    def figures(bucket: dict[str, float]) -> dict[str, Any]:
+        wer = bucket["word_errors"] / max(bucket["reference_words"], 1)
+        cer = bucket["char_errors"] / max(bucket["reference_chars"], 1)
+        return {"sources": int(bucket["sources"]), "hours": round(bucket["hours"], 4), "wer": round(wer, 4), "cer": round(cer, 4),
+                "wer_x_hours": round(wer * bucket["hours"], 6)}
+
+    groups = sorted(((g, figures(b)) for g, b in by_group.items()), key=lambda kv: (-kv[1]["wer_x_hours"], kv[0]))
+    return {
+        "per_language": {k: figures(v) for k, v in sorted(by_language.items())},
+        "groups_by_errors_x_hours": [dict(group=g, **f) for g, f in groups[:rank_top]],
+    }

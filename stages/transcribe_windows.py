@@ -1,0 +1,203 @@
+"""Transcribe every speech window of a batch of files with Whisper: one model per actor, windows of many files per
+forward pass, Whisper's safeguards per window, a hallucination guard per segment, segments stitched back in order.
+
+Each file's language is detected once (averaged over up to ``language_windows`` speech windows spread over it)
+unless ``language`` is given; its windows are then decoded with that language, batched with other files' windows
+of the same language. Scores (avg_logprob, compression_ratio, no_speech_prob, temperature) are Whisper's, per
+decoded window, and are stored on each of the window's segments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.engines import Engine, TranscribeOptions, WindowTranscript, load_engine
+from pipeline.schema import RejectReason, table_from_rows
+from stages.detect_audio_language import average_probabilities, pick_windows
+from stages.detect_machine_generated import profile
+
+
+@dataclass(frozen=True)
+class WhisperOptions:
+    engine: str = "faster-whisper"  # or openai-whisper
+    model: str = "base"  # name or path, resolved offline
+    device: str | None = None  # default: cuda when present, else cpu
+    language: str | None = None  # None: detected per file
+    task: str = "transcribe"  # or translate (X -> English)
+    beam_size: int | None = None  # None: greedy (fastest); 5 is openai-whisper's CLI default
+    best_of: int | None = None
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    without_timestamps: bool = False
+    batch_windows: int = 8  # windows per forward pass (16 or more on a GPU)
+    language_windows: int = 3  # speech windows per file for language detection
+
+    def __post_init__(self) -> None:
+        self.decoding()  # validates the decoding fields
+        if self.batch_windows < 1 or self.language_windows < 1:
+            raise ValueError("batch_windows and language_windows must be at least 1")
+
+    def decoding(self, language: str | None = None) -> TranscribeOptions:
+        return TranscribeOptions(
+            language=language or self.language,
+            task=self.task,
+            beam_size=self.beam_size,
+            best_of=self.best_of,
+            temperatures=self.temperatures,
+            compression_ratio_threshold=self.compression_ratio_threshold,
+            logprob_threshold=self.logprob_threshold,
+            no_speech_threshold=self.no_speech_threshold,
+            without_timestamps=self.without_timestamps,
+        )
+
+
+@dataclass(frozen=True)
+class HallucinationOptions:
+    enabled: bool = True
+    ngram: int = 3  # words (characters x2 in scripts without spaces) per repeated n-gram
+    max_ngram_repeats: int = 3  # an n-gram seen more often than this in one segment: a loop
+    min_unique_word_share: float = 0.4  # segments of 10+ words with fewer distinct words (distil-whisper's rule)
+    max_word_chars: int = 40  # a "word" longer than this is a loop of characters
+    # Phrases Whisper invents over silence (subtitle credits, video outros), flagged when no_speech_prob is high.
+    phrases: tuple[str, ...] = (
+        "thank you for watching", "thanks for watching", "please subscribe", "subtitles by", "amara.org",
+        "ご視聴ありがとうございました", "字幕", "продолжение следует",
+    )
+    phrase_no_speech_prob: float = 0.3
+
+
+@dataclass(frozen=True)
+class TranscribeStageOptions:
+    whisper: WhisperOptions
+    hallucination: HallucinationOptions
+
+
+def load_transcriber(options: TranscribeStageOptions) -> Engine:
+    return load_engine(options.whisper.engine, options.whisper.model, options.whisper.device)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def hallucination_flag(segment: dict[str, Any], options: HallucinationOptions) -> str | None:
+    """Why a segment looks invented by the model rather than heard, or None."""
+    text = segment["text"]
+    words = _WORD.findall(text.casefold())
+    spaceless = profile(text).spaceless
+    units = [c for c in text if not c.isspace()] if spaceless else words
+    n = options.ngram * (2 if spaceless else 1)
+    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    if grams:
+        counts: dict[tuple, int] = {}
+        for gram in grams:
+            counts[gram] = counts.get(gram, 0) + 1
+        if max(counts.values()) > options.max_ngram_repeats:
+            return "repeated_ngram"
+    if not spaceless and len(words) >= 10 and len(set(words)) / len(words) < options.min_unique_word_share:
+        return "few_distinct_words"
+    if not spaceless and any(len(w) > options.max_word_chars for w in words):
+        return "overlong_word"
+    lowered = text.casefold()
+    if segment["no_speech_prob"] >= options.phrase_no_speech_prob and any(p in lowered for p in options.phrases):
+        return "known_phrase"
+    return None
+
+
+def _segments(window: dict[str, Any], result: WindowTranscript, options: HallucinationOptions) -> list[dict[str, Any]]:
+    out = []
+    for seg in result.segments:
+        start = min(window["start_ms"] + round(seg.start * 1000), window["end_ms"])
+        end = min(max(window["start_ms"] + round(seg.end * 1000), start), window["end_ms"])
+        segment = {
+            "window_index": window["window_index"],
+            "start_ms": start,
+            "end_ms": end,
+            "text": seg.text,
+            "avg_logprob": result.avg_logprob,
+            "compression_ratio": result.compression_ratio,
+            "no_speech_prob": result.no_speech_prob,
+            "temperature": result.temperature,
+        }
+        segment["flag"] = hallucination_flag(segment, options) if options.enabled else None
+        out.append(segment)
+    return out
+
+
+def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine: Engine) -> pa.Table:
+    whisper = options.whisper
+    rows = batch.to_pylist()
+    audio = [[np.frombuffer(w["pcm"], dtype="<i2") for w in row["speech_windows"] or []] for row in rows]
+
+    # 1. one language per file (unless given): averaged over a few speech windows spread over the file
+    languages: list[tuple[str | None, float | None]] = [(whisper.language, None)] * len(rows)
+    if whisper.language is None:
+        picks = [pick_windows([dict(w, has_speech=True, i=k) for k, w in enumerate(row["speech_windows"] or [])], whisper.language_windows) for row in rows]
+        probe = [audio[r][p["i"]] for r, chosen in enumerate(picks) for p in chosen]
+        probs: list[dict[str, float]] = []
+        for start in range(0, len(probe), whisper.batch_windows):
+            probs.extend(engine.detect_language(probe[start : start + whisper.batch_windows]))
+        cursor = 0
+        for r, chosen in enumerate(picks):
+            own = probs[cursor : cursor + len(chosen)]
+            cursor += len(chosen)
+            if own:
+                combined = average_probabilities(own)
+                best = max(sorted(combined), key=combined.get)
+                languages[r] = (best, combined[best])
+
+    # 2. every window, batched across files that share a language
+    results: dict[tuple[int, int], WindowTranscript] = {}
+    by_language: dict[str | None, list[tuple[int, int]]] = {}
+    for r, windows in enumerate(audio):
+        for k in range(len(windows)):
+            by_language.setdefault(languages[r][0], []).append((r, k))
+    failed: dict[int, str] = {}
+    for language, items in by_language.items():
+        decoding = whisper.decoding(language)
+        for start in range(0, len(items), whisper.batch_windows):
+            chunk = items[start : start + whisper.batch_windows]
+            try:
+                decoded = engine.transcribe([audio[r][k] for r, k in chunk], decoding)
+            except (RuntimeError, ValueError):  # e.g. a model producing NaN on one window: find it, spare the rest
+                decoded = []
+                for r, k in chunk:
+                    try:
+                        decoded += engine.transcribe([audio[r][k]], decoding)
+                    except (RuntimeError, ValueError) as exc:
+                        failed.setdefault(r, f"window {k}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                        decoded.append(None)
+            for item, result in zip(chunk, decoded):
+                results[item] = result
+
+    # 3. stitch each file's segments back in order
+    out = []
+    for r, row in enumerate(rows):
+        if r in failed:
+            out.append(dict(row, speech_windows=None, reject_reason=RejectReason.TRANSCRIPTION_FAILED.value, reject_detail=failed[r]))
+            continue
+        windows = row["speech_windows"] or []
+        segments = []
+        for k, window in enumerate(windows):
+            segments.extend(_segments(window, results[(r, k)], options.hallucination))
+        language, prob = languages[r]
+        if language is None:
+            detected = [results[(r, k)].language for k in range(len(windows))]
+            language = max(sorted(set(detected)), key=detected.count) if detected else None
+        out.append(
+            dict(
+                row,
+                speech_windows=None,
+                segments=segments,
+                language=language,
+                language_prob=prob,
+                speech_ms=sum(w["end_ms"] - w["start_ms"] for w in windows),
+            )
+        )
+    return table_from_rows(out).drop_columns(["speech_windows"])
