@@ -1,6 +1,7 @@
 """Benchmarks of wspsr's hot paths, one subcommand each; results are printed and written as JSON.
 
     python -m jobs.bench dedup [--docs 20000] [--batch-size 1000] [--seed 0] [--out bench/results/dedup.json]
+    python -m jobs.bench transcribe [--repeat 3] [--batch-size 8]
 
 ``dedup``: MinHash signatures of generated transcripts, the naive per-document datasketch loop
 (``m = MinHash(...); for s in shingles: m.update(s)``) against ``stages.dedup.compute_signatures`` on the same
@@ -43,7 +44,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    for package in ("datasketch", "numpy", "pyarrow"):
+    for package in ("datasketch", "numpy", "pyarrow", "ray", "torch", "openai-whisper", "faster-whisper", "ctranslate2"):
         try:
             info[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -157,7 +158,93 @@ def bench_dedup(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- command line ------------------------------------------------------------------------------------------
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"dedup": bench_dedup}
+# --- transcribe ---------------------------------------------------------------------------------------------
+
+FAITHFUL = ("keep", "duplicate", "all_uppercase", "all_lowercase", "missing_punctuation", "machine_generated_captions")
+
+
+def english_sample(repeat: int, folder: Path) -> list[tuple[Path, str]]:
+    """The sample's English speech whose transcript is what is said, copied ``repeat`` times: (audio, reference)."""
+    labels = [json.loads(line) for line in (REPO / "sample" / "labels.jsonl").read_text().splitlines() if line.strip()]
+    chosen = [lab for lab in labels if lab.get("audio_language") == "en" and lab["expected"] in FAITHFUL and lab.get("duration_s")]
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(repeat):
+        for lab in chosen:
+            source = REPO / "sample" / lab["audio"]
+            target = folder / f"copy{k}_{source.name}"
+            if not target.exists():
+                target.write_bytes(source.read_bytes())
+            files.append((target, lab["text"]))
+    return files
+
+
+def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput (audio seconds per wall second, model loading included) and WER of three ways to transcribe the
+    same files with the same Whisper base weights on this machine."""
+    import tempfile
+
+    from pipeline.media import decode_audio
+    from pipeline.metrics import word_error_rate
+    from pipeline.models import load_openai_whisper, resolve_model
+    from pipeline.runner import RayOptions, init_ray
+
+    work = Path(tempfile.mkdtemp(prefix="wspsr-bench-"))
+    files = english_sample(args.repeat, work / "audio")
+    references = [text for _, text in files]
+    audio_s = sum(len(decode_audio(path)) / 16000 for path, _ in files)
+    ref = resolve_model("base")
+    systems: dict[str, Callable[[], list[str]]] = {}
+
+    def wspsr(engine: str) -> Callable[[], list[str]]:
+        def run() -> list[str]:
+            import pyarrow.parquet as pq
+
+            from jobs.transcribe import run as transcribe
+
+            out = work / f"wspsr-{engine}"
+            transcribe(["--inputs", str(work / "audio"), "--out", str(out), "--quiet", "--formats", "parquet", "--engine", engine,
+                        "--set", f"whisper.batch_windows={args.batch_size}", "--overwrite"])
+            rows = pq.read_table(out / "transcripts").to_pylist()
+            return [" ".join(r["text"] for r in sorted(rows, key=lambda r: r["segment_index"]) if r["source"].endswith(path.name) and not r["flag"]) for path, _ in files]
+        return run
+
+    def faster_whisper_batched() -> list[str]:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        pipeline = BatchedInferencePipeline(WhisperModel(str(ref.ct2_dir), device="cpu", compute_type="int8"))
+        return [" ".join(s.text for s in pipeline.transcribe(str(path), batch_size=args.batch_size)[0]) for path, _ in files]
+
+    def openai_whisper_loop() -> list[str]:
+        model = load_openai_whisper(ref)
+        return [model.transcribe(decode_audio(path).astype("float32") / 32768, fp16=False)["text"] for path, _ in files]
+
+    init_ray(RayOptions(progress=False))  # a running cluster is the normal state of a job; its start is not timed
+    systems["wspsr transcribe (faster-whisper engine)"] = wspsr("faster-whisper")
+    systems["wspsr transcribe (openai-whisper engine)"] = wspsr("openai-whisper")
+    systems["faster-whisper BatchedInferencePipeline"] = faster_whisper_batched
+    systems["openai-whisper transcribe() loop"] = openai_whisper_loop
+    results = {}
+    for name, fn in systems.items():
+        if args.only and args.only not in name:
+            continue
+        seconds, texts = _timed(fn)
+        results[name] = {"seconds": round(seconds, 2), "x_real_time": round(audio_s / seconds, 2), "wer": round(word_error_rate(references, texts), 4)}
+        print(f"{name}: {results[name]}", file=sys.stderr)
+    base_fw = results.get("faster-whisper BatchedInferencePipeline", {}).get("x_real_time")
+    base_ow = results.get("openai-whisper transcribe() loop", {}).get("x_real_time")
+    for entry in results.values():
+        entry["vs_faster_whisper_batched"] = round(entry["x_real_time"] / base_fw, 2) if base_fw else None
+        entry["vs_openai_whisper_loop"] = round(entry["x_real_time"] / base_ow, 2) if base_ow else None
+    return {
+        "benchmark": "transcribe",
+        "what": "same files, Whisper base, CPU; throughput includes model loading; WER against the sample's transcripts",
+        "files": len(files), "audio_seconds": round(audio_s, 1), "batch_size": args.batch_size,
+        "results": results, "machine": machine_info(),
+    }
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"dedup": bench_dedup, "transcribe": bench_transcribe}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -168,6 +255,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dedup.add_argument("--batch-size", type=int, default=1000, help="rows per compute_signatures call, as a Ray block (default 1000)")
     dedup.add_argument("--seed", type=int, default=0, help="of the generated texts")
     dedup.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/dedup.json)")
+    transcribe = commands.add_parser("transcribe", help="wspsr transcribe vs faster-whisper batched vs openai-whisper, same audio")
+    transcribe.add_argument("--repeat", type=int, default=3, help="copies of the sample's English speech (default 3: about 7 minutes)")
+    transcribe.add_argument("--batch-size", type=int, default=8, help="windows per forward pass for the batched systems")
+    transcribe.add_argument("--only", help="run only the systems whose name contains this")
+    transcribe.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/transcribe.json)")
     args = parser.parse_args(argv)
     if args.benchmark == "dedup" and (args.docs < 1 or args.batch_size < 1):
         parser.error("--docs and --batch-size must be positive")

@@ -164,7 +164,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary.get("real_time_factor"):
         print(f"  speed: {summary['real_time_factor']}x real time this run")
     for language, fig in summary.get("comparison", {}).get("per_language", {}).items():
-        print(f"  vs references [{language}]: WER {fig['wer']:.1%}, CER {fig['cer']:.1%} over {fig['sources']} sources")
+        print(f"  vs references [{language}]: WER {fig['wer']:.1%}, CER {fig['cer']:.1%} over {fig['sources']} sources ({fig['hours']:.3f} h)")
+    for group in summary.get("comparison", {}).get("groups_by_errors_x_hours", [])[:5]:
+        print(f"  to inspect first: {group['group']} (WER {group['wer']:.1%} x {group['hours']:.3f} h)")
     print(f"  accounting: {'ok' if summary['accounting']['ok'] else 'VIOLATED'}")
 
 

@@ -60,6 +60,7 @@ class WindowTranscript:
     no_speech_prob: float
     temperature: float
     tokens: tuple[int, ...] = field(default=(), repr=False)
+    language_prob: float | None = None  # when the language was detected on this window
 
     @property
     def is_silence(self) -> bool:
@@ -103,6 +104,7 @@ class _Raw:
     no_speech_prob: float
     temperature: float
     compression_ratio: float = 0.0
+    language_prob: float | None = None
 
     def __post_init__(self) -> None:
         self.compression_ratio = compression_ratio(self.text)
@@ -191,6 +193,7 @@ def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], 
         no_speech_prob=float(raw.no_speech_prob),
         temperature=float(raw.temperature),
         tokens=tuple(raw.tokens),
+        language_prob=raw.language_prob,
     )
 
 
@@ -262,7 +265,13 @@ class OpenAIWhisperEngine:
             )
             with torch.no_grad():
                 results = whisper.decode(self.model, mel[indices], decoding)
-            return [_Raw(list(r.tokens), r.text, r.language, r.avg_logprob, r.no_speech_prob, temperature) for r in results]
+            return [
+                _Raw(
+                    list(r.tokens), r.text, r.language, r.avg_logprob, r.no_speech_prob, temperature,
+                    language_prob=r.language_probs.get(r.language) if r.language_probs else None,
+                )
+                for r in results
+            ]
 
         raws = decode_with_fallback(len(audios), decode, options)
         tokenizer = self._tokenizer()
@@ -324,9 +333,12 @@ class FasterWhisperEngine:
         features = self._features(audios)
         encoded = self.model.encode(features)  # reused for language ID and the first pass; retries re-encode their subset
         if options.language is None:
-            languages = [max(p, key=p.get) for p in self._language_probs(encoded)]
+            detected = self._language_probs(encoded)
+            languages = [max(p, key=p.get) for p in detected]
+            language_probs = [p[lang] for p, lang in zip(detected, languages)]
         else:
             languages = [options.language] * len(audios)
+            language_probs = [None] * len(audios)
         suppress = get_suppressed_tokens(self.tokenizer, [-1])
 
         def decode(indices: list[int], temperature: float) -> list[_Raw]:
@@ -360,7 +372,7 @@ class FasterWhisperEngine:
                 tokens = result.sequences_ids[0]
                 avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1, as faster-whisper
                 text = self.tokenizer.decode(tokens).strip()
-                raws.append(_Raw(tokens, text, languages[i], avg_logprob, result.no_speech_prob, temperature))
+                raws.append(_Raw(tokens, text, languages[i], avg_logprob, result.no_speech_prob, temperature, language_prob=language_probs[i]))
             return raws
 
         raws = decode_with_fallback(len(audios), decode, options)

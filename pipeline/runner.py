@@ -106,6 +106,8 @@ class Plan:
         return ray.data.from_arrow(blocks_of(table, self.options.sources_per_block))
 
     def apply(self, dataset, stages: list[Stage]):
+        import ray.data
+
         for stage in stages:
             if stage.is_model_stage:
                 gpus = stage.num_gpus if stage.num_gpus else (self.options.model_gpus if self.options.model_gpus is not None else float(self._has_gpus))
@@ -114,7 +116,7 @@ class Plan:
                     fn_constructor_args=(stage,),
                     batch_format="pyarrow",
                     batch_size=stage.batch_size,
-                    concurrency=stage.concurrency or self.options.model_actors,
+                    compute=ray.data.ActorPoolStrategy(size=stage.concurrency or self.options.model_actors),
                     num_cpus=stage.num_cpus,
                     num_gpus=gpus,
                     # Declared memory keeps model actors off nodes that cannot hold the model; as a resource the

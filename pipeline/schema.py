@@ -132,6 +132,7 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "speech_windows": pa.list_(SPEECH_WINDOW_TYPE),  # transcribe: <=30 s windows cut at silences
     "segments": pa.list_(SEGMENT_TYPE),  # transcribe: Whisper's timed segments, absolute times
     "language_prob": pa.float32(),
+    "source_language": pa.string(),
     "group": pa.string(),
     "word_errors": pa.int64(),
     "reference_words": pa.int64(),

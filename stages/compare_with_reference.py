@@ -2,7 +2,8 @@
 against the transcript it came with, as WER and CER after Whisper's text normalisation.
 
 WER is the measure for languages written with spaces, CER for those without (Chinese, Japanese, Thai, ...); both
-are stored. Segments the hallucination guard flagged are left out of the hypothesis.
+are stored, under the language the source declares (else the one Whisper detected). Segments the hallucination
+guard flagged are left out of the hypothesis.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from pipeline.metrics import char_errors, word_errors
 from pipeline.stage import map_rows
+from stages.languages import base_language
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,14 @@ def compare_with_reference(batch: pa.Table, options: CompareOptions) -> pa.Table
         if reference is None:
             return row
         hypothesis = " ".join(s["text"] for s in row.get("segments") or [] if not s["flag"])
-        english = row.get("language") == "en"
+        language = base_language(row.get("source_language")) or row.get("language")  # the reference's language
+        english = language == "en"
         w_err, w_ref = word_errors(reference, hypothesis, english)
         c_err, c_ref = char_errors(reference, hypothesis, english)
         return dict(
             row,
             group=source_group(row, options.group_by),
+            language=language,
             word_errors=w_err, reference_words=w_ref, wer=w_err / max(w_ref, 1),
             char_errors=c_err, reference_chars=c_ref, cer=c_err / max(c_ref, 1),
         )

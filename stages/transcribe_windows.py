@@ -1,9 +1,9 @@
 """Transcribe every speech window of a batch of files with Whisper: one model per actor, windows of many files per
 forward pass, Whisper's safeguards per window, a hallucination guard per segment, segments stitched back in order.
 
-Each file's language is detected once (averaged over up to ``language_windows`` speech windows spread over it)
-unless ``language`` is given; its windows are then decoded with that language, batched with other files' windows
-of the same language. Scores (avg_logprob, compression_ratio, no_speech_prob, temperature) are Whisper's, per
+Each file's language is the one given, else the one the source declares, else detected once (averaged over up to
+``language_windows`` speech windows spread over it); its windows are then decoded with that language, batched with
+other files' windows of the same language. Scores (avg_logprob, compression_ratio, no_speech_prob, temperature) are Whisper's, per
 decoded window, and are stored on each of the window's segments.
 """
 
@@ -20,6 +20,7 @@ from pipeline.engines import Engine, TranscribeOptions, WindowTranscript, load_e
 from pipeline.schema import RejectReason, table_from_rows
 from stages.detect_audio_language import average_probabilities, pick_windows
 from stages.detect_machine_generated import profile
+from stages.languages import base_language
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class WhisperOptions:
     engine: str = "faster-whisper"  # or openai-whisper
     model: str = "base"  # name or path, resolved offline
     device: str | None = None  # default: cuda when present, else cpu
-    language: str | None = None  # None: detected per file
+    language: str | None = None  # None: the source's declared language, else detected per file
+    use_source_language: bool = True  # a language the source declares (manifest, .xx.srt) is used, not detected
     task: str = "transcribe"  # or translate (X -> English)
     beam_size: int | None = None  # None: greedy (fastest); 5 is openai-whisper's CLI default
     best_of: int | None = None
@@ -135,10 +137,17 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
     rows = batch.to_pylist()
     audio = [[np.frombuffer(w["pcm"], dtype="<i2") for w in row["speech_windows"] or []] for row in rows]
 
-    # 1. one language per file (unless given): averaged over a few speech windows spread over the file
-    languages: list[tuple[str | None, float | None]] = [(whisper.language, None)] * len(rows)
-    if whisper.language is None:
-        picks = [pick_windows([dict(w, has_speech=True, i=k) for k, w in enumerate(row["speech_windows"] or [])], whisper.language_windows) for row in rows]
+    # 1. one language per file (unless given), averaged over a few speech windows spread over it; a file of one
+    #    window is detected in the same encoder pass that transcribes it (its language is left open below).
+    languages: list[tuple[str | None, float | None]] = [
+        (whisper.language or (base_language(row.get("language")) if whisper.use_source_language else None), None) for row in rows
+    ]
+    if any(language is None for language, _ in languages):
+        picks = [
+            pick_windows([dict(w, has_speech=True, i=k) for k, w in enumerate(row["speech_windows"] or [])], whisper.language_windows)
+            if len(row["speech_windows"] or []) > 1 and languages[r][0] is None else []
+            for r, row in enumerate(rows)
+        ]
         probe = [audio[r][p["i"]] for r, chosen in enumerate(picks) for p in chosen]
         probs: list[dict[str, float]] = []
         for start in range(0, len(probe), whisper.batch_windows):
@@ -180,21 +189,21 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
     out = []
     for r, row in enumerate(rows):
         if r in failed:
-            out.append(dict(row, speech_windows=None, reject_reason=RejectReason.TRANSCRIPTION_FAILED.value, reject_detail=failed[r]))
+            out.append(dict(row, speech_windows=None, source_language=row.get("language"), reject_reason=RejectReason.TRANSCRIPTION_FAILED.value, reject_detail=failed[r]))
             continue
         windows = row["speech_windows"] or []
         segments = []
         for k, window in enumerate(windows):
             segments.extend(_segments(window, results[(r, k)], options.hallucination))
         language, prob = languages[r]
-        if language is None:
-            detected = [results[(r, k)].language for k in range(len(windows))]
-            language = max(sorted(set(detected)), key=detected.count) if detected else None
+        if language is None and windows:  # one window, detected while transcribing it
+            language, prob = results[(r, 0)].language, results[(r, 0)].language_prob
         out.append(
             dict(
                 row,
                 speech_windows=None,
                 segments=segments,
+                source_language=row.get("language"),  # what the source declared, if anything
                 language=language,
                 language_prob=prob,
                 speech_ms=sum(w["end_ms"] - w["start_ms"] for w in windows),

@@ -142,3 +142,25 @@ def test_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(tmp_path):
     summary = json.loads((crashed / "summary.json").read_text())
     assert summary["accounting"]["ok"] and summary["files"]["in"] == 7
     shutil.rmtree(clean)
+
+
+@pytest.mark.slow
+def test_corpus_drops_sources_whose_transcript_whisper_disagrees_with(tmp_path, local_ray):
+    """The paper's second pass: transcribe with --compare-with, then `wspsr corpus --pseudo-labels --max-wer`."""
+    from jobs.corpus import run as corpus
+    from jobs.transcribe import run as transcribe
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    shutil.copy(JFK, data / "good.flac")
+    (data / "good.srt").write_text("1\n00:00:00,000 --> 00:00:10,500\nAnd so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.\n")
+    shutil.copy(JFK, data / "wrong.flac")
+    (data / "wrong.srt").write_text("1\n00:00:00,000 --> 00:00:10,500\nThe weather in the mountains was cold and the road to the village was closed for days.\n")
+    transcribe(["--compare-with", str(data), "--out", str(tmp_path / "check"), "--quiet"])
+    summary = corpus(
+        ["--sources", str(data), "--out", str(tmp_path / "corpus"), "--quiet", "--pseudo-labels", str(tmp_path / "check"),
+         "--max-wer", "0.3", "--set", "language.enabled=false", "--set", "dedup.enabled=false"]
+    )
+    assert summary["sources"]["kept"] == 1 and summary["sources"]["rejected_by_reason"] == {"high_error_rate": 1}
+    (reject,) = pq.read_table(tmp_path / "corpus" / "rejects").to_pylist()
+    assert reject["source"].endswith("wrong.flac") and reject["stage"] == "check_pseudo_labels" and "WER" in reject["detail"]
