@@ -204,7 +204,7 @@ def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
 
             out = work / f"wspsr-{engine}"
             transcribe(["--inputs", str(work / "audio"), "--out", str(out), "--quiet", "--formats", "parquet", "--engine", engine,
-                        "--set", f"whisper.batch_windows={args.batch_size}", "--overwrite"])
+                        "--set", f"whisper.batch_windows={args.batch_size}", "--set", f"whisper.beam_size={args.beam_size}", "--overwrite"])
             rows = pq.read_table(out / "transcripts").to_pylist()
             return [" ".join(r["text"] for r in sorted(rows, key=lambda r: r["segment_index"]) if r["source"].endswith(path.name) and not r["flag"]) for path, _ in files]
         return run
@@ -213,11 +213,11 @@ def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         pipeline = BatchedInferencePipeline(WhisperModel(str(ref.ct2_dir), device="cpu", compute_type="int8"))
-        return [" ".join(s.text for s in pipeline.transcribe(str(path), batch_size=args.batch_size)[0]) for path, _ in files]
+        return [" ".join(s.text for s in pipeline.transcribe(str(path), batch_size=args.batch_size, beam_size=args.beam_size)[0]) for path, _ in files]
 
     def openai_whisper_loop() -> list[str]:
         model = load_openai_whisper(ref)
-        return [model.transcribe(decode_audio(path).astype("float32") / 32768, fp16=False)["text"] for path, _ in files]
+        return [model.transcribe(decode_audio(path).astype("float32") / 32768, fp16=False, beam_size=args.beam_size)["text"] for path, _ in files]
 
     init_ray(RayOptions(progress=False))  # a running cluster is the normal state of a job; its start is not timed
     systems["wspsr transcribe (faster-whisper engine)"] = wspsr("faster-whisper")
@@ -239,7 +239,7 @@ def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "transcribe",
         "what": "same files, Whisper base, CPU; throughput includes model loading; WER against the sample's transcripts",
-        "files": len(files), "audio_seconds": round(audio_s, 1), "batch_size": args.batch_size,
+        "files": len(files), "audio_seconds": round(audio_s, 1), "batch_size": args.batch_size, "beam_size": args.beam_size,
         "results": results, "machine": machine_info(),
     }
 
@@ -258,6 +258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     transcribe = commands.add_parser("transcribe", help="wspsr transcribe vs faster-whisper batched vs openai-whisper, same audio")
     transcribe.add_argument("--repeat", type=int, default=3, help="copies of the sample's English speech (default 3: about 7 minutes)")
     transcribe.add_argument("--batch-size", type=int, default=8, help="windows per forward pass for the batched systems")
+    transcribe.add_argument("--beam-size", type=int, default=5, help="beam search width for every system (default 5: faster-whisper's and the whisper CLI's default)")
     transcribe.add_argument("--only", help="run only the systems whose name contains this")
     transcribe.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/transcribe.json)")
     args = parser.parse_args(argv)

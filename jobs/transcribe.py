@@ -64,6 +64,7 @@ def build_stages(config: dict[str, Any], compare: bool) -> list[Stage]:
             transcribe_windows,
             TranscribeStageOptions(config["whisper"], config["hallucination"]),
             setup=load_transcriber,
+            batch_size=config["whisper"].batch_files,
         ),
     ]
     if compare:

@@ -10,6 +10,7 @@ per worker (``load_engine``), then call it on batches.
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -202,9 +203,11 @@ class OpenAIWhisperEngine:
 
     name = "openai-whisper"
 
-    def __init__(self, ref: ModelRef, device: str | None = None):
+    def __init__(self, ref: ModelRef, device: str | None = None, threads: int = 0):
         import torch
 
+        if threads:
+            torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_openai_whisper(ref, self.device)
         self.fp16 = self.device != "cpu"
@@ -286,7 +289,7 @@ class FasterWhisperEngine:
 
     name = "faster-whisper"
 
-    def __init__(self, ref: ModelRef, device: str | None = None, compute_type: str | None = None):
+    def __init__(self, ref: ModelRef, device: str | None = None, compute_type: str | None = None, threads: int = 0):
         import ctranslate2
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
@@ -298,14 +301,15 @@ class FasterWhisperEngine:
             )
         self.device = device or ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
         compute_type = compute_type or ("float16" if self.device == "cuda" else "int8")
-        self.model = WhisperModel(str(ref.ct2_dir), device=self.device, compute_type=compute_type, cpu_threads=0, local_files_only=True)
+        self.model = WhisperModel(str(ref.ct2_dir), device=self.device, compute_type=compute_type, cpu_threads=threads, local_files_only=True)
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language="en")
 
     def _features(self, audios: Sequence[np.ndarray]) -> np.ndarray:
-        from faster_whisper.audio import pad_or_trim
-
+        """Log-mel of each window padded with silence to 30 s first, as Whisper was trained (padding the features
+        with zeros instead is not silence after Whisper's normalisation)."""
         extractor = self.model.feature_extractor
-        return np.stack([pad_or_trim(extractor(as_float_audio(a))[..., : extractor.nb_max_frames]) for a in audios])
+        padded = [np.pad(a := as_float_audio(x), (0, N_SAMPLES - len(a))) for x in audios]
+        return np.stack([extractor(a, padding=0)[..., : extractor.nb_max_frames] for a in padded])
 
     def _language_probs(self, encoder_output) -> list[dict[str, float]]:
         return [{token[2:-2]: prob for token, prob in item} for item in self.model.model.detect_language(encoder_output)]
@@ -382,11 +386,19 @@ class FasterWhisperEngine:
         ]
 
 
-def load_engine(engine: str, model: str, device: str | None = None) -> Engine:
+def cpu_threads(threads: int = 0) -> int:
+    """``threads``, or with 0 every core this process may use: Ray sets OMP_NUM_THREADS=1 in its workers, which
+    would leave a model actor on one core while the CPU stages beside it need little."""
+    if threads > 0:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def load_engine(engine: str, model: str, device: str | None = None, threads: int = 0) -> Engine:
     """Resolve ``model`` (name or path, never downloaded) and load it in ``engine``: once per worker."""
     ref = resolve_model(model)
     if engine == "openai-whisper":
-        return OpenAIWhisperEngine(ref, device)
+        return OpenAIWhisperEngine(ref, device, cpu_threads(threads))
     if engine == "faster-whisper":
-        return FasterWhisperEngine(ref, device)
+        return FasterWhisperEngine(ref, device, threads=cpu_threads(threads))
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")

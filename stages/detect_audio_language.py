@@ -22,7 +22,7 @@ TOP_LANGUAGES = 5  # kept per source for the record and the agreement rule
 
 
 def load_language_model(options: LanguageOptions) -> Engine:
-    return load_engine(options.engine, options.model, options.device)
+    return load_engine(options.engine, options.model, options.device, options.threads)
 
 
 def pick_windows(windows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:

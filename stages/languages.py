@@ -20,6 +20,7 @@ class LanguageOptions:
     engine: str = "openai-whisper"  # or faster-whisper
     model: str = "base"  # name or path, resolved offline (see README "Whisper models, offline")
     device: str | None = None  # default: cuda when present, else cpu
+    threads: int = 0  # CPU threads per model; 0: all cores of the node
     max_windows: int = 3  # speech windows per source, spread over the recording, probabilities averaged
     batch_windows: int = 8  # windows per forward pass
     # agreement

@@ -28,6 +28,7 @@ class WhisperOptions:
     engine: str = "faster-whisper"  # or openai-whisper
     model: str = "base"  # name or path, resolved offline
     device: str | None = None  # default: cuda when present, else cpu
+    threads: int = 0  # CPU threads per model; 0: all cores of the node
     language: str | None = None  # None: the source's declared language, else detected per file
     use_source_language: bool = True  # a language the source declares (manifest, .xx.srt) is used, not detected
     task: str = "transcribe"  # or translate (X -> English)
@@ -39,12 +40,13 @@ class WhisperOptions:
     no_speech_threshold: float | None = 0.6
     without_timestamps: bool = False
     batch_windows: int = 8  # windows per forward pass (16 or more on a GPU)
+    batch_files: int = 16  # files handed to a model actor at once (their windows are batched together)
     language_windows: int = 3  # speech windows per file for language detection
 
     def __post_init__(self) -> None:
         self.decoding()  # validates the decoding fields
-        if self.batch_windows < 1 or self.language_windows < 1:
-            raise ValueError("batch_windows and language_windows must be at least 1")
+        if self.batch_windows < 1 or self.language_windows < 1 or self.batch_files < 1:
+            raise ValueError("batch_windows, batch_files and language_windows must be at least 1")
 
     def decoding(self, language: str | None = None) -> TranscribeOptions:
         return TranscribeOptions(
@@ -82,7 +84,7 @@ class TranscribeStageOptions:
 
 
 def load_transcriber(options: TranscribeStageOptions) -> Engine:
-    return load_engine(options.whisper.engine, options.whisper.model, options.whisper.device)
+    return load_engine(options.whisper.engine, options.whisper.model, options.whisper.device, options.whisper.threads)
 
 
 _WORD = re.compile(r"\w+")
