@@ -16,12 +16,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import OutputDir, OutputError, OutputOptions, write_json_atomically
+from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, commit_rejects, summarize
 from pipeline.engines import ENGINES
-from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config
-from pipeline.models import ModelNotFound, resolve_model
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.models import resolve_model
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.sources import SourceOptions, discover_sources
@@ -206,19 +206,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        summary = run(argv)
-    except (ConfigError, OutputError, ModelNotFound, FileNotFoundError) as exc:
-        print(f"wspsr corpus: error: {exc}", file=sys.stderr)
-        return 2
-    if not summary:
-        return 0
-    print_summary(summary)
-    if not summary["accounting"]["ok"]:
-        print("wspsr corpus: error: accounting check failed (see summary.json)", file=sys.stderr)
-        return 1
-    return 0
+    return run_job("corpus", run, print_summary, argv)
 
 
 if __name__ == "__main__":

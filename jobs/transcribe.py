@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.commit import OutputDir, OutputError, OutputOptions, write_json_atomically
+from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.corpus_sink import commit_rejects
 from pipeline.engines import ENGINES
-from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config
-from pipeline.models import ModelNotFound, resolve_model
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.models import resolve_model
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.sources import Discovery, SourceOptions, discover_audio, discover_sources
@@ -172,16 +172,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        summary = run(argv)
-    except (ConfigError, OutputError, ModelNotFound, FileNotFoundError) as exc:
-        print(f"wspsr transcribe: error: {exc}", file=sys.stderr)
-        return 2
-    if not summary:
-        return 0
-    print_summary(summary)
-    return 0 if summary["accounting"]["ok"] else 1
+    return run_job("transcribe", run, print_summary, argv)
 
 
 if __name__ == "__main__":

@@ -132,16 +132,32 @@ def sampling_seed(audio: np.ndarray, temperature: float) -> int:
     return (zlib.crc32(np.ascontiguousarray(audio).tobytes()) + round(temperature * 1000)) % 2**31
 
 
-def decode_with_fallback(n: int, decode: Callable[[list[int], float], list[_Raw]], options: TranscribeOptions) -> list[_Raw]:
-    """Whisper's temperature fallback, per item: only windows that failed are decoded again, hotter."""
+def decode_with_fallback(
+    n: int,
+    decode: Callable[[list[int], float], list[_Raw]],
+    options: TranscribeOptions,
+    reseed: Callable[[int, float], None] | None = None,
+) -> list[_Raw]:
+    """Whisper's temperature fallback, per item: only windows that failed are decoded again, hotter.
+
+    With ``reseed``, sampled attempts (temperature > 0) run one window at a time after ``reseed(index, t)``, so a
+    window samples the same way whatever batch it is in.
+    """
     final: list[_Raw | None] = [None] * n
     attempts: list[list[_Raw]] = [[] for _ in range(n)]
     pending = list(range(n))
     for temperature in options.temperatures:
         if not pending:
             break
+        if temperature > 0 and reseed is not None:
+            attempt = []
+            for index in pending:
+                reseed(index, temperature)
+                attempt += decode([index], temperature)
+        else:
+            attempt = decode(pending, temperature)
         still = []
-        for index, raw in zip(pending, decode(pending, temperature)):
+        for index, raw in zip(pending, attempt):
             attempts[index].append(raw)
             if _needs_fallback(raw, options):
                 still.append(index)
@@ -248,15 +264,6 @@ class OpenAIWhisperEngine:
         mel = self._mel(audios)
 
         def decode(indices: list[int], temperature: float) -> list[_Raw]:
-            if temperature > 0:  # sampling: one window at a time, seeded by its audio, so results never depend on the batch
-                out = []
-                for i in indices:
-                    torch.manual_seed(sampling_seed(audios[i], temperature))
-                    out += decode_now([i], temperature)
-                return out
-            return decode_now(indices, temperature)
-
-        def decode_now(indices: list[int], temperature: float) -> list[_Raw]:
             decoding = whisper.DecodingOptions(
                 task=options.task,
                 language=options.language,
@@ -276,7 +283,8 @@ class OpenAIWhisperEngine:
                 for r in results
             ]
 
-        raws = decode_with_fallback(len(audios), decode, options)
+        reseed = lambda i, t: torch.manual_seed(sampling_seed(audios[i], t))  # noqa: E731
+        raws = decode_with_fallback(len(audios), decode, options, reseed)
         tokenizer = self._tokenizer()
         return [
             _finish(raw, tokenizer.timestamp_begin, tokenizer.decode, len(audio) / SAMPLE_RATE, options)
@@ -346,15 +354,6 @@ class FasterWhisperEngine:
         suppress = get_suppressed_tokens(self.tokenizer, [-1])
 
         def decode(indices: list[int], temperature: float) -> list[_Raw]:
-            if temperature > 0:  # sampling: one window at a time, seeded by its audio, so results never depend on the batch
-                out = []
-                for i in indices:
-                    ctranslate2.set_random_seed(sampling_seed(audios[i], temperature))
-                    out += decode_now([i], temperature)
-                return out
-            return decode_now(indices, temperature)
-
-        def decode_now(indices: list[int], temperature: float) -> list[_Raw]:
             encoder_output = encoded if len(indices) == len(audios) else self.model.encode(features[indices])
             if temperature > 0:
                 kwargs: dict[str, Any] = {"beam_size": 1, "num_hypotheses": options.best_of or 1, "sampling_topk": 0, "sampling_temperature": temperature}
@@ -379,7 +378,8 @@ class FasterWhisperEngine:
                 raws.append(_Raw(tokens, text, languages[i], avg_logprob, result.no_speech_prob, temperature, language_prob=language_probs[i]))
             return raws
 
-        raws = decode_with_fallback(len(audios), decode, options)
+        reseed = lambda i, t: ctranslate2.set_random_seed(sampling_seed(audios[i], t))  # noqa: E731
+        raws = decode_with_fallback(len(audios), decode, options, reseed)
         return [
             _finish(raw, self.tokenizer.timestamp_begin, self.tokenizer.decode, len(audio) / SAMPLE_RATE, options)
             for raw, audio in zip(raws, audios)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pipeline.config import apply_overrides, build_config, fingerprint, load_toml, to_plain
 
@@ -43,3 +45,24 @@ def output_fingerprint(config: Mapping[str, Any], inputs: list[str], files: list
         if path:
             produced[f"sha256:{path}"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return fingerprint(produced)
+
+
+def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report: Callable[[dict[str, Any]], None], argv: list[str] | None) -> int:
+    """A job's ``main``: run it, print its summary; exit 2 on a usage or setup error, 1 when accounting fails."""
+    from pipeline.commit import OutputError
+    from pipeline.config import ConfigError
+    from pipeline.models import ModelNotFound
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        summary = run(argv)
+    except (ConfigError, OutputError, ModelNotFound, FileNotFoundError) as exc:
+        print(f"wspsr {name}: error: {exc}", file=sys.stderr)
+        return 2
+    if not summary:  # --print-config
+        return 0
+    report(summary)
+    if not summary["accounting"]["ok"]:
+        print(f"wspsr {name}: error: accounting check failed (see summary.json)", file=sys.stderr)
+        return 1
+    return 0
