@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, commit_rejects, summarize
+from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, summarize
 from pipeline.engines import ENGINES
 from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.models import resolve_model
@@ -165,12 +165,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if config["language"].enabled:
         check_engine(config["language"])
     discovery = discover_sources(source_paths, config["sources"])
-    expected = {row["source_id"] for row in discovery.sources} | {r["source_id"] for r in discovery.rejects}
-    out.prepare({"job": "corpus", "sources": source_paths, "config": plain}, overwrite=args.overwrite)
-    done = out.committed_sources()
-    if not {r["source_id"] for r in discovery.rejects} <= done:
-        commit_rejects(discovery.rejects, out, config["output"])
-    todo = [row for row in discovery.sources if row["source_id"] not in done]
+    run_doc = {"job": "corpus", "sources": source_paths, "config": plain}
+    expected, done, todo = out.start(discovery.sources, discovery.rejects, run_doc, args.overwrite, config["output"])
     log.info(
         "%d sources found (%d rejected at discovery), %d already committed, %d to process",
         len(expected), len(discovery.rejects), len(done & expected), len(todo),

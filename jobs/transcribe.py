@@ -18,7 +18,6 @@ from typing import Any
 
 from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.corpus_sink import commit_rejects
 from pipeline.engines import ENGINES
 from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.models import resolve_model
@@ -130,12 +129,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
 
     found = discover(args, config["sources"])
-    expected = {r["source_id"] for r in found.sources} | {r["source_id"] for r in found.rejects}
-    out.prepare({"job": "transcribe", "inputs": inputs, "config": to_plain(config)}, overwrite=args.overwrite)
-    done = out.committed_sources()
-    if not {r["source_id"] for r in found.rejects} <= done:
-        commit_rejects(found.rejects, out, config["output"])
-    todo = [row for row in found.sources if row["source_id"] not in done]
+    run_doc = {"job": "transcribe", "inputs": inputs, "config": to_plain(config)}
+    expected, done, todo = out.start(found.sources, found.rejects, run_doc, args.overwrite, config["output"])
     log.info("%d files found (%d rejected at discovery), %d already done, %d to transcribe", len(expected), len(found.rejects), len(done & expected), len(todo))
     if todo:
         plan = Plan(config["ray"])

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import METADATA_FINGERPRINT, METADATA_SCHEMA_VERSION, SCHEMA_VERSION
+from pipeline.schema import METADATA_FINGERPRINT, METADATA_SCHEMA_VERSION, REJECTS_SCHEMA, SCHEMA_VERSION
 
 MARKERS = "_commits"
 RUN_FILE = "run.json"
@@ -189,6 +189,29 @@ class OutputDir:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def start(
+        self,
+        sources: list[dict[str, Any]],
+        rejects: list[dict[str, Any]],
+        run_doc: dict[str, Any],
+        overwrite: bool,
+        options: OutputOptions,
+    ) -> tuple[set[str], set[str], list[dict[str, Any]]]:
+        """Prepare the folder for a run over discovered sources and rejects: commit the discovery rejects (once),
+        and return (every source id, those already committed, the source rows still to process)."""
+        expected = {r["source_id"] for r in sources} | {r["source_id"] for r in rejects}
+        self.prepare(run_doc, overwrite)
+        done = self.committed_sources()
+        if rejects and not {r["source_id"] for r in rejects} <= done:
+            ids = [r["source_id"] for r in rejects]
+            stats = {"rejected": {}, "ms_rejected": {}}
+            for r in rejects:
+                stats["rejected"][r["reason"]] = stats["rejected"].get(r["reason"], 0) + 1
+                stats["ms_rejected"][r["reason"]] = 0  # never decoded, no transcript read: duration unknown
+            table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
+            self.commit_shard(shard_id(ids), {"rejects": [table]}, {"kept": [], "rejected": ids}, stats, options)
+        return expected, done, [r for r in sources if r["source_id"] not in done]
 
     def committed_files(self, table: str) -> list[Path]:
         return sorted(self.root / table / name for marker in self.markers() for name in marker["files"].get(table, []))

@@ -120,19 +120,6 @@ def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions)
     return out.commit_shard(shard, {"corpus": parts, "rejects": [rejects_table]}, sources, stats, options)
 
 
-def commit_rejects(rejects: list[dict[str, Any]], out: OutputDir, options: OutputOptions) -> dict[str, Any] | None:
-    """Commit rejects found before the plan runs (discovery), as a shard of their own."""
-    if not rejects:
-        return None
-    ids = [r["source_id"] for r in rejects]
-    table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
-    stats: dict[str, Any] = {"rejected": {}, "ms_rejected": {}}
-    for r in rejects:
-        _add(stats["rejected"], r["reason"], 1)
-        _add(stats["ms_rejected"], r["reason"], 0)  # never decoded, no transcript read: duration unknown
-    return out.commit_shard(shard_id(ids), {"corpus": [], "rejects": [table]}, {"kept": [], "rejected": ids}, stats, options)
-
-
 def summarize(out: OutputDir, expected_ids: set[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Aggregate committed markers into ``summary.json`` and check that every source is accounted for once."""
     seen: dict[str, int] = defaultdict(int)
