@@ -1,7 +1,7 @@
 """Benchmarks of wspsr's hot paths, one subcommand each; results are printed and written as JSON.
 
     python -m jobs.bench dedup [--docs 20000] [--batch-size 1000] [--seed 0] [--out bench/results/dedup.json]
-    python -m jobs.bench transcribe [--repeat 3] [--batch-size 8]
+    python -m jobs.bench transcribe [--repeat 1] [--batch-size 8]
 
 ``dedup``: MinHash signatures of generated transcripts, the naive per-document datasketch loop
 (``m = MinHash(...); for s in shingles: m.update(s)``) against ``stages.dedup.compute_signatures`` on the same
@@ -163,19 +163,27 @@ def bench_dedup(args: argparse.Namespace) -> dict[str, Any]:
 FAITHFUL = ("keep", "duplicate", "all_uppercase", "all_lowercase", "missing_punctuation", "machine_generated_captions")
 
 
+BENCH_ENGLISH = REPO / "bench" / "data" / "en"  # built by bench/english_set.py
+
+
 def english_sample(repeat: int, folder: Path) -> list[tuple[Path, str]]:
-    """The sample's English speech whose transcript is what is said, copied ``repeat`` times: (audio, reference)."""
+    """English speech whose transcript is what is said, copied ``repeat`` times: (audio, reference). The benchmark
+    set (``bench/data/en``, 60 clips, ~1,700 words) and the sample's faithful English recordings (~440 words):
+    with fewer words, one word is too large a share of the WER to compare systems."""
     labels = [json.loads(line) for line in (REPO / "sample" / "labels.jsonl").read_text().splitlines() if line.strip()]
-    chosen = [lab for lab in labels if lab.get("audio_language") == "en" and lab["expected"] in FAITHFUL and lab.get("duration_s")]
+    chosen = [(REPO / "sample" / lab["audio"], lab["text"]) for lab in labels
+              if lab.get("audio_language") == "en" and lab["expected"] in FAITHFUL and lab.get("duration_s")]
+    references = BENCH_ENGLISH / "references.jsonl"
+    if references.exists():
+        chosen += [(BENCH_ENGLISH / r["audio"], r["text"]) for r in map(json.loads, references.read_text().splitlines())]
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k in range(repeat):
-        for lab in chosen:
-            source = REPO / "sample" / lab["audio"]
+        for source, text in chosen:
             target = folder / f"copy{k}_{source.name}"
             if not target.exists():
                 target.write_bytes(source.read_bytes())
-            files.append((target, lab["text"]))
+            files.append((target, text))
     return files
 
 
@@ -256,7 +264,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dedup.add_argument("--seed", type=int, default=0, help="of the generated texts")
     dedup.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/dedup.json)")
     transcribe = commands.add_parser("transcribe", help="wspsr transcribe vs faster-whisper batched vs openai-whisper, same audio")
-    transcribe.add_argument("--repeat", type=int, default=3, help="copies of the sample's English speech (default 3: about 7 minutes)")
+    transcribe.add_argument("--repeat", type=int, default=1, help="copies of the English speech set (default 1: about 14 minutes)")
     transcribe.add_argument("--batch-size", type=int, default=8, help="windows per forward pass for the batched systems")
     transcribe.add_argument("--beam-size", type=int, default=5, help="beam search width for every system (default 5: faster-whisper's and the whisper CLI's default)")
     transcribe.add_argument("--only", help="run only the systems whose name contains this")

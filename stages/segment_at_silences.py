@@ -59,7 +59,7 @@ class VadOptions:
     max_window_ms: int = MAX_WINDOW_MS  # Whisper's input; shorter only for experiments
     min_speech_ms: int = 250  # shorter speech (after joining short pauses) is ignored
     min_silence_ms: int = 300  # pauses shorter than this do not split speech
-    speech_pad_ms: int = 200  # audio kept before and after speech
+    speech_pad_ms: int = 400  # audio kept before and after speech (faster-whisper's batched pipeline: 400; 200 cost ~0.8 WER points)
     threshold: float = 0.5  # silero: speech probability where speech starts
     neg_threshold: float | None = None  # silero: probability below which speech ends; None: threshold - 0.15
     energy_db_above_floor: float = 12.0  # energy: speech starts this many dB above the noise floor (ends 6 dB lower)
