@@ -20,7 +20,7 @@ from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, summarize
 from pipeline.engines import ENGINES
-from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
 from pipeline.models import resolve_model
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
@@ -186,6 +186,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         for _ in plan.commit(dataset, lambda batch: commit_corpus_batch(batch, out, output_options)):
             pass
     summary = summarize(out, expected, {"elapsed_s": round(time.monotonic() - started, 1), "output": str(Path(args.out).resolve())})
+    check_reject_fraction(summary, summary["sources"]["in"], summary["sources"]["rejected"], args.max_reject_fraction)
     write_json_atomically(out.root / "summary.json", summary)
     return summary
 

@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.engines import ENGINES
-from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
 from pipeline.models import resolve_model
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
@@ -148,6 +148,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     summary.update(elapsed_s=round(elapsed, 1), output=str(Path(args.out).resolve()))
     summary["real_time_factor"] = round(summary["hours"]["audio"] * 3600 / max(elapsed, 1e-9), 2) if todo else None
+    check_reject_fraction(summary, summary["files"]["in"], summary["files"]["rejected"], args.max_reject_fraction)
     write_json_atomically(out.root / "summary.json", summary)
     return summary
 

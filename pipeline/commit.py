@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import faults
 from pipeline.schema import METADATA_FINGERPRINT, METADATA_SCHEMA_VERSION, REJECTS_SCHEMA, SCHEMA_VERSION
 
 MARKERS = "_commits"
@@ -165,6 +166,7 @@ class OutputDir:
                 tmp.write_text(text, encoding="utf-8")
                 _fsync_replace(tmp, final)
                 files[self.file_dir].append(name)
+        faults.inject("commit")  # data written, marker not yet: the window a crash leaves files without a commit
         marker = {
             "shard": shard,
             "fingerprint": self.fingerprint,

@@ -22,6 +22,24 @@ def add_common_arguments(parser: argparse.ArgumentParser, job: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder written with a different config")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    parser.add_argument(
+        "--max-reject-fraction", type=_fraction, metavar="F",
+        help="exit non-zero (after writing everything) when more than this fraction of the inputs is rejected",
+    )
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def check_reject_fraction(summary: dict[str, Any], inputs: int, rejected: int, limit: float | None) -> None:
+    """Record in the summary whether the share of rejected inputs stays within ``--max-reject-fraction``: a run
+    that rejects most of its inputs usually means a wrong path, codec or config, not bad data."""
+    fraction = rejected / inputs if inputs else 0.0
+    summary["reject_fraction"] = {"value": round(fraction, 4), "max": limit, "ok": limit is None or fraction <= limit}
 
 
 def resolve_config(args: argparse.Namespace, sections: Mapping[str, type], flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,10 +77,19 @@ def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report
     except (ConfigError, OutputError, ModelNotFound, FileNotFoundError) as exc:
         print(f"wspsr {name}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a full disk while committing (a worker's error, re-raised in the driver)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"wspsr {name}: error: [Errno {exc.errno}] {exc.strerror}{where}", file=sys.stderr)
+        print(f"wspsr {name}: shards committed so far are complete; fix the cause and rerun the same command to finish", file=sys.stderr)
+        return 1
     if not summary:  # --print-config
         return 0
     report(summary)
     if not summary["accounting"]["ok"]:
         print(f"wspsr {name}: error: accounting check failed (see summary.json)", file=sys.stderr)
+        return 1
+    if not summary.get("reject_fraction", {}).get("ok", True):
+        fraction = summary["reject_fraction"]
+        print(f"wspsr {name}: error: {fraction['value']:.1%} of the inputs were rejected, more than --max-reject-fraction {fraction['max']}", file=sys.stderr)
         return 1
     return 0

@@ -70,8 +70,16 @@ class _ModelStageActor:
         return apply_stage(self.stage, batch, self.state)
 
 
+class StorageError(OSError):
+    """Writing output failed in a worker (disk full, permissions): raised in the driver with the worker's errno."""
+
+
 def _run_sink(batch: pa.Table, sink: Callable[[pa.Table], dict[str, Any]]) -> pa.Table:
-    return pa.table({"marker": [json.dumps(sink(batch))]})
+    try:
+        result = sink(batch)
+    except OSError as exc:  # sent back as data: Ray would wrap it in an error that loses its type and errno
+        result = {"storage_error": [exc.errno, exc.strerror or str(exc), exc.filename and str(exc.filename)]}
+    return pa.table({"marker": [json.dumps(result)]})
 
 
 def _drop_ids(batch: pa.Table, column: str, ids: pa.Array) -> pa.Table:
@@ -174,6 +182,8 @@ class Plan:
         started = time.monotonic()
         for row in dataset.iter_rows():
             marker = json.loads(row["marker"])
+            if "storage_error" in marker:
+                raise StorageError(*marker["storage_error"])
             log.info(
                 "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
                 marker["shard"], sum(len(ids) for ids in marker["sources"].values()), len(marker["sources"].get("kept", [])),

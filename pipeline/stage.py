@@ -15,6 +15,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import faults
 from pipeline.schema import RejectReason, table_from_rows
 
 
@@ -78,6 +79,7 @@ def apply_stage(stage: Stage, batch: pa.Table, state: Any = None) -> pa.Table:
     else:
         active, passed = batch.filter(mask), batch.filter(pc.invert(mask))
     if active.num_rows:
+        faults.inject(f"stage:{stage.name}")
         out = stage.fn(active, stage.options, state) if stage.is_model_stage else stage.fn(active, stage.options)
         out = _stamp_stage(out, stage.name)
     else:

@@ -1,0 +1,45 @@
+"""The invariant every reliability case asserts: each input source ends in exactly one place, the output (as the
+parent of at least one row) or the rejects table (one source-level row), and the summary says so."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def committed_rows(out: Path, table: str) -> list[dict]:
+    """Rows of the shards that have a marker, the only ones a reader may trust."""
+    files = [out / table / name for marker in map(json.loads, map(Path.read_text, (out / "_commits").glob("*.json")))
+             for name in marker["files"].get(table, [])]
+    rows = [row for path in sorted(files) for row in pq.read_table(path).to_pylist()]
+    return rows
+
+
+def assert_accounted(out: Path, output_table: str) -> dict:
+    """Check the invariant from the files themselves (not only the summary); return the summary."""
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accounting"]["ok"], summary["accounting"]
+    kept = {row["source_id"] for row in committed_rows(out, output_table)}
+    rejected = Counter(row["source_id"] for row in committed_rows(out, "rejects") if row["scope"] == "source")
+    assert all(n == 1 for n in rejected.values()), f"sources rejected twice: {[k for k, n in rejected.items() if n > 1]}"
+    assert not kept & set(rejected), f"sources both kept and rejected: {kept & set(rejected)}"
+    counts = summary["sources"] if "sources" in summary else summary["files"]
+    assert len(rejected) == counts["rejected"]
+    assert counts["in"] == len(set(rejected)) + (counts["kept"] if "kept" in counts else counts["transcribed"])
+    if output_table == "corpus":
+        assert len(kept) == counts["kept"]
+    assert not list(out.rglob(".tmp-*")), "temporary files left behind"
+    # every data file on disk is named by a marker (nothing half-committed is visible)
+    named = {f"{t}/{n}" for m in map(json.loads, map(Path.read_text, (out / "_commits").glob("*.json"))) for t, ns in m["files"].items() for n in ns}
+    on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")}
+    assert on_disk <= named, f"uncommitted files: {on_disk - named}"
+    return summary
+
+
+def rows_by_reason(out: Path) -> dict[str, dict]:
+    """Source-level rejects keyed by source (file) name."""
+    return {Path(row["source"]).name if row["source"] else row["source_id"]: row
+            for row in committed_rows(out, "rejects") if row["scope"] == "source"}
