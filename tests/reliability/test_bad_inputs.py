@@ -53,8 +53,8 @@ def _media_cases(root):
     cases["video.mp4"] = None
     ffmpeg("-f", "lavfi", "-i", "color=c=black:s=32x32:r=2:d=3", "-c:v", "libx264", str(root / "video-no-audio.mp4"))
     cases["video-no-audio.mp4"] = "no_audio_stream"
-    write_wav(root / "too-long.wav", 40.0)
-    cases["too-long.wav"] = "audio_too_long"  # decode.max_seconds=30 in this run
+    write_wav(root / "too-long.wav", 70.0)
+    cases["too-long.wav"] = "audio_too_long"  # decode.max_seconds=60 in this run
     # names that are only names: spaces, unicode, protocol-looking strings
     for name in ("with spaces ü 日本.flac", "concat:jfk.flac", "http:jfk.flac"):
         shutil.copy(JFK, root / name)
@@ -90,7 +90,9 @@ def _transcript_cases(root):
     add("whitespace", "srt", b"  \n\n \t\n", "empty_transcript")
     add("vtt-variants", "vtt", b"WEBVTT\n\nSTYLE\n::cue { color: red }\n\nNOTE a note\n\n00:00.200 --> 00:10.700 align:start\n<v Speaker>And so my fellow Americans,</v> ask not what your country can do for you, ask what you can do for your country.", None)
     add("bad-timings", "srt", srt([(5.0, 2.0, "End before start."), (0.2, 10.7, JFK_TEXT), (20.0, 25.0, "Beyond the audio.")]).encode(), None)
-    add("one-cue-longer-than-30s", "srt", srt([(0.0, 45.0, "Far too long a cue.")]).encode(), "no_usable_cues")
+    write_wav(root / "one-cue-longer-than-30s.wav", 40.0)
+    (root / "one-cue-longer-than-30s.srt").write_text(srt([(0.0, 35.0, "Far too long a cue."), (36.0, 39.0, "A short one.")]))
+    cases["one-cue-longer-than-30s.wav"] = None  # kept: the long stretch is dropped and counted, the rest makes windows
     add("too-large", "txt", b"word " * 300_000, "transcript_too_large")  # transcript.max_mb=1 in this run
     add("newlines", "txt", b"And so my fellow Americans,\n\n\nask not\nwhat your country\ncan do for you.\n" * 3, None)
     return cases
@@ -118,7 +120,7 @@ def hostile_run(tmp_path_factory, local_ray):
     ]) + "\n")
     out = base / "out"
     run(["--sources", str(base / "media"), str(base / "transcripts"), str(manifest), "--out", str(out), "--quiet",
-         "--set", "decode.max_seconds=30", "--set", "transcript.max_mb=1", "--set", "sources.default_language=\"en\"", *NO_FILTERS])
+         "--set", "decode.max_seconds=60", "--set", "transcript.max_mb=1", "--set", "sources.default_language=\"en\"", *NO_FILTERS])
     return out, media, transcripts
 
 
@@ -151,8 +153,17 @@ def test_each_file_gets_its_expected_outcome(hostile_run, case):
 
 def test_bad_audio_rejects_carry_ffmpegs_error(hostile_run):
     out, _, _ = hostile_run
-    detail = _reason_of(out, "random-bytes.mp3")["detail"]
-    assert detail and "ffmpeg" not in detail.lower()[:0] and len(detail) < 400
+    for name in ("random-bytes.mp3", "html-error-page.mp3"):
+        detail = _reason_of(out, name)["detail"]  # ffmpeg's first error line, not a traceback
+        assert detail and "\n" not in detail and "Traceback" not in detail and len(detail) < 400
+
+
+def test_a_cue_longer_than_a_window_is_dropped_and_counted(hostile_run):
+    out, _, _ = hostile_run
+    stretches = [r for r in committed_rows(out, "rejects") if r["scope"] == "stretch" and r["source"].endswith("one-cue-longer-than-30s.wav")]
+    assert [(r["reason"], r["start_ms"], r["end_ms"]) for r in stretches] == [("cue_too_long", 0, 35000)]
+    kept = [r["text"] for r in committed_rows(out, "corpus") if r["source"].endswith("one-cue-longer-than-30s.wav") and r["has_speech"]]
+    assert kept == ["A short one."]
 
 
 def test_decoded_length_is_trusted_over_the_header(hostile_run):
