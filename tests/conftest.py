@@ -29,6 +29,24 @@ def write_wav(path: Path, seconds: float, rate: int = 16000, channels: int = 1, 
     return path
 
 
+def kill_after_commits(cmd: list[str], out: Path, commits: int, cwd: Path | None = None) -> int:
+    """Start a job, SIGKILL it (driver and its local Ray) once ``commits`` shard markers exist; return how many
+    there were: a crash partway through a real run."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list((out / "_commits").glob("*.json"))) < commits:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return len(list((out / "_commits").glob("*.json")))
+
+
 def ffmpeg(*args: str) -> None:
     subprocess.run([ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", *args], check=True, timeout=60)
 

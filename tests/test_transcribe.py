@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import JFK, ffmpeg, write_wav
+from conftest import JFK, ffmpeg, kill_after_commits, write_wav
 from pipeline.captions import parse_transcript
 from pipeline.schema import TRANSCRIPTS_SCHEMA
 from pipeline.subtitles import render
@@ -125,15 +122,7 @@ def test_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(tmp_path):
     ]
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     subprocess.run([*common, "--out", str(clean)], check=True, timeout=600, capture_output=True)
-    proc = subprocess.Popen([*common, "--out", str(crashed)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list((crashed / "_commits").glob("*.json"))) < 3:  # discovery + 2 files
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    done_before = len(list((crashed / "_commits").glob("*.json")))
+    done_before = kill_after_commits([*common, "--out", str(crashed)], crashed, 3)  # discovery + 2 files
     assert 3 <= done_before < 8, "the run was not killed partway"
     subprocess.run([*common, "--out", str(crashed)], check=True, timeout=600, capture_output=True)
     assert _rows(crashed) == _rows(clean)

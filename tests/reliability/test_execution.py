@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from accounting import assert_accounted
-from conftest import JFK, ffmpeg, srt, write_wav
+from conftest import JFK, ffmpeg, kill_after_commits, srt, write_wav
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -72,15 +70,7 @@ def clean(sources, tmp_path_factory):
 
 def test_driver_killed_partway_then_rerun(sources, clean, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(corpus_cmd(sources, out), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list((out / "_commits").glob("*.json"))) < 3:  # discovery + 2 shards
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    committed = len(list((out / "_commits").glob("*.json")))
+    committed = kill_after_commits(corpus_cmd(sources, out), out, 3, cwd=REPO)  # discovery + 2 shards
     assert 3 <= committed < 13, "the run was not killed partway"
     assert not (out / "summary.json").exists()
     run(corpus_cmd(sources, out))
