@@ -10,12 +10,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
+def _markers(out: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in (out / "_commits").glob("*.json")]
+
+
 def committed_rows(out: Path, table: str) -> list[dict]:
     """Rows of the shards that have a marker, the only ones a reader may trust."""
-    files = [out / table / name for marker in map(json.loads, map(Path.read_text, (out / "_commits").glob("*.json")))
-             for name in marker["files"].get(table, [])]
-    rows = [row for path in sorted(files) for row in pq.read_table(path).to_pylist()]
-    return rows
+    files = [out / table / name for marker in _markers(out) for name in marker["files"].get(table, [])]
+    return [row for path in sorted(files) for row in pq.read_table(path).to_pylist()]
 
 
 def assert_accounted(out: Path, output_table: str) -> dict:
@@ -33,13 +35,8 @@ def assert_accounted(out: Path, output_table: str) -> dict:
         assert len(kept) == counts["kept"]
     assert not list(out.rglob(".tmp-*")), "temporary files left behind"
     # every data file on disk is named by a marker (nothing half-committed is visible)
-    named = {f"{t}/{n}" for m in map(json.loads, map(Path.read_text, (out / "_commits").glob("*.json"))) for t, ns in m["files"].items() for n in ns}
+    named = {f"{t}/{n}" for m in _markers(out) for t, ns in m["files"].items() for n in ns}
     on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")}
     assert on_disk <= named, f"uncommitted files: {on_disk - named}"
     return summary
 
-
-def rows_by_reason(out: Path) -> dict[str, dict]:
-    """Source-level rejects keyed by source (file) name."""
-    return {Path(row["source"]).name if row["source"] else row["source_id"]: row
-            for row in committed_rows(out, "rejects") if row["scope"] == "source"}

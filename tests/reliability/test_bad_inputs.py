@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from accounting import assert_accounted, committed_rows, rows_by_reason
+from accounting import assert_accounted, committed_rows
 from conftest import JFK, JFK_TEXT, ffmpeg, srt, write_wav
 
 pytestmark = pytest.mark.slow
