@@ -212,7 +212,8 @@ def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
 
             out = work / f"wspsr-{engine}"
             transcribe(["--inputs", str(work / "audio"), "--out", str(out), "--quiet", "--formats", "parquet", "--engine", engine,
-                        "--set", f"whisper.batch_windows={args.batch_size}", "--set", f"whisper.beam_size={args.beam_size}", "--overwrite"])
+                        "--set", f"whisper.batch_windows={args.batch_size}", "--set", f"whisper.beam_size={args.beam_size}", "--overwrite"]
+                       + (["--set", f"whisper.compute_type={args.compute_type}"] if engine == "faster-whisper" else []))
             rows = pq.read_table(out / "transcripts").to_pylist()
             return [" ".join(r["text"] for r in sorted(rows, key=lambda r: r["segment_index"]) if r["source"].endswith(path.name) and not r["flag"]) for path, _ in files]
         return run
@@ -220,7 +221,7 @@ def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
     def faster_whisper_batched() -> list[str]:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        pipeline = BatchedInferencePipeline(WhisperModel(str(ref.ct2_dir), device="cpu", compute_type="int8"))
+        pipeline = BatchedInferencePipeline(WhisperModel(str(ref.ct2_dir), device="cpu", compute_type=args.compute_type))
         return [" ".join(s.text for s in pipeline.transcribe(str(path), batch_size=args.batch_size, beam_size=args.beam_size)[0]) for path, _ in files]
 
     def openai_whisper_loop() -> list[str]:
@@ -267,6 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     transcribe.add_argument("--repeat", type=int, default=1, help="copies of the English speech set (default 1: about 14 minutes)")
     transcribe.add_argument("--batch-size", type=int, default=8, help="windows per forward pass for the batched systems")
     transcribe.add_argument("--beam-size", type=int, default=5, help="beam search width for every system (default 5: faster-whisper's and the whisper CLI's default)")
+    transcribe.add_argument("--compute-type", default="int8", help="CTranslate2 compute type for both faster-whisper systems (default int8)")
     transcribe.add_argument("--only", help="run only the systems whose name contains this")
     transcribe.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/transcribe.json)")
     args = parser.parse_args(argv)

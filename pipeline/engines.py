@@ -396,11 +396,13 @@ def cpu_threads(threads: int = 0) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def load_engine(engine: str, model: str, device: str | None = None, threads: int = 0) -> Engine:
-    """Resolve ``model`` (name or path, never downloaded) and load it in ``engine``: once per worker."""
+def load_engine(engine: str, model: str, device: str | None = None, threads: int = 0, compute_type: str | None = None) -> Engine:
+    """Resolve ``model`` (name or path, never downloaded) and load it in ``engine``: once per worker. ``compute_type``
+    is CTranslate2's (int8, float32, float16, ...; default int8 on CPU, float16 on GPU); openai-whisper runs float32
+    on CPU and float16 on GPU whatever it says."""
     ref = resolve_model(model)
     if engine == "openai-whisper":
         return OpenAIWhisperEngine(ref, device, cpu_threads(threads))
     if engine == "faster-whisper":
-        return FasterWhisperEngine(ref, device, threads=cpu_threads(threads))
+        return FasterWhisperEngine(ref, device, compute_type, threads=cpu_threads(threads))
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")

@@ -29,6 +29,7 @@ class WhisperOptions:
     model: str = "base"  # name or path, resolved offline
     device: str | None = None  # default: cuda when present, else cpu
     threads: int = 0  # CPU threads per model; 0: all cores of the node
+    compute_type: str | None = None  # faster-whisper only: None = int8 on CPU, float16 on GPU; float32 is slower, exact
     language: str | None = None  # None: the source's declared language, else detected per file
     use_source_language: bool = True  # a language the source declares (manifest, .xx.srt) is used, not detected
     task: str = "transcribe"  # or translate (X -> English)
@@ -84,7 +85,8 @@ class TranscribeStageOptions:
 
 
 def load_transcriber(options: TranscribeStageOptions) -> Engine:
-    return load_engine(options.whisper.engine, options.whisper.model, options.whisper.device, options.whisper.threads)
+    return load_engine(options.whisper.engine, options.whisper.model, options.whisper.device, options.whisper.threads,
+                       options.whisper.compute_type)
 
 
 _WORD = re.compile(r"\w+")
