@@ -15,13 +15,19 @@ from pipeline.config import apply_overrides, build_config, fingerprint, load_tom
 RUNTIME_SECTIONS = ("ray",)  # how a job runs, not what it produces: outside the fingerprint
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, job: str) -> None:
+class JobFailed(RuntimeError):
+    """The job ran but could not finish (e.g. training failed); its message says how to continue."""
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, job: str, reject_fraction: bool = True) -> None:
     parser.add_argument("--config", help=f"TOML file, one table per section (wspsr {job} --print-config shows them all)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray in-process)")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder written with a different config")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    if not reject_fraction:
+        return
     parser.add_argument(
         "--max-reject-fraction", type=_fraction, metavar="F",
         help="exit non-zero (after writing everything) when more than this fraction of the inputs is rejected",
@@ -77,6 +83,9 @@ def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report
     except (ConfigError, OutputError, ModelNotFound, FileNotFoundError) as exc:
         print(f"wspsr {name}: error: {exc}", file=sys.stderr)
         return 2
+    except JobFailed as exc:
+        print(f"wspsr {name}: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # e.g. a full disk while committing (a worker's error, re-raised in the driver)
         where = f": {exc.filename}" if exc.filename else ""
         print(f"wspsr {name}: error: [Errno {exc.errno}] {exc.strerror}{where}", file=sys.stderr)
