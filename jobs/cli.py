@@ -6,6 +6,7 @@ import importlib
 import sys
 
 JOBS = {
+    "fetch": ("jobs.fetch", "download audio + human-made subtitles from the web (yt-dlp) into a corpus manifest"),
     "corpus": ("jobs.corpus", "build a Whisper training corpus from audio + transcripts"),
     "transcribe": ("jobs.transcribe", "transcribe audio with Whisper in a Ray actor pool; --compare-with scores transcripts"),
     "bench": ("jobs.bench", "benchmarks (e.g. `wspsr bench dedup`): results in bench/results/"),

@@ -7,7 +7,9 @@ Output folder: ``corpus/`` (one row per window), ``rejects/`` (one row per dropp
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, summarize
 from pipeline.engines import ENGINES
-from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
+from pipeline.jobargs import JobFailed, add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
 from pipeline.models import resolve_model
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
@@ -129,9 +131,41 @@ def check_engine(options: LanguageOptions) -> None:
         raise ConfigError(f"language.engine must be one of {', '.join(ENGINES)}")
 
 
+def is_url_source(spelled: str) -> bool:
+    """A ``--sources`` entry that names web pages: an http(s) URL, or a ``.txt`` file of URLs."""
+    return spelled.startswith(("http://", "https://")) or (spelled.lower().endswith(".txt") and Path(spelled).is_file())
+
+
+def fetch_url_sources(paths: list[str], args: argparse.Namespace, ray_options: RayOptions) -> list[str]:
+    """URL sources are fetched first (``wspsr fetch`` with its defaults into ``OUT/fetched``, run as its own
+    command: jobs don't import each other); its ``sources.jsonl`` takes their place. Its rejects and summary stay
+    in that folder."""
+    urls = [p for p in paths if is_url_source(p)]
+    if not urls:
+        return paths
+    folder = Path(args.out) / "fetched"
+    argv = [sys.executable, "-m", "jobs.fetch", "--urls", *urls, "--out", str(folder)]
+    argv += ["--quiet"] if args.quiet else []
+    argv += ["--overwrite"] if args.overwrite else []
+    argv += ["--address", args.address] if args.address else []
+    argv += ["--set", f"ray.num_cpus={ray_options.num_cpus}"] if ray_options.num_cpus else []
+    code = subprocess.run(argv, cwd=Path(__file__).resolve().parent.parent).returncode
+    if code != 0:
+        raise JobFailed(f"fetching the URL sources into {folder} failed (wspsr fetch exited with {code}; its messages are above)")
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    log.info(
+        "fetched %d URLs into %s: %d items kept, %d rejected, %d corpus sources",
+        summary["urls"]["in"], folder, summary["items"]["kept"], summary["inputs"]["rejected"], summary["manifest"]["lines"],
+    )
+    return [p for p in paths if not is_url_source(p)] + [str(folder / "sources.jsonl")]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wspsr corpus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", nargs="+", metavar="PATH", help="directories (pairs by file stem) and/or JSONL manifests; default: the bundled sample")
+    parser.add_argument(
+        "--sources", nargs="+", metavar="PATH",
+        help="directories (pairs by file stem), JSONL manifests, and/or http(s) URLs or .txt files of URLs (fetched first, as wspsr fetch does); default: the bundled sample",
+    )
     parser.add_argument("--out", default="out/sample", help="output folder (default: out/sample)")
     parser.add_argument("--model", help="Whisper model for audio language ID: a name or path, never downloaded (default: base)")
     parser.add_argument("--engine", choices=ENGINES, help="Whisper engine for audio language ID (default: openai-whisper)")
@@ -164,7 +198,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     if config["language"].enabled:
         check_engine(config["language"])
-    discovery = discover_sources(source_paths, config["sources"])
+    discovery = discover_sources(fetch_url_sources(source_paths, args, config["ray"]), config["sources"])
     run_doc = {"job": "corpus", "sources": source_paths, "config": plain}
     expected, done, todo = out.start(discovery.sources, discovery.rejects, run_doc, args.overwrite, config["output"])
     log.info(

@@ -133,8 +133,11 @@ class Plan:
                     memory=self.options.model_memory_gb * 2**30,
                 )
             else:
+                # A task stage's concurrency bounds how many of its tasks run at once (e.g. downloads).
+                compute = ray.data.TaskPoolStrategy(size=stage.concurrency) if stage.concurrency else None
                 dataset = dataset.map_batches(
-                    _run_task_stage, fn_args=(stage,), batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus
+                    _run_task_stage, fn_args=(stage,), batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus,
+                    compute=compute,
                 )
         return dataset
 

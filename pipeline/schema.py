@@ -61,6 +61,12 @@ class RejectReason(str, enum.Enum):
     # deduplication
     DUPLICATE = "duplicate"
     EVAL_OVERLAP = "eval_overlap"
+    # fetching from the web (wspsr fetch; also uses MACHINE_GENERATED_CAPTIONS, MISSING_TRANSCRIPT,
+    # FILE_TOO_LARGE, AUDIO_TOO_LONG, DUPLICATE_SOURCE)
+    UNSAFE_URL = "unsafe_url"
+    FETCH_FAILED = "fetch_failed"
+    NO_MEDIA = "no_media"
+    LIVE_STREAM = "live_stream"
 
 
 class RejectScope(str, enum.Enum):

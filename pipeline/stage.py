@@ -36,7 +36,7 @@ class Stage:
     setup: Callable[[Any], Any] | None = None  # model stages: load once per worker
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    concurrency: int | None = None  # model stages: number of actors
+    concurrency: int | None = None  # model stages: number of actors; task stages: most tasks at once (None: Ray decides)
     batch_size: int | None = None  # rows per call; None: a whole block
 
     @property
