@@ -219,6 +219,20 @@ class OutputDir:
         return sorted(self.root / table / name for marker in self.markers() for name in marker["files"].get(table, []))
 
 
+def read_committed_files(root: str | Path, table: str) -> list[Path]:
+    """The files of ``table`` that the markers of a wspsr output folder confirm: what a reader may read while a
+    job is still running, or after one crashed (files without a marker are not data yet)."""
+    root = Path(root)
+    markers = sorted((root / MARKERS).glob("*.json"))
+    if not markers:
+        raise FileNotFoundError(f"{root} is not a wspsr output folder with committed shards (no {MARKERS}/*.json)")
+    files = []
+    for path in markers:
+        names = json.loads(path.read_text(encoding="utf-8"))["files"].get(table, [])
+        files += [root / table / name for name in names]
+    return sorted(files)
+
+
 def split_by_bytes(table: pa.Table, sizes: list[int], max_bytes: int) -> list[pa.Table]:
     """Consecutive slices of ``table`` of at most ``max_bytes`` each by the given row sizes (at least one row)."""
     if table.num_rows == 0:

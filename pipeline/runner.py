@@ -33,6 +33,8 @@ class RayOptions:
     model_gpus: float | None = None  # GPUs per model actor; default 1 when the cluster has GPUs, else 0
     model_memory_gb: float = 2.0  # memory reserved per model actor (Whisper base needs about 1 GB on CPU)
     progress: bool = True  # Ray Data progress bars
+    preserve_order: bool = False  # rows in read order (deterministic, slower to stream): what training needs
+    dashboard: bool = False  # local Ray only: start the dashboard (Ray Train's state monitoring needs it)
 
     def __post_init__(self) -> None:
         if self.sources_per_block <= 0 or self.model_actors <= 0 or self.model_memory_gb <= 0:
@@ -46,13 +48,14 @@ def init_ray(options: RayOptions) -> None:
         address = options.address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address is None:
-            kwargs.update(include_dashboard=False, num_cpus=options.num_cpus)
+            kwargs.update(include_dashboard=options.dashboard, num_cpus=options.num_cpus)
         ray.init(address=address, **kwargs)
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = options.progress
     context.print_on_execution_start = False
+    context.execution_options.preserve_order = options.preserve_order
 
 
 def _run_task_stage(batch: pa.Table, stage: Stage) -> pa.Table:
@@ -90,6 +93,10 @@ def _call(batch: pa.Table, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
     return fn(batch)
 
 
+def _call_with(batch: pa.Table, fn: Callable[..., pa.Table], *args: Any) -> pa.Table:
+    return fn(batch, *args)
+
+
 def _select(batch: pa.Table, column: str, ids: pa.Array, columns: list[str]) -> pa.Table:
     return batch.filter(pc.is_in(batch[column], value_set=ids)).select(columns)
 
@@ -112,6 +119,20 @@ class Plan:
         import ray.data
 
         return ray.data.from_arrow(blocks_of(table, self.options.sources_per_block))
+
+    def read_parquet(self, paths: list[str], columns: list[str] | None = None):
+        """A streaming read: blocks are read as the plan consumes them, never the whole table at once."""
+        import ray.data
+
+        return ray.data.read_parquet(paths, columns=columns)
+
+    def limit(self, dataset, rows: int):
+        """The first ``rows`` rows (in read order when the plan preserves order)."""
+        return dataset.limit(rows)
+
+    def map(self, dataset, fn: Callable[..., pa.Table], *args: Any):
+        """``fn(batch, *args)`` over every block (filters, projections): a plain task, no stage bookkeeping."""
+        return dataset.map_batches(_call_with, fn_args=(fn, *args), batch_format="pyarrow", batch_size=None)
 
     def apply(self, dataset, stages: list[Stage]):
         import ray.data

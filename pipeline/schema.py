@@ -58,6 +58,8 @@ class RejectReason(str, enum.Enum):
     TRANSCRIPTION_FAILED = "transcription_failed"
     # pseudo-label check
     HIGH_ERROR_RATE = "high_error_rate"
+    # training (windows a trainer cannot use; counted in metrics.json, the corpus is not changed)
+    TOO_MANY_TOKENS = "too_many_tokens"
     # deduplication
     DUPLICATE = "duplicate"
     EVAL_OVERLAP = "eval_overlap"

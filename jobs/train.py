@@ -1,0 +1,279 @@
+"""``wspsr train``: fine-tune Whisper on a wspsr corpus with Ray Train, in Whisper's multitask format.
+
+The corpus Parquet is read as a stream (never whole), split into training and held-out windows by source,
+turned into examples by CPU tasks (log-mel + multitask tokens, ``stages/build_training_examples``), and fed to
+Ray Train workers (one per GPU with ``--gpu``, else CPU processes; DDP when more than one). Output folder:
+``checkpoints/step-NNNNNN/`` (``model.pt`` loads with ``whisper.load_model``; ``trainer_state.pt`` resumes),
+``metrics.json`` (held-out loss and WER before and after, the loss curve as numbers), ``loss_curve.png``,
+``run.json`` (the config) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.commit import OutputError, read_committed_files, write_json_atomically
+from pipeline.config import ConfigError, to_plain, to_toml
+from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.runner import Plan, RayOptions
+from pipeline.splits import held_out_threshold, select_split
+from pipeline.stage import Stage
+from pipeline.training import MODEL_FILE, TrainOptions, fit, load_trainer_state
+from stages.build_training_examples import ExampleOptions, build_training_examples
+
+log = logging.getLogger("wspsr")
+
+CORPUS_COLUMNS = ["segment_id", "source_id", "audio", "text", "text_timestamped", "prev_text", "language", "task", "has_speech"]
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    held_out_fraction: float = 0.1  # of the sources (at least one, never all)
+    split_seed: int = 0  # which sources are held out
+    file_seed: int = 0  # order in which the corpus files are read
+    max_windows: int = 0  # read only the first N windows (smoke tests, overfitting checks); 0: all
+    cache_examples: bool = False  # build the examples once and keep them in Ray's object store (spilled to disk
+    # when large) instead of rebuilding them each epoch: for small corpora trained for many epochs
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError("held_out_fraction must be in [0, 1)")
+        if self.max_windows < 0:
+            raise ValueError("max_windows must not be negative")
+
+
+@dataclass(frozen=True)
+class TrainRayOptions(RayOptions):
+    workers: int = 1  # Ray Train workers: one per GPU, or CPU processes
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # reserved for each worker (data tasks use the rest)
+    threads_per_worker: int = 0  # torch threads of a CPU worker; 0: the node's cores / workers
+    preserve_order: bool = True  # the same data order in every run: what makes a resumed run match
+    dashboard: bool = True  # Ray Train V2 watches its controller through the state API, which needs the dashboard
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.workers < 1 or self.cpus_per_worker <= 0:
+            raise ValueError("workers must be at least 1 and cpus_per_worker positive")
+
+
+SECTIONS: dict[str, type] = {"data": DataOptions, "examples": ExampleOptions, "train": TrainOptions, "ray": TrainRayOptions}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wspsr train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True, help="a wspsr corpus output folder (its committed corpus/ shards are read)")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints, metrics.json, loss_curve.png)")
+    parser.add_argument("--model", default="base", help="start from: a name, a .pt or CTranslate2 path, or tiny-random (default: base)")
+    parser.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
+    parser.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker, mixed precision")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default 100)")
+    parser.add_argument("--batch-size", type=int, help="examples per worker per micro-batch (default 8)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-5)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    add_common_arguments(parser, "train", reject_fraction=False)
+    return parser.parse_args(argv)
+
+
+def model_dims(spec: str) -> dict[str, int]:
+    from pipeline.models import load_openai_whisper, resolve_model
+
+    ref = resolve_model(spec)
+    if ref.checkpoint is not None:
+        import torch
+
+        return dict(torch.load(ref.checkpoint, map_location="cpu", weights_only=True)["dims"])
+    import dataclasses
+
+    return dataclasses.asdict(load_openai_whisper(ref).dims)
+
+
+def prepare_output(out: Path, run_doc: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    run_file = out / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        if overwrite:
+            for name in (CHECKPOINTS, "metrics.json", "summary.json", "loss_curve.png", "run.json"):
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        elif not resume:
+            raise OutputError(f"{out} holds a training run: pass --resume to continue it or --overwrite to start over")
+        elif previous.get("fingerprint") != run_doc["fingerprint"]:
+            raise OutputError(
+                f"{out} was trained with another config or corpus ({previous.get('fingerprint')}); --resume needs the same "
+                "ones (the data order depends on them); use --overwrite or another --out"
+            )
+    elif resume and out.exists() and any(out.iterdir()):
+        raise OutputError(f"{out} has no run.json: nothing to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(run_file, run_doc)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    config = resolve_config(
+        args,
+        SECTIONS,
+        {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr, "ray.workers": args.workers, "ray.use_gpu": args.gpu},
+    )
+    dims = model_dims(args.model)
+    config["examples"] = replace(config["examples"], n_mels=dims["n_mels"], n_vocab=dims["n_vocab"], n_text_ctx=dims["n_text_ctx"])
+    if args.print_config:
+        print(to_toml(to_plain(config)))
+        return {}
+    corpus = Path(args.corpus)
+    files = read_committed_files(corpus, "corpus")
+    if not files:
+        raise ConfigError(f"{corpus} has no committed corpus shards (did the corpus job keep any window?)")
+    out = Path(args.out).resolve()
+    fingerprint = output_fingerprint(config, [f"corpus:{corpus.resolve()}", f"model:{args.model}", *(f.name for f in files)])
+    prepare_output(out, {"job": "train", "fingerprint": fingerprint, "corpus": str(corpus.resolve()), "model": args.model,
+                         "config": to_plain(config)}, args.resume, args.overwrite)
+    started = time.monotonic()
+
+    import pyarrow.parquet as pq
+
+    data = config["data"]
+    ordered = [str(f) for f in files]
+    random.Random(data.file_seed).shuffle(ordered)
+    source_ids = [s for f in ordered for s in pq.read_table(f, columns=["source_id"])["source_id"].to_pylist()]
+    if data.max_windows:
+        source_ids = source_ids[: data.max_windows]
+    threshold = held_out_threshold(source_ids, data.held_out_fraction, data.split_seed)
+
+    plan = Plan(config["ray"])
+    corpus_rows = plan.read_parquet(ordered, CORPUS_COLUMNS)
+    if data.max_windows:
+        corpus_rows = plan.limit(corpus_rows, data.max_windows)
+    examples = config["examples"]
+    train_ds = plan.apply(
+        plan.map(corpus_rows, select_split, threshold, data.split_seed, False),
+        [Stage("build_training_examples", build_training_examples, examples)],
+    )
+    held_out = replace(examples, prompt_probability=0.0, timestamp_probability=0.0)  # comparable loss: text only
+    eval_ds = plan.apply(
+        plan.map(corpus_rows, select_split, threshold, data.split_seed, True),
+        [Stage("build_training_examples", build_training_examples, held_out)],
+    ) if threshold > 0 else None
+    if data.cache_examples:
+        train_ds = plan.materialize(train_ds)
+        eval_ds = plan.materialize(eval_ds) if eval_ds is not None else None
+    log.info("training on %s (%d files, %d windows, %d sources; %d held out)", corpus, len(files), len(source_ids),
+             len(set(source_ids)), sum(1 for s in set(source_ids) if _held(s, threshold, data.split_seed)))
+
+    ray_options = config["ray"]
+    import ray.train
+
+    try:
+        result = fit(train_ds, eval_ds, args.model, config["train"], out / CHECKPOINTS, ray_options.workers, ray_options.use_gpu,
+                     ray_options.cpus_per_worker, ray_options.threads_per_worker)
+    except ray.train.TrainingFailedError as exc:
+        raise JobFailed(f"training failed: {_first_line(exc)}\nrerun the same command with --resume to continue from the newest checkpoint") from exc
+    if result.checkpoint is None:
+        raise JobFailed("training ended without a checkpoint")
+    with result.checkpoint.as_directory() as folder:  # (a resumed run with nothing left to do reports no metrics)
+        state = load_trainer_state(Path(folder))["state"]
+    checkpoint = Path(result.checkpoint.path) / MODEL_FILE
+    metrics = training_metrics(state, config, args.model, corpus, checkpoint, source_ids, threshold, data.split_seed)
+    write_json_atomically(out / "metrics.json", metrics)
+    plot_loss_curve(metrics, out / "loss_curve.png")
+    summary = {
+        "job": "train", "output": str(out), "checkpoint": str(checkpoint), "steps": state["step"],
+        "held_out": {k: metrics["eval"].get(k) for k in ("before", "after")}, "elapsed_s": round(time.monotonic() - started, 1),
+        "accounting": {"ok": True},
+    }
+    write_json_atomically(out / "summary.json", summary)
+    return summary
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__
+
+
+def _held(source_id: str, threshold: float, seed: int) -> bool:
+    from pipeline.splits import source_position
+
+    return source_position(source_id, seed) < threshold
+
+
+def training_metrics(state: dict[str, Any], config: dict[str, Any], model: str, corpus: Path, checkpoint: Path,
+                     source_ids: list[str], threshold: float, seed: int) -> dict[str, Any]:
+    evals = state["evals"]
+    held = {s for s in set(source_ids) if _held(s, threshold, seed)}
+    return {
+        "model": model,
+        "corpus": str(corpus.resolve()),
+        "checkpoint": str(checkpoint),
+        "steps": state["step"],
+        "epochs_started": state["epoch"] + 1,
+        "examples_seen": state["examples"],
+        "skipped_examples": state.get("skipped", {}),
+        "seconds": round(state["seconds"], 1),
+        "examples_per_second": round(state["examples"] / max(state["seconds"], 1e-9), 3),
+        "split": {"train_sources": len(set(source_ids)) - len(held), "held_out_sources": len(held),
+                  "train_windows": sum(1 for s in source_ids if s not in held), "held_out_windows": sum(1 for s in source_ids if s in held)},
+        "eval": {
+            "before": next((e for e in evals if e["when"] == "before"), None),
+            "after": next((e for e in reversed(evals) if e["when"] == "after"), None),
+            "during": [e for e in evals if e["when"] == "during"],
+        },
+        "train_loss": state["train_loss"],
+        "learning_rate": state["learning_rate"],
+        "config": to_plain(config),
+    }
+
+
+def plot_loss_curve(metrics: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = range(1, len(metrics["train_loss"]) + 1)
+    axis.plot(steps, metrics["train_loss"], label="training loss (per step)", linewidth=1)
+    points = [e for e in (metrics["eval"]["before"], *metrics["eval"]["during"], metrics["eval"]["after"]) if e and e["loss"] is not None]
+    if points:
+        axis.plot([e["step"] for e in points], [e["loss"] for e in points], "o-", label="held-out loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("cross-entropy per token")
+    axis.set_title(f"wspsr train: {metrics['model']}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    tmp = path.with_name(f".tmp-{path.name}")
+    figure.savefig(tmp, format="png")
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nwspsr train: {summary['output']}")
+    print(f"  steps: {summary['steps']}; checkpoint: {summary['checkpoint']}")
+    for when in ("before", "after"):
+        figures = summary["held_out"].get(when)
+        if figures and figures["loss"] is not None:
+            wer = f", WER {figures['wer']:.1%}" if figures.get("wer") is not None else ""
+            print(f"  held-out {when}: loss {figures['loss']:.4f}{wer} ({figures['examples']} windows)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("train", run, print_summary, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

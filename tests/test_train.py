@@ -1,0 +1,112 @@
+"""``wspsr train`` end to end with Ray Train on the sample corpus: the loss falls, checkpoints load in openai-whisper,
+and a run that fails partway and is resumed ends exactly where an uninterrupted run does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import JFK, JFK_TEXT
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train(out: Path, corpus: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "jobs.train", "--corpus", str(corpus), "--out", str(out), "--quiet", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def trainer_state(out: Path, step: int) -> dict:
+    import torch
+
+    return torch.load(out / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt", map_location="cpu", weights_only=False)
+
+
+def test_tiny_model_loss_falls_by_half_and_checkpoint_loads(sample_run, tmp_path):
+    import whisper
+
+    corpus, _ = sample_run
+    out = tmp_path / "tiny"
+    ok(train(out, corpus, "--model", "tiny-random", "--steps", "30", "--batch-size", "4", "--lr", "3e-3",
+             "--set", "train.warmup_steps=3", "--set", "train.checkpoint_every=15", "--set", "data.cache_examples=true"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = metrics["train_loss"]
+    assert len(losses) == metrics["steps"] == 30
+    assert sum(losses[-5:]) / 5 <= 0.5 * losses[0], losses
+    assert metrics["split"]["held_out_sources"] >= 1 and metrics["split"]["train_windows"] > 0
+    before, after = metrics["eval"]["before"], metrics["eval"]["after"]
+    assert before["step"] == 0 and after["step"] == 30 and after["loss"] < before["loss"]
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000015", "step-000030"]
+    model = whisper.load_model(metrics["checkpoint"], device="cpu")  # openai-whisper's own loader
+    assert model.dims.n_text_state == 64
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["checkpoint"] == metrics["checkpoint"]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(sample_run, tmp_path):
+    import torch
+
+    corpus, _ = sample_run
+    common = ["--model", "tiny-random", "--steps", "6", "--batch-size", "4", "--lr", "1e-3", "--set", "data.max_windows=14",
+              "--set", "train.checkpoint_every=3", "--set", "train.warmup_steps=2", "--set", "train.max_failures=0"]
+    whole = tmp_path / "whole"
+    ok(train(whole, corpus, *common))
+
+    broken = tmp_path / "broken"
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    failed = train(broken, corpus, *common, env={"WSPSR_FAULTS": "raise@train:step-4", "WSPSR_FAULTS_DIR": str(faults)})
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "--resume" in failed.stderr and "injected fault" in failed.stderr
+    assert [p.name for p in (broken / "checkpoints").glob("step-*")] == ["step-000003"]
+    refused = train(broken, corpus, *common)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    ok(train(broken, corpus, *common, "--resume"))
+
+    a, b = trainer_state(whole, 6), trainer_state(broken, 6)
+    assert a["state"]["step"] == b["state"]["step"] == 6
+    assert (a["state"]["epoch"], a["state"]["batches_in_epoch"]) == (b["state"]["epoch"], b["state"]["batches_in_epoch"])
+    assert a["state"]["epoch"] >= 1  # the run crossed an epoch boundary, so the resumed data order was rebuilt
+    assert a["state"]["train_loss"] == pytest.approx(b["state"]["train_loss"], rel=1e-5)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert opt_a.keys() == opt_b.keys() and len(opt_a) > 0
+    for key in opt_a:
+        assert int(opt_a[key]["step"]) == int(opt_b[key]["step"]) == 6
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(opt_a[key][name], opt_b[key][name], rtol=1e-4, atol=1e-7), (key, name)
+    weights_a = torch.load(whole / "checkpoints" / "step-000006" / "model.pt", weights_only=True)["model_state_dict"]
+    weights_b = torch.load(broken / "checkpoints" / "step-000006" / "model.pt", weights_only=True)["model_state_dict"]
+    assert all(torch.allclose(weights_a[k], weights_b[k], rtol=1e-4, atol=1e-6) for k in weights_a)
+
+
+@pytest.mark.slow
+def test_fine_tune_base_on_the_sample_corpus(sample_run, tmp_path):
+    """Whisper base, a few dozen steps on CPU: held-out loss must not rise, and the checkpoint still transcribes."""
+    import whisper
+
+    from pipeline.media import decode_audio
+    from pipeline.metrics import word_error_rate
+
+    corpus, _ = sample_run
+    out = tmp_path / "base"
+    ok(train(out, corpus, "--model", "base", "--steps", "24", "--batch-size", "2", "--lr", "1e-5",
+             "--set", "train.warmup_steps=4", "--set", "train.checkpoint_every=12", "--set", "data.cache_examples=true"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    before, after = metrics["eval"]["before"], metrics["eval"]["after"]
+    assert metrics["steps"] == 24 and before["examples"] == after["examples"] > 0
+    assert after["loss"] <= before["loss"], (before, after)
+    model = whisper.load_model(metrics["checkpoint"], device="cpu")
+    text = model.transcribe(decode_audio(JFK).astype("float32") / 32768, language="en", fp16=False)["text"]
+    assert word_error_rate([JFK_TEXT], [text]) < 0.2, text
