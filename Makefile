@@ -4,8 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out/sample
+CLUSTER ?= .ray-cluster
+CLUSTER_WORKERS ?= 1
+CLUSTER_CPUS ?= 1
 
-.PHONY: setup models corpus test test-fast clean
+.PHONY: setup models corpus test test-fast cluster-up cluster-down clean
 
 # The virtualenv is rebuilt only when pyproject.toml changes; a second `make test` reuses it.
 $(STAMP): pyproject.toml
@@ -29,6 +32,15 @@ test: models
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# A local Ray cluster on 127.0.0.1 with token auth: a head and CLUSTER_WORKERS worker nodes of CLUSTER_CPUS CPUs each
+# (default 1 + 1 nodes, 1 CPU each), for `ray job submit` (README, "Running on a Ray cluster"). Token, env file and logs: $(CLUSTER)/.
+cluster-up: models
+	$(PY) -m pipeline.cluster up --dir $(CLUSTER) --workers $(CLUSTER_WORKERS) --cpus $(CLUSTER_CPUS)
+
+# Stops only the nodes cluster-up started (not `ray stop`, which ends every Ray process on the machine).
+cluster-down:
+	$(PY) -m pipeline.cluster down --dir $(CLUSTER)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

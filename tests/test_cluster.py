@@ -1,0 +1,98 @@
+"""The corpus job on a real Ray cluster: a head and a worker node on loopback with token authentication
+(``pipeline.cluster``, what ``make cluster-up`` starts), the job sent with ``ray job submit``, its output compared
+with the in-process run's; a job with a bad config is reported failed by ``ray job status``."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cluster import Cluster, alive_nodes, down, up
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Its own folder, token, ports and Ray temp folder: the pytest process's in-process Ray and any other Ray on the
+    machine are untouched, and teardown stops only these two nodes."""
+    started = up(tmp_path_factory.mktemp("cluster"), workers=1, cpus=1)
+    try:
+        yield started
+    finally:
+        down(started.dir)
+
+
+def ray_cli(cluster: Cluster, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """A ``ray`` command as a user runs it after ``source .ray-cluster/env``: exit code, stdout, stdout + stderr."""
+    result = subprocess.run([RAY, *args], env=cluster.environ(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stdout, ANSI.sub("", result.stdout + result.stderr)
+
+
+def read_table(root: Path, table: str) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in sorted((root / table).glob("*.parquet"))])
+
+
+def sorted_rows(table: pa.Table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda row: [str(row[k]) for k in table.column_names if k not in ("source", "audio")])
+
+
+def test_corpus_job_submitted_to_a_two_node_cluster_gives_the_in_process_output(sample_run, cluster, tmp_path):
+    in_process, _ = sample_run
+    assert alive_nodes(cluster) == 2
+    out = tmp_path / "out"  # same machine: every node sees the folder
+    code, _, output = ray_cli(
+        cluster, "job", "submit", "--submission-id", "corpus-sample", "--working-dir", str(REPO),
+        "--", "python", "-m", "jobs.corpus", "--out", str(out), "--quiet", timeout=1500,
+    )
+    assert code == 0, output[-5000:]
+    assert "Job 'corpus-sample' succeeded" in output
+    code, _, status = ray_cli(cluster, "job", "status", "corpus-sample")
+    assert code == 0 and "Job 'corpus-sample' succeeded" in status, status
+
+    # The work was spread over both nodes (the model actor holds one node's CPU, decoding runs beside it).
+    code, listed, output = ray_cli(cluster, "list", "tasks", "--detail", "--format", "json", "--limit", "10000", "--filter", "state=FINISHED")
+    assert code == 0, output
+    nodes = {task["node_id"] for task in json.loads(listed) if task.get("node_id")}
+    assert len(nodes) == 2
+
+    # Same rows, same ids. `source` names the audio as the run was given it: the bundled sample by absolute path, here
+    # in the repository, there in Ray's copy of the working dir; the path inside the repository is the same.
+    for table in ("corpus", "rejects"):
+        expected, got = read_table(in_process, table), read_table(out, table)
+        assert got.schema == expected.schema
+        assert got.num_rows == expected.num_rows > 0
+        want, have = sorted_rows(expected), sorted_rows(got)
+        for row, reference in zip(have, want):
+            in_repo = Path(reference["source"]).relative_to(REPO).as_posix()
+            assert row["source"].endswith("/" + in_repo), (row["source"], in_repo)
+            row["source"] = reference["source"]
+        assert have == want
+
+
+def test_a_job_with_a_bad_config_is_reported_failed_with_the_reason(cluster, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[segment]\nno_such_key = 1\n", encoding="utf-8")
+    code, _, output = ray_cli(
+        cluster, "job", "submit", "--submission-id", "corpus-bad-config", "--working-dir", str(REPO),
+        "--", "python", "-m", "jobs.corpus", "--config", str(config), "--out", str(tmp_path / "out"), timeout=600,
+    )
+    assert code != 0, output
+    reason = "wspsr corpus: error: unknown key(s) in [segment]: no_such_key"
+    _, _, status = ray_cli(cluster, "job", "status", "corpus-bad-config")
+    assert "Job 'corpus-bad-config' failed" in status, status
+    assert "Job entrypoint command failed with exit code 2" in status and reason in status, status
+    code, _, logs = ray_cli(cluster, "job", "logs", "corpus-bad-config")
+    assert code == 0 and reason in logs, logs
+    assert not (tmp_path / "out").exists()
