@@ -26,6 +26,7 @@ models: $(STAMP)
 
 corpus: models
 	$(PY) -m jobs.corpus --out $(OUT)
+	$(PY) -m jobs.report $(OUT)
 
 test: models
 	$(PY) -m pytest -q
