@@ -239,6 +239,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_amp = options.mixed_precision and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if world > 1:
+        # openai-whisper keeps its alignment heads as a sparse buffer, which DDP cannot broadcast; it is not trained.
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["alignment_heads"])
     net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
 
     eval_data = ray.train.get_dataset_shard("eval") if config.get("has_eval") else None

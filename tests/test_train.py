@@ -110,3 +110,15 @@ def test_fine_tune_base_on_the_sample_corpus(sample_run, tmp_path):
     model = whisper.load_model(metrics["checkpoint"], device="cpu")
     text = model.transcribe(decode_audio(JFK).astype("float32") / 32768, language="en", fp16=False)["text"]
     assert word_error_rate([JFK_TEXT], [text]) < 0.2, text
+
+
+@pytest.mark.slow
+def test_two_workers_train_under_ddp(sample_run, tmp_path):
+    """Two CPU workers (DDP over gloo) split the stream and train together."""
+    corpus, _ = sample_run
+    out = tmp_path / "ddp"
+    ok(train(out, corpus, "--model", "tiny-random", "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--workers", "2",
+             "--set", "ray.cpus_per_worker=0.5", "--set", "data.max_windows=12", "--set", "train.warmup_steps=0"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and len(metrics["train_loss"]) == 2
+    assert metrics["eval"]["after"]["loss"] < metrics["eval"]["before"]["loss"]
