@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
+from pipeline.commit import OutputDir, OutputOptions
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, summarize
 from pipeline.engines import ENGINES
@@ -28,6 +28,7 @@ from pipeline.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.sources import SourceOptions, discover_sources
 from pipeline.stage import Stage, active_rows
+from pipeline.storage import is_uri
 from stages.agree_language import agree_language
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
@@ -143,6 +144,8 @@ def fetch_url_sources(paths: list[str], args: argparse.Namespace, ray_options: R
     urls = [p for p in paths if is_url_source(p)]
     if not urls:
         return paths
+    if is_uri(args.out):
+        raise ConfigError("URL sources are fetched into OUT/fetched with yt-dlp, which needs a local --out (or run wspsr fetch first and copy its output)")
     folder = Path(args.out) / "fetched"
     argv = [sys.executable, "-m", "jobs.fetch", "--urls", *urls, "--out", str(folder)]
     argv += ["--quiet"] if args.quiet else []
@@ -219,9 +222,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         dataset = plan.apply(dataset, audio_stages(config, decisions))
         for _ in plan.commit(dataset, lambda batch: commit_corpus_batch(batch, out, output_options)):
             pass
-    summary = summarize(out, expected, {"elapsed_s": round(time.monotonic() - started, 1), "output": str(Path(args.out).resolve())})
+    summary = summarize(out, expected, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location})
     check_reject_fraction(summary, summary["sources"]["in"], summary["sources"]["rejected"], args.max_reject_fraction)
-    write_json_atomically(out.root / "summary.json", summary)
+    out.write_json("summary.json", summary)
     return summary
 
 

@@ -10,7 +10,6 @@ download archive), ``summary.json``. Items with only automatic captions are reje
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.commit import RUN_FILE, OutputDir, OutputOptions, write_json_atomically
-from pipeline.config import to_plain, to_toml
+from pipeline.commit import MARKERS, RUN_FILE, TMP_PREFIX, OutputDir, OutputOptions, write_json_atomically
+from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.fetch_sink import (
     FETCH_TABLES, MANIFEST, UNLABELLED_MANIFEST, commit_fetch_batch, committed_items, manifest_lines, remove_if_exists,
     summarize_fetch, write_jsonl_atomically,
@@ -29,6 +28,7 @@ from pipeline.jobargs import add_common_arguments, check_reject_fraction, output
 from pipeline.runner import Plan, RayOptions
 from pipeline.schema import RejectReason, RejectScope, table_from_rows
 from pipeline.stage import Stage
+from pipeline.storage import is_uri
 from stages.fetch_media import FetchOptions, FetchStageOptions, check_url, fetch_media, manifest_language, url_id
 
 log = logging.getLogger("wspsr")
@@ -89,15 +89,16 @@ def url_rows(urls: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], list[di
 def forget_failed_fetches(out: OutputDir) -> int:
     """--retry-failed: drop the shards that hold a ``fetch_failed`` reject, so their URLs run again (their
     finished items come from the download archive). Only in a folder of this config."""
-    run_file = out.root / RUN_FILE
-    if not run_file.is_file() or json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint") != out.fingerprint:
+    if not out.store.exists(RUN_FILE) or out.read_json(RUN_FILE).get("fingerprint") != out.fingerprint:
         return 0
     dropped = 0
-    for path in sorted(out.markers_dir.glob("*.json")):
-        marker = json.loads(path.read_text(encoding="utf-8"))
+    for name in out.store.list(MARKERS):
+        if not name.endswith(".json") or name.startswith(TMP_PREFIX):
+            continue
+        marker = out.read_json(f"{MARKERS}/{name}")
         stats = marker.get("stats", {})
         if "urls" in marker["sources"] and (stats.get("rejected", {}).get("fetch_failed") or stats.get("url_rejected", {}).get("fetch_failed")):
-            path.unlink()
+            out.store.delete(f"{MARKERS}/{name}")
             dropped += 1
     return dropped
 
@@ -135,6 +136,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.print_config:
         print(to_toml(to_plain(config)))
         return {}
+    if is_uri(args.out):
+        raise ConfigError(f"--out {args.out}: yt-dlp downloads into a local folder (or a shared filesystem every node mounts); copy the result to object storage afterwards")
     started = time.monotonic()
     urls = read_urls(args.urls)
     rows, rejects = url_rows(urls)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import posixpath
 import random
 import shutil
 import sys
@@ -25,8 +26,9 @@ from pipeline.commit import OutputError, read_committed_files, write_json_atomic
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.runner import Plan, RayOptions
-from pipeline.splits import held_out_threshold, select_split
+from pipeline.splits import held_out_threshold, select_split, source_position
 from pipeline.stage import Stage
+from pipeline.storage import is_uri
 from pipeline.training import MODEL_FILE, TrainOptions, fit, load_trainer_state
 from stages.build_training_examples import ExampleOptions, build_training_examples
 
@@ -131,20 +133,22 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.print_config:
         print(to_toml(to_plain(config)))
         return {}
-    corpus = Path(args.corpus)
+    corpus = args.corpus if is_uri(args.corpus) else str(Path(args.corpus).resolve())  # a folder or a URI (s3://...)
     files = read_committed_files(corpus, "corpus")
     if not files:
         raise ConfigError(f"{corpus} has no committed corpus shards (did the corpus job keep any window?)")
+    if is_uri(args.out):
+        raise ConfigError(f"--out {args.out}: checkpoints go to a local folder (on a cluster, a shared filesystem every worker mounts)")
     out = Path(args.out).resolve()
-    fingerprint = output_fingerprint(config, [f"corpus:{corpus.resolve()}", f"model:{args.model}", *(f.name for f in files)])
-    prepare_output(out, {"job": "train", "fingerprint": fingerprint, "corpus": str(corpus.resolve()), "model": args.model,
+    fingerprint = output_fingerprint(config, [f"corpus:{corpus}", f"model:{args.model}", *(posixpath.basename(f) for f in files)])
+    prepare_output(out, {"job": "train", "fingerprint": fingerprint, "corpus": corpus, "model": args.model,
                          "config": to_plain(config)}, args.resume, args.overwrite)
     started = time.monotonic()
 
     import pyarrow.parquet as pq
 
     data = config["data"]
-    ordered = [str(f) for f in files]
+    ordered = list(files)
     random.Random(data.file_seed).shuffle(ordered)
     source_ids = [s for f in ordered for s in pq.read_table(f, columns=["source_id"])["source_id"].to_pylist()]
     if data.max_windows:
@@ -168,8 +172,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if data.cache_examples:
         train_ds = plan.materialize(train_ds)
         eval_ds = plan.materialize(eval_ds) if eval_ds is not None else None
-    log.info("training on %s (%d files, %d windows, %d sources; %d held out)", corpus, len(files), len(source_ids),
-             len(set(source_ids)), sum(1 for s in set(source_ids) if _held(s, threshold, data.split_seed)))
+    held = {s for s in set(source_ids) if source_position(s, data.split_seed) < threshold}
+    log.info("training on %s (%d files, %d windows, %d sources; %d held out)", corpus, len(files), len(source_ids), len(set(source_ids)), len(held))
 
     ray_options = config["ray"]
     import ray.train
@@ -184,7 +188,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     with result.checkpoint.as_directory() as folder:  # (a resumed run with nothing left to do reports no metrics)
         state = load_trainer_state(Path(folder))["state"]
     checkpoint = Path(result.checkpoint.path) / MODEL_FILE
-    metrics = training_metrics(state, config, args.model, corpus, checkpoint, source_ids, threshold, data.split_seed)
+    metrics = training_metrics(state, config, args.model, corpus, checkpoint, source_ids, held)
     write_json_atomically(out / "metrics.json", metrics)
     plot_loss_curve(metrics, out / "loss_curve.png")
     summary = {
@@ -204,19 +208,12 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(cause).__name__
 
 
-def _held(source_id: str, threshold: float, seed: int) -> bool:
-    from pipeline.splits import source_position
-
-    return source_position(source_id, seed) < threshold
-
-
-def training_metrics(state: dict[str, Any], config: dict[str, Any], model: str, corpus: Path, checkpoint: Path,
-                     source_ids: list[str], threshold: float, seed: int) -> dict[str, Any]:
+def training_metrics(state: dict[str, Any], config: dict[str, Any], model: str, corpus: str, checkpoint: Path,
+                     source_ids: list[str], held: set[str]) -> dict[str, Any]:
     evals = state["evals"]
-    held = {s for s in set(source_ids) if _held(s, threshold, seed)}
     return {
         "model": model,
-        "corpus": str(corpus.resolve()),
+        "corpus": corpus,
         "checkpoint": str(checkpoint),
         "steps": state["step"],
         "epochs_started": state["epoch"] + 1,

@@ -13,10 +13,9 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pipeline.commit import OutputDir, OutputOptions, write_json_atomically
+from pipeline.commit import OutputDir, OutputOptions
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.engines import ENGINES
 from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
@@ -146,10 +145,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             )
     summary = summarize_transcription(out, expected)
     elapsed = time.monotonic() - started
-    summary.update(elapsed_s=round(elapsed, 1), output=str(Path(args.out).resolve()))
+    summary.update(elapsed_s=round(elapsed, 1), output=out.location)
     summary["real_time_factor"] = round(summary["hours"]["audio"] * 3600 / max(elapsed, 1e-9), 2) if todo else None
     check_reject_fraction(summary, summary["files"]["in"], summary["files"]["rejected"], args.max_reject_fraction)
-    write_json_atomically(out.root / "summary.json", summary)
+    out.write_json("summary.json", summary)
     return summary
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.schema import RejectReason
 
 TIMED_FORMATS = ("srt", "vtt", "json")
@@ -212,15 +213,21 @@ def transcript_format(path: str | Path) -> str | None:
 
 
 def read_transcript(path: str | Path, max_bytes: int, encoding: str | None = None) -> Transcript:
-    path = Path(path)
+    """``path`` is a local path or a URI (``s3://...``)."""
     fmt = transcript_format(path)
     if fmt is None:
-        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"unknown transcript extension {path.suffix!r}")
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"unknown transcript extension {Path(path).suffix!r}")
     try:
-        size = path.stat().st_size
+        if storage.is_uri(path):
+            size = storage.info(str(path)).size
+            data = storage.read_bytes(str(path)) if size is not None and size <= max_bytes else b""
+        else:
+            size = Path(path).stat().st_size
+            data = Path(path).read_bytes() if size <= max_bytes else b""
+        if size is None:
+            raise FileNotFoundError(2, "No such file or object", str(path))
         if size > max_bytes:
             raise TranscriptError(RejectReason.TRANSCRIPT_TOO_LARGE, f"{size} bytes > limit {max_bytes}")
-        data = path.read_bytes()
     except OSError as exc:
         raise TranscriptError(RejectReason.TRANSCRIPT_UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}") from None
     if not data.strip():

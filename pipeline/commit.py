@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 
 from pipeline import faults
 from pipeline.schema import METADATA_FINGERPRINT, METADATA_SCHEMA_VERSION, REJECTS_SCHEMA, SCHEMA_VERSION
+from pipeline.storage import TMP_PREFIX, Store, join
 
 MARKERS = "_commits"
 RUN_FILE = "run.json"
-TMP_PREFIX = ".tmp-"
 
 
 class OutputError(RuntimeError):
@@ -59,73 +59,78 @@ def write_json_atomically(path: Path, doc: Any) -> None:
 
 
 class OutputDir:
-    """One job's output folder: ``<table>/part-*.parquet`` files, ``_commits/*.json`` markers, ``run.json``."""
+    """One job's output folder (a local path or a URI such as ``s3://bucket/prefix``): ``<table>/part-*.parquet``
+    files, ``_commits/*.json`` markers, ``run.json``."""
 
     def __init__(self, root: str | Path, tables: tuple[str, ...], fingerprint: str, file_dir: str | None = None):
-        self.root = Path(root)
+        self.store = Store(root)
+        self.location = self.store.uri()  # how messages name the folder
+        self.root = Path(self.store.base) if self.store.local else None  # jobs that need local files (fetch) use this
         self.tables = tables
         self.fingerprint = fingerprint
         self.file_dir = file_dir  # a folder of per-source files (subtitles), committed with the shards that write them
 
-    @property
-    def markers_dir(self) -> Path:
-        return self.root / MARKERS
+    def read_json(self, relative: str) -> Any:
+        return json.loads(self.store.read_bytes(relative).decode("utf-8"))
+
+    def write_json(self, relative: str, doc: Any) -> None:
+        self.store.write_bytes(relative, (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def prepare(self, run_doc: dict[str, Any], overwrite: bool) -> None:
         """Refuse a folder written with another config (unless ``overwrite``), then clear crash leftovers."""
-        run_file = self.root / RUN_FILE
-        if run_file.exists():
-            previous = json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint")
+        if self.store.exists(RUN_FILE):
+            previous = self.read_json(RUN_FILE).get("fingerprint")
             if previous != self.fingerprint:
                 if not overwrite:
                     raise OutputError(
-                        f"{self.root} holds output of a different config (fingerprint {previous}, this run "
+                        f"{self.location} holds output of a different config (fingerprint {previous}, this run "
                         f"{self.fingerprint}); pass --overwrite to replace it or choose another --out"
                     )
                 self.clear()
         elif overwrite:
             self.clear()
         for name in (*self.tables, MARKERS):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        write_json_atomically(run_file, dict(run_doc, fingerprint=self.fingerprint))
+            self.store.make_dirs(name)
+        self.write_json(RUN_FILE, dict(run_doc, fingerprint=self.fingerprint))
         self.remove_uncommitted()
 
     def clear(self) -> None:
         for name in (*self.tables, MARKERS, *([self.file_dir] if self.file_dir else [])):
-            shutil.rmtree(self.root / name, ignore_errors=True)
+            self.store.delete_dir(name)
         for name in (RUN_FILE, "summary.json"):
-            (self.root / name).unlink(missing_ok=True)
+            self.store.delete(name)
 
     def markers(self) -> list[dict[str, Any]]:
         found = []
-        for path in sorted(self.markers_dir.glob("*.json")):
-            marker = json.loads(path.read_text(encoding="utf-8"))
+        for name in self.store.list(MARKERS):
+            if not name.endswith(".json") or name.startswith(TMP_PREFIX):
+                continue
+            marker = self.read_json(f"{MARKERS}/{name}")
             if marker.get("fingerprint") != self.fingerprint:
-                raise OutputError(f"marker {path} belongs to another config ({marker.get('fingerprint')})")
+                raise OutputError(f"marker {join(self.location, MARKERS, name)} belongs to another config ({marker.get('fingerprint')})")
             found.append(marker)
         return found
 
-    def remove_uncommitted(self) -> list[Path]:
+    def remove_uncommitted(self) -> list[str]:
         """Delete temporary files and data files that no marker names (a crash between write and commit)."""
         committed = {
             f"{table}/{name}" for marker in self.markers() for table, names in marker["files"].items() for name in names
         }
         removed = []
-        for directory in (self.root, self.markers_dir, *(self.root / t for t in self.tables)):
-            for path in directory.glob(f"{TMP_PREFIX}*"):
-                path.unlink(missing_ok=True)
-                removed.append(path)
+        for directory in ("", MARKERS, *self.tables):
+            for name in self.store.list(directory):
+                if name.startswith(TMP_PREFIX):
+                    removed.append(posixpath.join(directory, name))
         for table in self.tables:
-            for path in (self.root / table).glob("*.parquet"):
-                if f"{table}/{path.name}" not in committed:
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
-        if self.file_dir and (self.root / self.file_dir).is_dir():
-            for path in sorted((self.root / self.file_dir).rglob("*")):
-                name = path.relative_to(self.root / self.file_dir).as_posix()
-                if path.is_file() and (path.name.startswith(TMP_PREFIX) or f"{self.file_dir}/{name}" not in committed):
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
+            for name in self.store.list(table):
+                if name.endswith(".parquet") and not name.startswith(TMP_PREFIX) and f"{table}/{name}" not in committed:
+                    removed.append(f"{table}/{name}")
+        if self.file_dir:
+            for name in self.store.list(self.file_dir, recursive=True):
+                if posixpath.basename(name).startswith(TMP_PREFIX) or f"{self.file_dir}/{name}" not in committed:
+                    removed.append(f"{self.file_dir}/{name}")
+        for relative in removed:
+            self.store.delete(relative)
         return removed
 
     def committed_sources(self) -> set[str]:
@@ -153,18 +158,14 @@ class OutputDir:
             rows[table_name] = 0
             for k, part in enumerate(p for p in parts if p.num_rows):
                 name = f"part-{shard}-{k:03d}.parquet"
-                self._write_parquet(part, self.root / table_name / name, options)
+                self._write_parquet(part, f"{table_name}/{name}", options)
                 files[table_name].append(name)
                 rows[table_name] += part.num_rows
         if extra_files:
             assert self.file_dir, "extra files need a file_dir"
             files[self.file_dir] = []
             for name, text in sorted(extra_files.items()):
-                final = self.root / self.file_dir / name
-                final.parent.mkdir(parents=True, exist_ok=True)
-                tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
-                tmp.write_text(text, encoding="utf-8")
-                _fsync_replace(tmp, final)
+                self.store.write_bytes(f"{self.file_dir}/{name}", text.encode("utf-8"))
                 files[self.file_dir].append(name)
         faults.inject("commit")  # data written, marker not yet: the window a crash leaves files without a commit
         marker = {
@@ -176,20 +177,24 @@ class OutputDir:
             "sources": {kind: sorted(ids) for kind, ids in sources.items()},
             "stats": stats,
         }
-        write_json_atomically(self.markers_dir / f"{shard}.json", marker)
+        self.write_json(f"{MARKERS}/{shard}.json", marker)
         return marker
 
-    def _write_parquet(self, table: pa.Table, final: Path, options: OutputOptions) -> None:
+    def _write_parquet(self, table: pa.Table, relative: str, options: OutputOptions) -> None:
         metadata = dict(table.schema.metadata or {})
         metadata[METADATA_SCHEMA_VERSION] = SCHEMA_VERSION.encode()
         metadata[METADATA_FINGERPRINT] = self.fingerprint.encode()
         table = table.replace_schema_metadata(metadata)
-        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
+        final = self.store.path(relative)
+        if not self.store.local:  # an object appears whole when its upload completes; the marker commits it
+            pq.write_table(table, final, filesystem=self.store.fs, row_group_size=options.row_group_rows, compression=options.compression)
+            return
+        tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.path.basename(final)}")
         try:
             pq.write_table(table, tmp, row_group_size=options.row_group_rows, compression=options.compression)
-            _fsync_replace(tmp, final)
+            _fsync_replace(Path(tmp), Path(final))
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            Path(tmp).unlink(missing_ok=True)
             raise
 
     def start(
@@ -215,21 +220,29 @@ class OutputDir:
             self.commit_shard(shard_id(ids), {"rejects": [table]}, {"kept": [], "rejected": ids}, stats, options)
         return expected, done, [r for r in sources if r["source_id"] not in done]
 
-    def committed_files(self, table: str) -> list[Path]:
-        return sorted(self.root / table / name for marker in self.markers() for name in marker["files"].get(table, []))
+    def committed_files(self, table: str) -> list[str]:
+        """The committed files of ``table``, as paths inside ``self.store.fs``."""
+        return sorted(self.store.path(f"{table}/{name}") for marker in self.markers() for name in marker["files"].get(table, []))
+
+    def read_committed(self, table: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table | None:
+        files = self.committed_files(table)
+        if not files:
+            return None
+        return pq.read_table(files, filesystem=self.store.fs, schema=schema, columns=columns)
 
 
-def read_committed_files(root: str | Path, table: str) -> list[Path]:
-    """The files of ``table`` that the markers of a wspsr output folder confirm: what a reader may read while a
-    job is still running, or after one crashed (files without a marker are not data yet)."""
-    root = Path(root)
-    markers = sorted((root / MARKERS).glob("*.json"))
+def read_committed_files(root: str | Path, table: str) -> list[str]:
+    """The files of ``table`` that the markers of a wspsr output folder (a path or a URI) confirm, spelled like the
+    folder: what a reader may read while a job is still running, or after one crashed (files without a marker
+    are not data yet)."""
+    store = Store(root)
+    markers = [name for name in store.list(MARKERS) if name.endswith(".json") and not name.startswith(TMP_PREFIX)]
     if not markers:
-        raise FileNotFoundError(f"{root} is not a wspsr output folder with committed shards (no {MARKERS}/*.json)")
+        raise FileNotFoundError(f"{store.uri()} is not a wspsr output folder with committed shards (no {MARKERS}/*.json)")
     files = []
-    for path in markers:
-        names = json.loads(path.read_text(encoding="utf-8"))["files"].get(table, [])
-        files += [root / table / name for name in names]
+    for name in markers:
+        names = json.loads(store.read_bytes(f"{MARKERS}/{name}").decode("utf-8"))["files"].get(table, [])
+        files += [store.uri(f"{table}/{file}") for file in names]
     return sorted(files)
 
 

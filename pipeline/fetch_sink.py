@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.commit import TMP_PREFIX, OutputDir, OutputOptions, _fsync_replace, shard_id
 from pipeline.schema import REJECTS_SCHEMA, RejectScope
@@ -153,10 +152,10 @@ def summarize_fetch(out: OutputDir, expected_urls: set[str], extra: dict[str, An
 
 
 def committed_items(out: OutputDir) -> list[dict[str, Any]]:
-    files = out.committed_files("items")
-    if not files:
+    table = out.read_committed("items", schema=ITEMS_SCHEMA)
+    if table is None:
         return []
-    rows = pq.read_table(files, schema=ITEMS_SCHEMA).to_pylist()
+    rows = table.to_pylist()
     return sorted(rows, key=lambda r: (r["url_index"], r["item_index"], r["item_id"]))
 
 

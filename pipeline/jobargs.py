@@ -86,9 +86,10 @@ def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report
     except JobFailed as exc:
         print(f"wspsr {name}: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # e.g. a full disk while committing (a worker's error, re-raised in the driver)
+    except OSError as exc:  # e.g. a full disk while committing, object storage refusing (a worker's error, re-raised in the driver)
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"wspsr {name}: error: [Errno {exc.errno}] {exc.strerror}{where}", file=sys.stderr)
+        message = f"[Errno {exc.errno}] {exc.strerror}{where}" if exc.errno is not None else str(exc)
+        print(f"wspsr {name}: error: {message}", file=sys.stderr)
         print(f"wspsr {name}: shards committed so far are complete; fix the cause and rerun the same command to finish", file=sys.stderr)
         return 1
     if not summary:  # --print-config

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import ffmpeg
 import numpy as np
+import pyarrow.fs as pafs
 import soundfile
 
+from pipeline import storage
 from pipeline.audio import SAMPLE_RATE, samples_to_ms
 from pipeline.schema import RejectReason
 
@@ -82,7 +84,19 @@ def decode_command(path: Path, limits: DecodeLimits) -> list[str]:
 
 
 def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Decode to int16 16 kHz mono; raise ``DecodeError`` with a reject reason for anything unusable."""
+    """Decode to int16 16 kHz mono; raise ``DecodeError`` with a reject reason for anything unusable. A URI
+    (``s3://...``) is copied to a local temporary file first: ffmpeg only ever reads local files."""
+    if storage.is_uri(path):
+        found = storage.info(str(path))
+        if found.type != pafs.FileType.File:
+            raise DecodeError(RejectReason.AUDIO_NOT_FOUND, "no such object" if found.type == pafs.FileType.NotFound else "not a file")
+        if found.size > limits.max_file_mb * 1024 * 1024:  # refused before downloading it
+            raise DecodeError(RejectReason.FILE_TOO_LARGE, f"{found.size} bytes > limit of {limits.max_file_mb:g} MB")
+        try:
+            with storage.local_copy(str(path)) as local:
+                return decode_audio(local, limits)
+        except OSError as exc:
+            raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -8,13 +8,16 @@ numbers): the same data gives the same ids on any machine.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+from pipeline import storage
 from pipeline.captions import FORMAT_BY_SUFFIX
 from pipeline.schema import RejectReason, RejectScope
 
@@ -81,37 +84,46 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(directory) / name
 
 
-def discover_directory(root_spelled: str, options: SourceOptions, out: Discovery) -> None:
+def _directory_files(root_spelled: str) -> tuple[str, list[str]]:
+    """The folder's label (its last name: ids do not depend on where it is) and its files as relative POSIX paths."""
+    if storage.is_uri(root_spelled):
+        return posixpath.basename(root_spelled.rstrip("/")), storage.list_files(root_spelled)
     root = Path(root_spelled)
-    label = root.resolve().name
-    real_roots = [Path(os.path.realpath(root))]
-    audio: dict[tuple[str, str], Path] = {}
-    transcripts: dict[tuple[str, str], list[tuple[str | None, Path]]] = {}
-    for path in _walk(root):
-        rel = path.relative_to(root)
+    return root.resolve().name, [path.relative_to(root).as_posix() for path in _walk(root)]
+
+
+def discover_directory(root_spelled: str, options: SourceOptions, out: Discovery) -> None:
+    """Pairs by file stem in a local folder or under an object-store prefix (``s3://bucket/prefix``); the same
+    files give the same ids in either place."""
+    remote = storage.is_uri(root_spelled)
+    label, relatives = _directory_files(root_spelled)
+    real_roots = [] if remote else [Path(os.path.realpath(root_spelled))]
+    audio: dict[tuple[str, str], str] = {}
+    transcripts: dict[tuple[str, str], list[tuple[str | None, str]]] = {}
+    for rel in relatives:
+        path = PurePosixPath(rel)
         suffix = path.suffix.lower()
         if suffix in AUDIO_SUFFIXES:
-            audio[(rel.parent.as_posix(), path.stem)] = path
+            audio[(path.parent.as_posix(), path.stem)] = rel
         elif suffix in TRANSCRIPT_SUFFIXES:
-            exact = (rel.parent.as_posix(), path.stem)
+            exact = (path.parent.as_posix(), path.stem)
             stem, language = _language_suffix(path.stem)
-            transcripts.setdefault(exact, []).append((None, path))
+            transcripts.setdefault(exact, []).append((None, rel))
             if language:
-                transcripts.setdefault((rel.parent.as_posix(), stem), []).append((language, path))
+                transcripts.setdefault((path.parent.as_posix(), stem), []).append((language, rel))
     for key in sorted(audio):
-        audio_path = audio[key]
-        rel_audio = audio_path.relative_to(root).as_posix()
-        source = os.path.join(root_spelled, rel_audio)
-        by_language: dict[str | None, Path] = {}
-        for language, path in sorted(transcripts.get(key, []), key=lambda t: (str(t[0]), FORMAT_PREFERENCE.index(t[1].suffix.lower()))):
-            by_language.setdefault(language, path)
+        rel_audio = audio[key]
+        source = storage.join(root_spelled, rel_audio)
+        by_language: dict[str | None, str] = {}
+        for language, rel in sorted(transcripts.get(key, []), key=lambda t: (str(t[0]), FORMAT_PREFERENCE.index(PurePosixPath(t[1]).suffix.lower()))):
+            by_language.setdefault(language, rel)
         if not by_language:
             out.reject(stable_id(label, rel_audio), source, RejectReason.MISSING_TRANSCRIPT, f"no transcript beside {rel_audio}")
             continue
-        for language, transcript_path in sorted(by_language.items(), key=lambda kv: str(kv[0])):
-            rel_transcript = transcript_path.relative_to(root).as_posix()
+        for language, rel_transcript in sorted(by_language.items(), key=lambda kv: str(kv[0])):
             source_id = stable_id(label, rel_audio, rel_transcript)
-            if not (_is_under(audio_path, real_roots) and _is_under(transcript_path, real_roots)):
+            audio_path, transcript_path = (storage.join(root_spelled, rel) for rel in (rel_audio, rel_transcript))
+            if not remote and not (_is_under(Path(audio_path), real_roots) and _is_under(Path(transcript_path), real_roots)):
                 out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the source folder")
                 continue
             out.sources.append(
@@ -120,17 +132,21 @@ def discover_directory(root_spelled: str, options: SourceOptions, out: Discovery
                     output_name=_output_name(label, rel_audio),
                 )
             )
-    claimed = {path for key, paths in transcripts.items() if key in audio for _, path in paths}
-    for path in sorted({path for paths in transcripts.values() for _, path in paths} - claimed):
-        rel = path.relative_to(root).as_posix()
-        out.reject(stable_id(label, rel), os.path.join(root_spelled, rel), RejectReason.MISSING_AUDIO, f"no audio file for {rel}")
+    claimed = {rel for key, rels in transcripts.items() if key in audio for _, rel in rels}
+    for rel in sorted({rel for rels in transcripts.values() for _, rel in rels} - claimed):
+        out.reject(stable_id(label, rel), storage.join(root_spelled, rel), RejectReason.MISSING_AUDIO, f"no audio file for {rel}")
+
+
+def _located(path: str | Path) -> str:
+    """Where a stage finds a file: an absolute local path, or the URI as given."""
+    return str(path) if storage.is_uri(str(path)) else str(Path(path).resolve())
 
 
 def source_row(
     source_id: str,
     source: str,
-    audio_path: Path,
-    transcript_path: Path | None,
+    audio_path: str | Path,
+    transcript_path: str | Path | None,
     inline_text: str | None,
     language: str | None,
     metadata: dict[str, Any],
@@ -142,8 +158,8 @@ def source_row(
         "source_id": source_id,
         "source": source,
         "output_name": output_name or source_id,
-        "audio_path": str(audio_path.resolve()),
-        "transcript_path": str(transcript_path.resolve()) if transcript_path else None,
+        "audio_path": _located(audio_path),
+        "transcript_path": _located(transcript_path) if transcript_path else None,
         "inline_text": inline_text,
         "transcript_encoding": encoding,
         "transcript_origin": transcript_origin,
@@ -152,11 +168,17 @@ def source_row(
     }
 
 
-def _manifest_path(value: Any, field_name: str, base: Path, roots: list[Path]) -> Path:
+def _manifest_path(value: Any, field_name: str, base: Path | str, roots: list[Path]) -> Path | str:
     if not isinstance(value, str) or not value.strip():
         raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"{field_name!r} must be a non-empty string")
     if _SCHEME.match(value):
         raise _LineError(RejectReason.UNSAFE_PATH, f"{field_name!r} looks like a URL or protocol ({value.split(':')[0]}:)")
+    if isinstance(base, str):  # a manifest in object storage: paths stay under its prefix
+        scheme, rest = base.split("://", 1)
+        joined = posixpath.normpath(posixpath.join(rest, value))
+        if value.startswith("/") or not joined.startswith(rest.rstrip("/") + "/"):
+            raise _LineError(RejectReason.UNSAFE_PATH, f"{field_name!r} leads outside the manifest's prefix")
+        return f"{scheme}://{joined}"
     path = base / value
     if not _is_under(path, roots):
         raise _LineError(RejectReason.UNSAFE_PATH, f"{field_name!r} resolves outside the manifest's folder and allowed roots")
@@ -175,37 +197,41 @@ def _output_name(label: str, relative: str) -> str:
 
 
 def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discovery, audio_only: bool = False) -> None:
-    manifest = Path(manifest_spelled)
-    label = manifest.name
-    base = manifest.parent
-    roots = [Path(os.path.realpath(base))] + [Path(os.path.realpath(r)) for r in options.allowed_roots]
+    base: Path | str
+    if storage.is_uri(manifest_spelled):
+        label, base, roots = posixpath.basename(manifest_spelled), posixpath.dirname(manifest_spelled), []
+        data = storage.read_bytes(manifest_spelled)
+    else:
+        manifest = Path(manifest_spelled)
+        label, base = manifest.name, manifest.parent
+        roots = [Path(os.path.realpath(base))] + [Path(os.path.realpath(r)) for r in options.allowed_roots]
+        data = manifest.read_bytes()
     seen: dict[str, int] = {}
-    with manifest.open("rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            where = f"{manifest_spelled}:{lineno}"
-            line_id = stable_id(label, f"line {lineno}")
+    for lineno, raw in enumerate(io.BytesIO(data), start=1):  # lines as a file reads them (split at \n only)
+        if not raw.strip():
+            continue
+        where = f"{manifest_spelled}:{lineno}"
+        line_id = stable_id(label, f"line {lineno}")
+        try:
             try:
-                try:
-                    entry = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({exc})") from None
-                if not isinstance(entry, dict):
-                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
-                row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options, audio_only)
-            except _LineError as err:
-                detail = err.detail if err.detail.startswith("line ") else f"line {lineno}: {err.detail}"
-                out.reject(line_id, where, err.reason, detail)
-                continue
-            if row["source_id"] in seen:
-                out.reject(
-                    stable_id(label, f"line {lineno}"), where, RejectReason.DUPLICATE_SOURCE,
-                    f"line {lineno}: same source id {row['source_id']!r} as line {seen[row['source_id']]}",
-                )
-                continue
-            seen[row["source_id"]] = lineno
-            out.sources.append(row)
+                entry = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({exc})") from None
+            if not isinstance(entry, dict):
+                raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
+            row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options, audio_only)
+        except _LineError as err:
+            detail = err.detail if err.detail.startswith("line ") else f"line {lineno}: {err.detail}"
+            out.reject(line_id, where, err.reason, detail)
+            continue
+        if row["source_id"] in seen:
+            out.reject(
+                stable_id(label, f"line {lineno}"), where, RejectReason.DUPLICATE_SOURCE,
+                f"line {lineno}: same source id {row['source_id']!r} as line {seen[row['source_id']]}",
+            )
+            continue
+        seen[row["source_id"]] = lineno
+        out.sources.append(row)
 
 
 def _manifest_entry(
@@ -246,7 +272,7 @@ def _manifest_entry(
     metadata = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     return source_row(
         source_id,
-        os.path.normpath(os.path.join(os.path.dirname(spelled), entry["audio"])),
+        audio if isinstance(audio, str) else os.path.normpath(os.path.join(os.path.dirname(spelled), entry["audio"])),
         audio,
         transcript,
         text,
@@ -258,17 +284,25 @@ def _manifest_entry(
     )
 
 
+def _kind(spelled: str) -> str | None:
+    if storage.is_uri(spelled):
+        found = storage.info(spelled).type
+        return {storage.pafs.FileType.Directory: "dir", storage.pafs.FileType.File: "file"}.get(found)
+    path = Path(spelled)
+    return "dir" if path.is_dir() else "file" if path.is_file() else None
+
+
 def discover_sources(paths: list[str], options: SourceOptions = SourceOptions()) -> Discovery:
     """All audio-transcript pairs under the given directories and manifests, in a deterministic order."""
     out = Discovery()
     for spelled in paths:
-        path = Path(spelled)
-        if path.is_dir():
+        kind = _kind(spelled)
+        if kind == "dir":
             discover_directory(spelled, options, out)
-        elif path.is_file():
+        elif kind == "file":
             discover_manifest(spelled, options, out)
         else:
-            raise FileNotFoundError(f"source path {spelled!r} is neither a directory nor a manifest file")
+            raise FileNotFoundError(f"source path {spelled!r} is neither a directory (or prefix) nor a manifest file")
     return _finish(out)
 
 
@@ -277,6 +311,9 @@ def discover_audio(paths: list[str], options: SourceOptions = SourceOptions()) -
     is optional), or wspsr Parquet tables with a ``source`` column (a corpus output folder, or a file)."""
     out = Discovery()
     for spelled in paths:
+        if storage.is_uri(spelled):
+            _discover_remote_audio(spelled, options, out)
+            continue
         path = Path(spelled)
         if path.is_dir() and (path / "run.json").is_file():
             _discover_table(sorted((path / "corpus").glob("*.parquet")), spelled, out)
@@ -304,6 +341,24 @@ def discover_audio(paths: list[str], options: SourceOptions = SourceOptions()) -
         else:
             raise FileNotFoundError(f"input {spelled!r} is not an audio file, a folder, a manifest or a Parquet table")
     return _finish(out)
+
+
+def _discover_remote_audio(spelled: str, options: SourceOptions, out: Discovery) -> None:
+    """An audio object or a prefix of them in object storage (manifests and tables are read from local disk)."""
+    kind = _kind(spelled)
+    if kind == "file" and PurePosixPath(spelled).suffix.lower() in AUDIO_SUFFIXES:
+        name = PurePosixPath(spelled)
+        out.sources.append(source_row(stable_id(name.parent.name, name.name), spelled, spelled, None, None, options.default_language, {}, output_name=name.stem))
+        return
+    if kind != "dir":
+        raise FileNotFoundError(f"input {spelled!r} is not an audio object or a prefix holding audio")
+    label, relatives = _directory_files(spelled)
+    for rel in relatives:
+        if PurePosixPath(rel).suffix.lower() in AUDIO_SUFFIXES:
+            location = storage.join(spelled, rel)
+            out.sources.append(
+                source_row(stable_id(label, rel), location, location, None, None, options.default_language, {}, output_name=_output_name(label, rel))
+            )
 
 
 def _discover_table(files: list[Path], spelled: str, out: Discovery) -> None:

@@ -11,10 +11,10 @@ already consumed are skipped. This module knows nothing of corpus rows: the job 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -277,7 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             mel, inputs, labels = (t.to(device) for t in collate(batch, n_mels))
             micro += 1
             last_micro = micro % options.grad_accum == 0
-            sync = net.no_sync() if world > 1 and not last_micro else _nothing()
+            sync = net.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
             with sync:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss_sum, count = token_loss(net, mel, inputs, labels)
@@ -319,14 +319,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             raise RuntimeError("the training split is empty: no examples to train on")
         state.epoch += 1
         state.batches_in_epoch = 0
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _brief(figures: dict[str, Any]) -> str:

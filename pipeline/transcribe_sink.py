@@ -92,7 +92,6 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
 def summarize_transcription(out: OutputDir, expected: set[str], rank_top: int = 20) -> dict[str, Any]:
     """Files in = transcribed + rejected (checked), hours, flags, and with references: WER per language and the
     groups of sources ranked by word errors x hours (the paper's way of choosing what to inspect by hand)."""
-    import pyarrow.parquet as pq
 
     seen: dict[str, int] = defaultdict(int)
     totals: dict[str, Any] = defaultdict(dict)
@@ -123,10 +122,9 @@ def summarize_transcription(out: OutputDir, expected: set[str], rank_top: int = 
         "segments": {"total": totals["segments"], "flagged": totals["segments_flagged"], "flagged_by_reason": dict(sorted(totals["flagged"].items()))},
         "shards": totals["shards"],
     }
-    files = out.committed_files("comparison")
-    if files:
-        rows = pq.read_table(files, schema=COMPARISON_SCHEMA).to_pylist() if len(files) else []
-        summary["comparison"] = compare_summary(rows, rank_top)
+    comparison = out.read_committed("comparison", schema=COMPARISON_SCHEMA)
+    if comparison is not None:
+        summary["comparison"] = compare_summary(comparison.to_pylist(), rank_top)
     return summary
 
 

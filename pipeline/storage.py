@@ -1,0 +1,187 @@
+"""Where inputs and outputs live: local paths, or URIs (``s3://bucket/prefix``, ``gs://bucket/prefix``) through
+pyarrow filesystems.
+
+Credentials and endpoints come from the environment, as the cloud SDKs read them (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for S3-compatible servers, ``GOOGLE_APPLICATION_CREDENTIALS``...),
+so a config file never holds a secret and a cluster passes them to workers in the runtime environment.
+Object stores have no rename: a file is written straight to its final key (an object appears whole or not at
+all), and the commit markers of ``pipeline.commit`` are what make a set of files visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.fs as pafs
+
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+TMP_PREFIX = ".tmp-"
+
+
+class StorageError(OSError):
+    pass
+
+
+# Object stores and distributed filesystems that pyarrow opens. Nothing else is a URI here: a source path that
+# says ``http://`` or ``concat:`` stays a (missing) file name and is never fetched.
+STORAGE_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    """``s3://...``, ``gs://...``, ``hdfs://...``; anything else (``file://`` too) is a local path."""
+    match = _URI.match(str(location))
+    return bool(match) and match.group(1).lower() in STORAGE_SCHEMES
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(scheme_and_bucket: str) -> pafs.FileSystem:
+    filesystem, _ = pafs.FileSystem.from_uri(scheme_and_bucket)
+    return filesystem
+
+
+def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path inside it; a plain path becomes absolute on the local filesystem."""
+    spelled = str(location)
+    if not is_uri(spelled):
+        if spelled.startswith("file://"):
+            spelled = spelled[len("file://"):]
+        return pafs.LocalFileSystem(), os.path.abspath(spelled)
+    scheme, rest = spelled.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        raise StorageError(f"{spelled!r} names no bucket")
+    try:
+        filesystem = _filesystem(f"{scheme.lower()}://{bucket}")
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for unknown schemes and bad settings
+        raise StorageError(
+            f"cannot open {spelled!r}: {exc} (credentials and endpoint come from the environment, e.g. AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3; GOOGLE_APPLICATION_CREDENTIALS for gs://)"
+        ) from None
+    return filesystem, posixpath.normpath(rest).rstrip("/")
+
+
+def join(location: str, *parts: str) -> str:
+    """A child of a location, spelled like it (a URI stays a URI)."""
+    if is_uri(location):
+        return posixpath.join(location.rstrip("/"), *parts)
+    return os.path.join(location, *parts)
+
+
+def info(location: str) -> pafs.FileInfo:
+    filesystem, path = resolve(location)
+    return filesystem.get_file_info(path)
+
+
+def read_bytes(location: str) -> bytes:
+    filesystem, path = resolve(location)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def list_files(location: str) -> list[str]:
+    """Files under a folder or prefix, recursively, as sorted relative POSIX paths; hidden names are skipped."""
+    filesystem, root = resolve(location)
+    found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    names = []
+    for entry in found:
+        if entry.type != pafs.FileType.File:
+            continue
+        relative = posixpath.relpath(entry.path, root) if not isinstance(filesystem, pafs.LocalFileSystem) else os.path.relpath(entry.path, root)
+        relative = relative.replace(os.sep, "/")
+        if not any(part.startswith(".") for part in relative.split("/")):
+            names.append(relative)
+    return sorted(names)
+
+
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[Path]:
+    """A local file with the location's bytes, for tools that need a path (ffmpeg): the file itself when it is
+    local, else a temporary download (same suffix) removed afterwards."""
+    if not is_uri(location):
+        yield Path(location)
+        return
+    filesystem, path = resolve(location)
+    handle, temporary = tempfile.mkstemp(prefix="wspsr-", suffix=posixpath.splitext(path)[1])
+    try:
+        with os.fdopen(handle, "wb") as local, filesystem.open_input_stream(path) as remote:
+            shutil.copyfileobj(remote, local, 4 * 1024 * 1024)
+        yield Path(temporary)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+class Store:
+    """A folder on some filesystem, addressed by relative POSIX paths: what an output folder needs."""
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = str(location)
+        self.fs, self.base = resolve(self.location)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, relative: str) -> str:
+        return posixpath.join(self.base, relative) if relative else self.base
+
+    def uri(self, relative: str = "") -> str:
+        """How a user names this file: an absolute local path, or a URI."""
+        root = self.base if self.local else self.location.rstrip("/")
+        return join(root, relative) if relative else root
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path(relative)).type == pafs.FileType.File
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relative)) as stream:
+            return stream.read()
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """Whole or not at all: locally a temporary file, synced, then renamed; an object store's put is atomic."""
+        final = self.path(relative)
+        if not self.local:
+            with self.fs.open_output_stream(final) as stream:
+                stream.write(data)
+            return
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.path.basename(final)}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def list(self, relative: str, recursive: bool = False) -> list[str]:
+        """Files under a folder as paths relative to that folder, sorted (empty when it does not exist)."""
+        root = self.path(relative)
+        found = self.fs.get_file_info(pafs.FileSelector(root, recursive=recursive, allow_not_found=True))
+        return sorted(
+            posixpath.relpath(e.path.replace(os.sep, "/"), root.replace(os.sep, "/")) for e in found if e.type == pafs.FileType.File
+        )
+
+    def make_dirs(self, relative: str) -> None:
+        if self.local:  # object stores have no folders to make
+            os.makedirs(self.path(relative), exist_ok=True)
+
+    def delete(self, relative: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(relative))
+
+    def delete_dir(self, relative: str) -> None:
+        path = self.path(relative)
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return
+        self.fs.delete_dir_contents(path, missing_dir_ok=True)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_dir(path)
