@@ -8,7 +8,7 @@ CLUSTER ?= .ray-cluster
 CLUSTER_WORKERS ?= 1
 CLUSTER_CPUS ?= 1
 
-.PHONY: setup models corpus test test-fast cluster-up cluster-down clean
+.PHONY: setup models corpus test test-fast bench cluster-up cluster-down clean
 
 # The virtualenv is rebuilt only when pyproject.toml changes; a second `make test` reuses it.
 $(STAMP): pyproject.toml
@@ -33,6 +33,12 @@ test: models
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Benchmarks, not tests: a generated workload of HOURS audio hours through the corpus job (per-stage breakdown,
+# ffmpeg floor, 1x/2x/4x scaling) and dedup; bench/results/*.json and summary.md (BENCHMARKS.md has the figures).
+HOURS ?= 0.2
+bench: models
+	$(PY) -m jobs.bench all --hours $(HOURS)
 
 # A local Ray cluster on 127.0.0.1 with token auth: a head and CLUSTER_WORKERS worker nodes of CLUSTER_CPUS CPUs each
 # (default 1 + 1 nodes, 1 CPU each), for `ray job submit` (README, "Running on a Ray cluster"). Token, env file and logs: $(CLUSTER)/.
