@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 
 import pyarrow.parquet as pq
+import pytest
 
 from jobs.report import main
 from pipeline.report import SECTIONS
 
 
+@pytest.mark.slow
 def test_report_of_the_sample_corpus(sample_run, capsys):
     out, summary = sample_run
     assert main([str(out)]) == 0
