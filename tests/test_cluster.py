@@ -96,3 +96,35 @@ def test_a_job_with_a_bad_config_is_reported_failed_with_the_reason(cluster, tmp
     code, _, logs = ray_cli(cluster, "job", "logs", "corpus-bad-config")
     assert code == 0 and reason in logs, logs
     assert not (tmp_path / "out").exists()
+
+
+def test_fetch_then_transcribe_submitted_to_the_cluster(cluster, tmp_path):
+    """The other jobs go through `ray job submit` too: fetch a page from a loopback web server, then transcribe what
+    it fetched (its manifest) with Whisper base on the cluster's nodes."""
+    from test_fetch import Site, build_site
+
+    build_site(tmp_path / "site")
+    site = Site(tmp_path / "site")
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"http://127.0.0.1:{site.server.server_address[1]}/talk.html\n", encoding="utf-8")
+    try:
+        code, _, output = ray_cli(
+            cluster, "job", "submit", "--submission-id", "fetch-page", "--working-dir", str(REPO),
+            "--", "python", "-m", "jobs.fetch", "--urls", str(urls), "--out", str(tmp_path / "web"), "--quiet", timeout=600,
+        )
+    finally:
+        site.server.shutdown()
+    assert code == 0 and "Job 'fetch-page' succeeded" in output, output[-5000:]
+    fetched = json.loads((tmp_path / "web" / "summary.json").read_text())
+    assert fetched["accounting"]["ok"] and fetched["items"]["kept"] == 1
+
+    code, _, output = ray_cli(
+        cluster, "job", "submit", "--submission-id", "transcribe-fetched", "--working-dir", str(REPO),
+        "--", "python", "-m", "jobs.transcribe", "--inputs", str(tmp_path / "web" / "sources.jsonl"), "--out", str(tmp_path / "tr"),
+        "--language", "en", "--quiet", timeout=900,
+    )
+    assert code == 0 and "Job 'transcribe-fetched' succeeded" in output, output[-5000:]
+    summary = json.loads((tmp_path / "tr" / "summary.json").read_text())
+    assert summary["accounting"]["ok"] and summary["files"]["transcribed"] == 1
+    text = " ".join(read_table(tmp_path / "tr", "transcripts")["text"].to_pylist()).lower()
+    assert "ask not what your country can do for you" in text, text
