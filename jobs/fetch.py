@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.commit import MARKERS, RUN_FILE, TMP_PREFIX, OutputDir, OutputOptions, write_json_atomically
+from pipeline.commit import MARKERS, RUN_FILE, OutputDir, OutputOptions, marker_names, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.fetch_sink import (
     FETCH_TABLES, MANIFEST, UNLABELLED_MANIFEST, commit_fetch_batch, committed_items, manifest_lines, remove_if_exists,
@@ -92,9 +92,7 @@ def forget_failed_fetches(out: OutputDir) -> int:
     if not out.store.exists(RUN_FILE) or out.read_json(RUN_FILE).get("fingerprint") != out.fingerprint:
         return 0
     dropped = 0
-    for name in out.store.list(MARKERS):
-        if not name.endswith(".json") or name.startswith(TMP_PREFIX):
-            continue
+    for name in marker_names(out.store):
         marker = out.read_json(f"{MARKERS}/{name}")
         stats = marker.get("stats", {})
         if "urls" in marker["sources"] and (stats.get("rejected", {}).get("fetch_failed") or stats.get("url_rejected", {}).get("fetch_failed")):

@@ -58,6 +58,11 @@ def write_json_atomically(path: Path, doc: Any) -> None:
     _fsync_replace(tmp, path)
 
 
+def marker_names(store: Store) -> list[str]:
+    """The commit markers of an output folder (file names under ``_commits/``), in order."""
+    return [name for name in store.list(MARKERS) if name.endswith(".json") and not name.startswith(TMP_PREFIX)]
+
+
 class OutputDir:
     """One job's output folder (a local path or a URI such as ``s3://bucket/prefix``): ``<table>/part-*.parquet``
     files, ``_commits/*.json`` markers, ``run.json``."""
@@ -102,9 +107,7 @@ class OutputDir:
 
     def markers(self) -> list[dict[str, Any]]:
         found = []
-        for name in self.store.list(MARKERS):
-            if not name.endswith(".json") or name.startswith(TMP_PREFIX):
-                continue
+        for name in marker_names(self.store):
             marker = self.read_json(f"{MARKERS}/{name}")
             if marker.get("fingerprint") != self.fingerprint:
                 raise OutputError(f"marker {join(self.location, MARKERS, name)} belongs to another config ({marker.get('fingerprint')})")
@@ -236,7 +239,7 @@ def read_committed_files(root: str | Path, table: str) -> list[str]:
     folder: what a reader may read while a job is still running, or after one crashed (files without a marker
     are not data yet)."""
     store = Store(root)
-    markers = [name for name in store.list(MARKERS) if name.endswith(".json") and not name.startswith(TMP_PREFIX)]
+    markers = marker_names(store)
     if not markers:
         raise FileNotFoundError(f"{store.uri()} is not a wspsr output folder with committed shards (no {MARKERS}/*.json)")
     files = []
