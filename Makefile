@@ -43,11 +43,11 @@ bench: models
 # A local Ray cluster on 127.0.0.1 with token auth: a head and CLUSTER_WORKERS worker nodes of CLUSTER_CPUS CPUs each
 # (default 1 + 1 nodes, 1 CPU each), for `ray job submit` (README, "Running on a Ray cluster"). Token, env file and logs: $(CLUSTER)/.
 cluster-up: models
-	$(PY) -m pipeline.cluster up --dir $(CLUSTER) --workers $(CLUSTER_WORKERS) --cpus $(CLUSTER_CPUS)
+	$(PY) -m tools.cluster up --dir $(CLUSTER) --workers $(CLUSTER_WORKERS) --cpus $(CLUSTER_CPUS)
 
 # Stops only the nodes cluster-up started (not `ray stop`, which ends every Ray process on the machine).
 cluster-down:
-	$(PY) -m pipeline.cluster down --dir $(CLUSTER)
+	$(PY) -m tools.cluster down --dir $(CLUSTER)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

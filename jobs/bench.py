@@ -197,7 +197,7 @@ def encode_pcm(pcm: Any, path: Path, codec: str = "libopus", bitrate: str = "32k
     """16 kHz mono int16 samples to a compressed file with the same ffmpeg binary the pipeline decodes with."""
     import subprocess
 
-    from pipeline.media import ffmpeg_binary
+    from pipeline.io.media import ffmpeg_binary
 
     command = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "s16le", "-ar", "16000", "-ac", "1",
                "-i", "pipe:0", "-c:a", codec, "-b:a", bitrate, str(path)]
@@ -215,7 +215,7 @@ def generate_workload(hours: float, seed: int = 0, root: Path = WORK, min_s: flo
 
     import numpy as np
 
-    from pipeline.media import decode_audio
+    from pipeline.io.media import decode_audio
 
     folder = root / f"workload-h{hours:g}-s{seed}"
     done = folder / "workload.json"
@@ -412,7 +412,7 @@ def ffmpeg_floor(files: list[Path], processes: int) -> dict[str, Any]:
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.media import DecodeLimits, decode_command
+    from pipeline.io.media import DecodeLimits, decode_command
 
     limits = DecodeLimits()
 
@@ -518,7 +518,7 @@ def bench_dedup_cluster(sizes: list[int], seed: int, sources_per_block: int) -> 
     other)."""
     from functools import partial
 
-    from pipeline.runner import Plan, RayOptions
+    from pipeline.run.runner import Plan, RayOptions
     from pipeline.stage import Stage
     from stages.dedup import DedupOptions, band_keys, bucket_edges, compute_signatures, resolve_duplicates
 
@@ -674,10 +674,10 @@ def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
     same files with the same Whisper base weights on this machine."""
     import tempfile
 
-    from pipeline.media import decode_audio
-    from pipeline.metrics import word_error_rate
-    from pipeline.models import load_openai_whisper, resolve_model
-    from pipeline.runner import RayOptions, init_ray
+    from pipeline.io.media import decode_audio
+    from pipeline.eval.metrics import word_error_rate
+    from pipeline.whisper.models import load_openai_whisper, resolve_model
+    from pipeline.run.runner import RayOptions, init_ray
 
     work = Path(tempfile.mkdtemp(prefix="wspsr-bench-"))
     files = english_sample(args.repeat, work / "audio")

@@ -18,17 +18,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import OutputDir, OutputOptions
+from pipeline.io.commit import OutputDir, OutputOptions
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.corpus_sink import CORPUS_TABLES, commit_corpus_batch, summarize
-from pipeline.engines import ENGINES
+from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, summarize
+from pipeline.whisper.engines import ENGINES
 from pipeline.jobargs import JobFailed, add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
-from pipeline.models import resolve_model
-from pipeline.runner import Plan, RayOptions
+from pipeline.whisper.models import resolve_model
+from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
-from pipeline.sources import SourceOptions, discover_sources
+from pipeline.io.sources import SourceOptions, discover_sources
 from pipeline.stage import Stage, active_rows
-from pipeline.storage import is_uri
+from pipeline.io.storage import is_uri
 from stages.agree_language import agree_language
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate

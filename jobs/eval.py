@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.labels import format_report, outcomes, read_labels, score
+from pipeline.eval.labels import format_report, outcomes, read_labels, score
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.commit import MARKERS, RUN_FILE, OutputDir, OutputOptions, marker_names, write_json_atomically
+from pipeline.io.commit import MARKERS, RUN_FILE, OutputDir, OutputOptions, marker_names, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.fetch_sink import (
+from pipeline.sinks.fetch import (
     FETCH_TABLES, MANIFEST, UNLABELLED_MANIFEST, commit_fetch_batch, committed_items, manifest_lines, remove_if_exists,
     summarize_fetch, write_jsonl_atomically,
 )
 from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
-from pipeline.runner import Plan, RayOptions
+from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import RejectReason, RejectScope, table_from_rows
 from pipeline.stage import Stage
-from pipeline.storage import is_uri
+from pipeline.io.storage import is_uri
 from stages.fetch_media import FetchOptions, FetchStageOptions, check_url, fetch_media, manifest_language, url_id
 
 log = logging.getLogger("wspsr")

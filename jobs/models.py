@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.models import models_dir, pack_paths, resolve_model
-from pipeline.whisper_ct2 import WeightsPackMissing, build_base_checkpoint
+from pipeline.whisper.models import models_dir, pack_paths, resolve_model
+from pipeline.whisper.ct2 import WeightsPackMissing, build_base_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.report import render_report
+from pipeline.eval.report import render_report
 
 
 def main(argv: list[str] | None = None) -> int:

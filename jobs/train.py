@@ -22,14 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.commit import OutputError, read_committed_files, write_json_atomically
+from pipeline.io.commit import OutputError, read_committed_files, write_json_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
-from pipeline.runner import Plan, RayOptions
-from pipeline.splits import held_out_threshold, select_split, source_position
+from pipeline.run.runner import Plan, RayOptions
+from pipeline.eval.splits import held_out_threshold, select_split, source_position
 from pipeline.stage import Stage
-from pipeline.storage import is_uri
-from pipeline.training import MODEL_FILE, TrainOptions, fit, load_trainer_state
+from pipeline.io.storage import is_uri
+from pipeline.run.train import MODEL_FILE, TrainOptions, fit, load_trainer_state
 from stages.build_training_examples import ExampleOptions, build_training_examples
 
 log = logging.getLogger("wspsr")
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def model_dims(spec: str) -> dict[str, int]:
-    from pipeline.models import load_openai_whisper, resolve_model
+    from pipeline.whisper.models import load_openai_whisper, resolve_model
 
     ref = resolve_model(spec)
     if ref.checkpoint is not None:

@@ -15,17 +15,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.commit import OutputDir, OutputOptions
+from pipeline.io.commit import OutputDir, OutputOptions
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.engines import ENGINES
+from pipeline.whisper.engines import ENGINES
 from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
-from pipeline.models import resolve_model
-from pipeline.runner import Plan, RayOptions
+from pipeline.whisper.models import resolve_model
+from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
-from pipeline.sources import Discovery, SourceOptions, discover_audio, discover_sources
+from pipeline.io.sources import Discovery, SourceOptions, discover_audio, discover_sources
 from pipeline.stage import Stage
-from pipeline.subtitles import FORMATS
-from pipeline.transcribe_sink import FILES_DIR, TRANSCRIBE_TABLES, commit_transcribe_batch, summarize_transcription
+from pipeline.io.transcripts import OUTPUT_FORMATS
+from pipeline.sinks.transcribe import FILES_DIR, TRANSCRIBE_TABLES, commit_transcribe_batch, summarize_transcription
 from stages.compare_with_reference import CompareOptions, compare_with_reference
 from stages.decode_audio import DecodeOptions, decode_audio
 from stages.load_transcript import TranscriptOptions, load_transcript
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=ENGINES, help="default: faster-whisper")
     parser.add_argument("--language", help="language code for every file (default: detected per file)")
     parser.add_argument("--task", choices=("transcribe", "translate"))
-    parser.add_argument("--formats", default="parquet,srt", help=f"parquet plus any of {','.join(FORMATS)} (default: parquet,srt)")
+    parser.add_argument("--formats", default="parquet,srt", help=f"parquet plus any of {','.join(OUTPUT_FORMATS)} (default: parquet,srt)")
     parser.add_argument("--group-by", help="rank compared sources by folder (dir, default) or by a manifest field, e.g. uploader")
     add_common_arguments(parser, "transcribe")
     args = parser.parse_args(argv)
@@ -90,9 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    unknown = sorted(set(formats) - {"parquet", *FORMATS})
+    unknown = sorted(set(formats) - {"parquet", *OUTPUT_FORMATS})
     if unknown:
-        raise ConfigError(f"unknown format(s) {', '.join(unknown)}; choose from parquet,{','.join(FORMATS)}")
+        raise ConfigError(f"unknown format(s) {', '.join(unknown)}; choose from parquet,{','.join(OUTPUT_FORMATS)}")
     return formats
 
 

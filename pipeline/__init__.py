@@ -1,4 +1,13 @@
-"""wspsr core: the stage contract, schemas and audio constants, media I/O, the Ray runner and output commit.
+"""wspsr's framework. The root holds the contract every stage and job shares: the stage (``stage``), schemas and
+reason codes (``schema``), audio constants (``audio``), text and script rules (``text``), config (``config``), job
+arguments (``jobargs``) and fault injection (``faults``). Sub-packages, each one concern:
 
-Nothing in this package imports a particular stage or job.
+- ``run``: the only modules that import Ray (the Data plan, Ray Train, stage timing);
+- ``io``: storage, the committed-output reader and the atomic writer, source discovery, ffmpeg, transcript
+  formats, yt-dlp;
+- ``sinks``: what each job commits per shard, over one accounting rule;
+- ``whisper``: engines, model resolution, the CTranslate2 converter, fine-tuning steps;
+- ``eval``: labels, the corpus report, error-rate metrics, held-out splits.
+
+Nothing here imports a stage or a job.
 """

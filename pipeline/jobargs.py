@@ -73,9 +73,9 @@ def output_fingerprint(config: Mapping[str, Any], inputs: list[str], files: list
 
 def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report: Callable[[dict[str, Any]], None], argv: list[str] | None) -> int:
     """A job's ``main``: run it, print its summary; exit 2 on a usage or setup error, 1 when accounting fails."""
-    from pipeline.commit import OutputError
+    from pipeline.io.commit import OutputError
     from pipeline.config import ConfigError
-    from pipeline.models import ModelNotFound
+    from pipeline.whisper.models import ModelNotFound
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:

@@ -4,7 +4,7 @@ A stage is a plain function ``fn(batch, options) -> batch`` over a ``pyarrow.Tab
 frozen dataclass of options. It sees only rows that no earlier stage rejected; it may add columns, and it
 rejects a row by setting ``reject_reason``/``reject_detail`` on it (``map_rows`` does this from a returned
 ``Reject``). Model stages also have ``setup(options) -> state``, run once per worker; their ``fn`` then takes
-``(batch, options, state)``. Stages never import Ray: ``pipeline.runner`` decides where they run.
+``(batch, options, state)``. Stages never import Ray: ``pipeline.run.runner`` decides where they run.
 """
 
 from __future__ import annotations

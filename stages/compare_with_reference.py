@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.metrics import char_errors, word_errors
+from pipeline.eval.metrics import char_errors, word_errors
 from pipeline.stage import map_rows
 from stages.languages import base_language
 

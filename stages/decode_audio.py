@@ -1,4 +1,4 @@
-"""Decode each source's audio to 16 kHz mono PCM through ffmpeg (``pipeline.media``), or reject it."""
+"""Decode each source's audio to 16 kHz mono PCM through ffmpeg (``pipeline.io.media``), or reject it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import media
-from pipeline.media import DecodeError, DecodeLimits
+from pipeline.io import media
+from pipeline.io.media import DecodeError, DecodeLimits
 from pipeline.stage import Reject, map_rows
 
 DecodeOptions = DecodeLimits

@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.engines import Engine, load_engine
-from pipeline.media import decode_flac
+from pipeline.whisper.engines import Engine, load_engine
+from pipeline.io.media import decode_flac
 from pipeline.schema import table_from_rows
 from stages.languages import LanguageOptions
 

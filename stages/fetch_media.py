@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from pipeline.media import DecodeError, DecodeLimits, decode_audio, duration_ms
+from pipeline.io.media import DecodeError, DecodeLimits, decode_audio, duration_ms
 from pipeline.schema import RejectReason, table_from_rows
 
 MEDIA_DIR = "media"

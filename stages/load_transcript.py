@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.captions import TranscriptError, parse_transcript, read_transcript
+from pipeline.io.transcripts import TranscriptError, parse_transcript, read_transcript
 from pipeline.schema import RejectReason
 from pipeline.stage import Reject, map_rows
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.audio import MAX_WINDOW_MS, TIMESTAMP_RESOLUTION_MS, ms_to_samples, snap_to_timestamp_grid, timestamp_token
-from pipeline.media import encode_flac
+from pipeline.io.media import encode_flac
 from pipeline.schema import RejectReason
 from pipeline.stage import Reject, map_rows
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.engines import Engine, TranscribeOptions, WindowTranscript, load_engine
+from pipeline.whisper.engines import Engine, TranscribeOptions, WindowTranscript, load_engine
 from pipeline.schema import RejectReason, table_from_rows
 from stages.detect_audio_language import average_probabilities, pick_windows
 from stages.detect_machine_generated import profile

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.media import ffmpeg_binary
+from pipeline.io.media import ffmpeg_binary
 
 DATA = Path(__file__).parent / "data"
 JFK = DATA / "jfk.flac"
@@ -67,7 +67,7 @@ def vtt(cues: list[tuple[float, float, str]]) -> str:
 @pytest.fixture(scope="session")
 def local_ray():
     """One in-process Ray for the whole test session (starting it costs seconds)."""
-    from pipeline.runner import RayOptions, init_ray
+    from pipeline.run.runner import RayOptions, init_ray
 
     init_ray(RayOptions(num_cpus=2, progress=False))
     yield

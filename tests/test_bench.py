@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from jobs.bench import generate_workload
-from pipeline.captions import parse_srt
-from pipeline.media import decode_audio
-from pipeline.sources import discover_sources
+from pipeline.io.transcripts import parse_srt
+from pipeline.io.media import decode_audio
+from pipeline.io.sources import discover_sources
 
 
 def test_generated_workload_pairs_audio_and_timed_transcripts(tmp_path):

@@ -2,7 +2,7 @@ import codecs
 
 import pytest
 
-from pipeline.captions import Cue, TranscriptError, decode_text, parse_transcript, read_transcript
+from pipeline.io.transcripts import Cue, TranscriptError, decode_text, parse_transcript, read_transcript
 from pipeline.schema import RejectReason
 
 SRT = """1

@@ -1,5 +1,5 @@
 """The corpus job on a real Ray cluster: a head and a worker node on loopback with token authentication
-(``pipeline.cluster``, what ``make cluster-up`` starts), the job sent with ``ray job submit``, its output compared
+(``tools.cluster``, what ``make cluster-up`` starts), the job sent with ``ray job submit``, its output compared
 with the in-process run's; a job with a bad config is reported failed by ``ray job status``."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cluster import Cluster, alive_nodes, down, up
+from tools.cluster import Cluster, alive_nodes, down, up
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import JFK, ffmpeg, srt, vtt, write_wav
 from jobs.corpus import run
-from pipeline.commit import OutputError
-from pipeline.media import decode_flac
+from pipeline.io.commit import OutputError
+from pipeline.io.media import decode_flac
 from pipeline.schema import CORPUS_SCHEMA, REJECTS_SCHEMA
 
 pytestmark = pytest.mark.slow

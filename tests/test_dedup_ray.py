@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.corpus import find_duplicates as find_duplicates_on_ray
-from pipeline.runner import Plan, RayOptions
+from pipeline.run.runner import Plan, RayOptions
 from pipeline.stage import Stage
 from stages.dedup import DedupOptions, compute_signatures
 from test_dedup import clusters, find_duplicates, generated_corpus, source_table

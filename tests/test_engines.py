@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import JFK, JFK_TEXT
-from pipeline.engines import Segment, TranscribeOptions, _Raw, decode_with_fallback, load_engine, segments_from_tokens
-from pipeline.media import decode_audio, decode_flac
-from pipeline.metrics import word_error_rate
-from pipeline.models import ModelNotFound, pack_paths, resolve_model
-from pipeline.sources import discover_sources
+from pipeline.whisper.engines import Segment, TranscribeOptions, _Raw, decode_with_fallback, load_engine, segments_from_tokens
+from pipeline.io.media import decode_audio, decode_flac
+from pipeline.eval.metrics import word_error_rate
+from pipeline.whisper.models import ModelNotFound, pack_paths, resolve_model
+from pipeline.io.sources import discover_sources
 from pipeline.schema import table_from_rows
 from pipeline.stage import Stage, run_stages
 from stages.decode_audio import DecodeOptions, decode_audio as decode_stage
@@ -169,7 +169,7 @@ def test_batched_decoding_equals_one_by_one(base, english_windows):
 
 
 def test_tiny_random_model_is_the_same_everywhere():
-    from pipeline.models import tiny_random_whisper
+    from pipeline.whisper.models import tiny_random_whisper
 
     a, b = tiny_random_whisper().state_dict(), tiny_random_whisper().state_dict()
     assert all(a[k].equal(b[k]) for k in a) and not any(v.isnan().any() for v in a.values() if v.is_floating_point())

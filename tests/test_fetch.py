@@ -345,8 +345,8 @@ def _item(item_id: str, labelled: bool = True) -> str:
 
 def test_sink_accounting_manifest_and_retry_failed(tmp_path):
     from jobs.fetch import forget_failed_fetches
-    from pipeline.commit import OutputDir, OutputOptions
-    from pipeline.fetch_sink import FETCH_TABLES, commit_fetch_batch, committed_items, manifest_lines, summarize_fetch
+    from pipeline.io.commit import OutputDir, OutputOptions
+    from pipeline.sinks.fetch import FETCH_TABLES, commit_fetch_batch, committed_items, manifest_lines, summarize_fetch
     from pipeline.schema import table_from_rows
     from stages.fetch_media import manifest_language
 
@@ -423,7 +423,7 @@ def test_fetch_job_writes_a_corpus_manifest(fetched):
     for line in lines:
         assert (out / line["audio"]).is_file() and (out / line["transcript"]).is_file()
     # wspsr corpus reads it as it is
-    from pipeline.sources import discover_sources
+    from pipeline.io.sources import discover_sources
 
     found = discover_sources([str(out / "sources.jsonl")])
     assert found.rejects == [] and sorted(s["source_id"] for s in found.sources) == sorted(line["id"] for line in lines)

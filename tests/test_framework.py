@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.commit import OutputDir, OutputError, OutputOptions, split_by_bytes
+from pipeline.io.commit import OutputDir, OutputError, OutputOptions, split_by_bytes
 from pipeline.config import ConfigError, apply_overrides, build_config, fingerprint, to_plain
 from pipeline.schema import RejectReason, table_from_rows
 from pipeline.stage import Reject, Stage, map_rows, run_stages

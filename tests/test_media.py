@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import JFK, ffmpeg, write_wav
-from pipeline.media import DecodeError, DecodeLimits, decode_audio, decode_flac, encode_flac
+from pipeline.io.media import DecodeError, DecodeLimits, decode_audio, decode_flac, encode_flac
 from pipeline.schema import RejectReason
 
 

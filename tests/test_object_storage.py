@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.storage import Store, is_uri, list_files
+from pipeline.io.storage import Store, is_uri, list_files
 
 pytestmark = pytest.mark.slow
 

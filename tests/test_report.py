@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.report import main
-from pipeline.report import SECTIONS
+from pipeline.eval.report import SECTIONS
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.labels import format_report, outcomes, read_labels, score
+from pipeline.eval.labels import format_report, outcomes, read_labels, score
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(__file__).resolve().parent.parent / "sample"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.audio import MAX_WINDOW_MS
-from pipeline.media import decode_flac
+from pipeline.io.media import decode_flac
 from pipeline.schema import table_from_rows
 from pipeline.stage import Reject
 from stages.segment_into_windows import SegmentOptions, join_texts, plan_windows, segment_into_windows, timestamped_text

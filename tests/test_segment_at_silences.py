@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.audio import SAMPLES_PER_MS
-from pipeline.media import decode_audio
+from pipeline.io.media import decode_audio
 from pipeline.schema import SPEECH_WINDOW_TYPE
 from stages.segment_at_silences import (
     METHODS,

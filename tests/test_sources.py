@@ -2,7 +2,7 @@ import json
 import os
 import shutil
 
-from pipeline.sources import SourceOptions, discover_sources
+from pipeline.io.sources import SourceOptions, discover_sources
 
 
 def touch(path, text="x"):

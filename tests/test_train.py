@@ -98,8 +98,8 @@ def test_fine_tune_base_on_the_sample_corpus(sample_run, tmp_path):
     """Whisper base, a few dozen steps on CPU: held-out loss must not rise, and the checkpoint still transcribes."""
     import whisper
 
-    from pipeline.media import decode_audio
-    from pipeline.metrics import word_error_rate
+    from pipeline.io.media import decode_audio
+    from pipeline.eval.metrics import word_error_rate
 
     corpus, _ = sample_run
     out = tmp_path / "base"

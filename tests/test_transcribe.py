@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import JFK, ffmpeg, kill_after_commits, write_wav
-from pipeline.captions import parse_transcript
+from pipeline.io.transcripts import parse_transcript
 from pipeline.schema import TRANSCRIPTS_SCHEMA
-from pipeline.subtitles import render
+from pipeline.io.transcripts import render
 from stages.transcribe_windows import HallucinationOptions, hallucination_flag
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Tests for pipeline.whisper_ct2: the CTranslate2 model.bin reader and the converter.
+"""Tests for pipeline.whisper.ct2: the CTranslate2 model.bin reader and the converter.
 
 Three layers:
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import whisper_ct2 as w
+from pipeline.whisper import ct2 as w
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -459,7 +459,7 @@ def ct2_engine(base_pack: Path) -> Any:
 def jfk_audio() -> np.ndarray:
     """jfk.flac as float32 in [-1, 1], decoded by the pipeline's ffmpeg path."""
     from conftest import JFK
-    from pipeline.media import decode_audio
+    from pipeline.io.media import decode_audio
 
     return decode_audio(JFK).astype(np.float32) / 32768.0
 

@@ -5,7 +5,7 @@ Credentials and endpoints come from the environment, as the cloud SDKs read them
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for S3-compatible servers, ``GOOGLE_APPLICATION_CREDENTIALS``...),
 so a config file never holds a secret and a cluster passes them to workers in the runtime environment.
 Object stores have no rename: a file is written straight to its final key (an object appears whole or not at
-all), and the commit markers of ``pipeline.commit`` are what make a set of files visible.
+all), and the commit markers of ``pipeline.io.commit`` are what make a set of files visible.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def load_openai_whisper(ref: ModelRef, device: str = "cpu") -> Any:
     """The model as an openai-whisper ``Whisper`` module (converting a CTranslate2 folder in memory if needed)."""
     if ref.is_tiny_random:
         return tiny_random_whisper().to(device)
-    from pipeline.whisper_ct2 import ct2_to_whisper_checkpoint, load_converted_model
+    from pipeline.whisper.ct2 import ct2_to_whisper_checkpoint, load_converted_model
 
     if ref.checkpoint is not None:
         return load_converted_model(ref.checkpoint, device=device)

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import read_committed_files
+from pipeline.io.commit import read_committed_files
 
 REPORT_FILE = "report.html"
 SECTIONS = (
@@ -144,7 +144,7 @@ def char_rate_section(windows: list[dict[str, Any]]) -> str:
 
 def _transcripts_of(run: dict[str, Any], source_ids: set[str]) -> dict[str, str]:
     """Excerpts of the named sources' transcripts, re-read from the run's inputs where they still are."""
-    from pipeline.sources import discover_sources
+    from pipeline.io.sources import discover_sources
 
     paths = [p for p in run.get("sources") or [] if Path(p).exists()]
     if not paths or not source_ids:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from pipeline.audio import N_SAMPLES, SAMPLE_RATE, TIMESTAMP_RESOLUTION_MS
-from pipeline.models import ModelRef, load_openai_whisper, resolve_model
+from pipeline.whisper.models import ModelRef, load_openai_whisper, resolve_model
 
 ENGINES = ("openai-whisper", "faster-whisper")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from pipeline import storage
-from pipeline.captions import FORMAT_BY_SUFFIX
+from pipeline.io import storage
+from pipeline.io.transcripts import FORMAT_BY_SUFFIX
 from pipeline.schema import RejectReason, RejectScope
 
 AUDIO_SUFFIXES = frozenset(

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.audio import SAMPLE_RATE
-from pipeline.commit import OutputDir, OutputOptions, shard_id, split_by_bytes
+from pipeline.io.commit import OutputDir, OutputOptions, shard_id, split_by_bytes
 from pipeline.schema import CORPUS_SCHEMA, REJECTS_SCHEMA, RejectScope
 
 CORPUS_TABLES = ("corpus", "rejects")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.commit import TMP_PREFIX, OutputDir, OutputOptions, _fsync_replace, shard_id
+from pipeline.io.commit import TMP_PREFIX, OutputDir, OutputOptions, _fsync_replace, shard_id
 from pipeline.schema import REJECTS_SCHEMA, RejectScope
 
 FETCH_TABLES = ("items", "rejects")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import soundfile
 
-from pipeline import storage
+from pipeline.io import storage
 from pipeline.audio import SAMPLE_RATE, samples_to_ms
 from pipeline.schema import RejectReason
 

@@ -1,7 +1,7 @@
 """A local Ray cluster on loopback with token authentication, for tests and demos of ``ray job submit``.
 
-    python -m pipeline.cluster up   [--dir .ray-cluster] [--workers 1] [--cpus 1] [--dashboard-port 8265]
-    python -m pipeline.cluster down [--dir .ray-cluster]
+    python -m tools.cluster up   [--dir .ray-cluster] [--workers 1] [--cpus 1] [--dashboard-port 8265]
+    python -m tools.cluster down [--dir .ray-cluster]
 
 (``make cluster-up`` / ``make cluster-down``.) ``up`` starts a head node and ``--workers`` worker nodes on this
 machine, each a ``ray start --block`` process of its own with ``--cpus`` CPUs, bound to 127.0.0.1, and waits until
@@ -279,7 +279,7 @@ def down(folder: str | Path = DEFAULT_DIR, grace: float = 30) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--dir", default=DEFAULT_DIR, help=f"the cluster's folder (default: {DEFAULT_DIR})")
     parser.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default: 1)")

@@ -7,9 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.commit import OutputDir, OutputOptions, shard_id
+from pipeline.io.commit import OutputDir, OutputOptions, shard_id
 from pipeline.schema import REJECTS_SCHEMA, TRANSCRIPTS_SCHEMA, RejectScope
-from pipeline.subtitles import render
+from pipeline.io.transcripts import render
 
 TRANSCRIBE_TABLES = ("transcripts", "rejects", "comparison")
 FILES_DIR = "files"

@@ -151,7 +151,7 @@ def evaluate(model, batches: Iterable[dict[str, Any]], n_mels: int, device, max_
     import torch
     import whisper
 
-    from pipeline.metrics import word_errors
+    from pipeline.eval.metrics import word_errors
 
     was_training = model.training
     model.eval()
@@ -198,7 +198,7 @@ def evaluate(model, batches: Iterable[dict[str, Any]], n_mels: int, device, max_
 
 def load_model_for_training(spec: str, device):
     """The openai-whisper module in float32 (mixed precision comes from autocast, not from the weights)."""
-    from pipeline.models import load_openai_whisper, resolve_model
+    from pipeline.whisper.models import load_openai_whisper, resolve_model
 
     return load_openai_whisper(resolve_model(spec), device="cpu").float().to(device).train()
 
@@ -214,7 +214,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":  # Ray leaves a 1-CPU worker one thread; the data tasks beside it need little
-        from pipeline.engines import cpu_threads
+        from pipeline.whisper.engines import cpu_threads
 
         torch.set_num_threads(config.get("threads") or max(1, cpu_threads() // world))
     torch.manual_seed(options.seed)

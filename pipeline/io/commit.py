@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline import faults
 from pipeline.schema import METADATA_FINGERPRINT, METADATA_SCHEMA_VERSION, REJECTS_SCHEMA, SCHEMA_VERSION
-from pipeline.storage import TMP_PREFIX, Store, join
+from pipeline.io.storage import TMP_PREFIX, Store, join
 
 MARKERS = "_commits"
 RUN_FILE = "run.json"
