@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -27,6 +26,7 @@ import pyarrow as pa
 from pipeline.audio import N_SAMPLES, SAMPLE_RATE, TIMESTAMP_RESOLUTION_MS
 from pipeline.schema import RejectReason
 from pipeline.stage import Reject
+from pipeline.text import leading_space
 
 STAGE = "build_training_examples"
 TIMESTAMP = re.compile(r"<\|(\d+\.\d\d)\|>")
@@ -63,9 +63,7 @@ def _choose(segment_id: str, what: str, seed: int, probability: float) -> bool:
 def _spaced(text: str) -> str:
     """Whisper's text tokens start with a space, except in scripts written without spaces."""
     text = text.strip()
-    if not text or unicodedata.east_asian_width(text[0]) in ("W", "F"):
-        return text
-    return " " + text
+    return leading_space(text) + text if text else text
 
 
 def _encode_timestamped(tokenizer, text: str) -> list[int]:

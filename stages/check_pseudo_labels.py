@@ -14,9 +14,7 @@ import pyarrow as pa
 
 from pipeline.schema import RejectReason
 from pipeline.stage import Reject, map_rows
-
-SPACELESS_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "yue", "bo"})
-
+from pipeline.text import SPACELESS_LANGUAGES
 
 @dataclass(frozen=True)
 class PseudoLabelOptions:

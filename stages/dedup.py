@@ -25,9 +25,7 @@ import functools
 import hashlib
 import json
 import math
-import re
 import struct
-import unicodedata
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -39,27 +37,13 @@ import pyarrow.compute as pc
 
 from pipeline.schema import CUE_TYPE, RejectReason
 from pipeline.stage import Reject, map_rows
+from pipeline.text import casing_class, has_punctuation, is_spaceless, normalize_for_comparison
 
 EVAL_PREFIX = "eval:"
 SIGNATURE_DTYPE = np.dtype("<u4")  # datasketch's default scheme ("affine32") keeps uint32 hash values
 _PERMUTE_BYTES = 1 << 20  # permuted hash values per slice: 2048 shingles x 128 (stays in cache: 5x faster than 64k)
 _ALL_PAIRS_MAX = 64  # buckets up to this size: every pair is compared
 _HEADS = 16  # larger buckets: every member against the first 16 (by source id)
-
-# Scripts written without spaces between words: CJK ideographs (and extensions, compatibility ideographs,
-# iteration marks), hiragana, katakana, Thai, Lao, Myanmar (and its extensions), Khmer (and symbols).
-# Hangul is not among them: Korean separates words with spaces.
-_SPACELESS = re.compile(
-    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\u3005-\u3007\u3021-\u3029\u3038-\u303b"
-    "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua9e0-\ua9ff\uaa60-\uaa7f\uf900-\ufaff"
-    "\U00020000-\U0003134f]"
-)
-# Apostrophes are deleted ("don't" == "dont"); every other punctuation mark or symbol becomes a space
-# ("well-known" == "well known").
-_APOSTROPHES = frozenset("'\u2019\u2018\u02bc\u0060\u00b4\uff07")
-# Marks whose presence says a transcript was punctuated by a person (the keeper preference).
-_PUNCTUATION_MARKS = frozenset(",，、،;；?？!！؟¿¡.。．।॥։።…:：")
-
 
 @dataclass(frozen=True)
 class DedupOptions:
@@ -114,38 +98,6 @@ class DuplicateDecisions:
 # --- text -> shingles --------------------------------------------------------------------------------------
 
 
-class _StripTable(dict):
-    """``str.translate`` table filled on first sight of each character: P*/S* -> space, apostrophes deleted."""
-
-    def __missing__(self, code: int) -> int | str | None:
-        ch = chr(code)
-        if ch in _APOSTROPHES:
-            value: int | str | None = None
-        elif unicodedata.category(ch)[0] in "PS":
-            value = " "
-        else:
-            value = code
-        self[code] = value
-        return value
-
-
-_STRIP = _StripTable()
-
-
-def normalize_for_dedup(text: str) -> str:
-    """NFKC, case folded, punctuation and symbols removed (apostrophes joined), whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold().translate(_STRIP)
-    return " ".join(text.split())
-
-
-def _is_spaceless(normalized: str) -> bool:
-    """Mostly a script without spaces: more such characters than words of other scripts (as detect_machine_generated)."""
-    spaceless_chars = len(_SPACELESS.findall(normalized))
-    if not spaceless_chars:
-        return False
-    return spaceless_chars > len(_SPACELESS.sub(" ", normalized).split())
-
-
 def shingles(text: str, options: DedupOptions) -> list[str] | None:
     """The text's distinct shingles in order of first occurrence; None when it has fewer than min_tokens tokens."""
     pieces = shingle_bytes(text, options)
@@ -155,8 +107,8 @@ def shingles(text: str, options: DedupOptions) -> list[str] | None:
 def shingle_bytes(text: str, options: DedupOptions) -> list[bytes] | None:
     """The UTF-8 bytes of ``shingles(text)`` (the same set, repeats not removed), as hashed: word n-grams are
     cut out of the encoded text by byte offsets instead of being joined word by word."""
-    normalized = normalize_for_dedup(text)
-    if _is_spaceless(normalized):
+    normalized = normalize_for_comparison(text)
+    if is_spaceless(normalized):
         chars = normalized.replace(" ", "")
         if len(chars) < options.min_tokens:
             return None
@@ -232,13 +184,14 @@ def minhash_signatures(docs: list[list[bytes]], num_perm: int, seed: int) -> np.
 # --- which copy to keep ------------------------------------------------------------------------------------
 
 
+CASING_RANK = {"mixed": 2, "uncased": 1, "upper": 0, "lower": 0}
+
+
 def quality_key(text: str, audio_ms: int) -> str:
-    """Sortable (greater is better): punctuated, then cased (mixed case over all-lower/all-upper), then longer
-    audio, then longer text. Texts of scripts without case rank between the two casing classes (they only
-    ever meet texts of the same script)."""
-    punctuated = 0 if _PUNCTUATION_MARKS.isdisjoint(text) else 1
-    has_upper, has_lower = text.lower() != text, text.upper() != text
-    cased = 2 if has_upper and has_lower else (0 if has_upper or has_lower else 1)
+    """Sortable (greater is better): punctuated, then cased (mixed case over all-lower/all-upper; texts of scripts
+    without case, or mostly without, rank between the two), then longer audio, then longer text."""
+    punctuated = 1 if has_punctuation(text) else 0
+    cased = CASING_RANK[casing_class(text)]
     return f"{punctuated}{cased}:{max(0, min(int(audio_ms), 10**13 - 1)):013d}:{min(len(text), 10**10 - 1):010d}"
 
 

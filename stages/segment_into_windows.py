@@ -24,7 +24,6 @@ The rules (README "Segmentation"):
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from pipeline.audio import MAX_WINDOW_MS, TIMESTAMP_RESOLUTION_MS, ms_to_samples
 from pipeline.io.media import encode_flac
 from pipeline.schema import RejectReason
 from pipeline.stage import Reject, map_rows
+from pipeline.text import join_texts, leading_space
 
 STAGE = "segment_into_windows"
 
@@ -87,27 +87,6 @@ class Plan:
     windows: list[PlannedWindow] = field(default_factory=list)
     prev_texts: list[str] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _is_spaceless(ch: str) -> bool:
-    """Scripts written without spaces between words (CJK, kana, Thai, Lao, Khmer, Myanmar)."""
-    if not ch:
-        return False
-    name = unicodedata.name(ch, "")
-    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "FULLWIDTH", "IDEOGRAPHIC"))
-
-
-def join_texts(parts: list[str]) -> str:
-    """Join cue texts with a space, except between two characters of a script written without spaces."""
-    out = ""
-    for part in parts:
-        part = part.strip()
-        if not part:
-            continue
-        if out and not (_is_spaceless(out[-1]) and _is_spaceless(part[0])):
-            out += " "
-        out += part
-    return out
 
 
 def _dropped(reason: RejectReason, detail: str, start_ms: int | None, end_ms: int | None) -> dict[str, Any]:
@@ -252,8 +231,7 @@ def timestamped_text(window: PlannedWindow) -> str:
         for start, end, text in unit.texts:
             t0 = min(snap_to_timestamp_grid(start - window.start_ms), last_step)
             t1 = min(max(snap_to_timestamp_grid(end - window.start_ms), t0), last_step)
-            lead = "" if _is_spaceless(text[:1]) else " "
-            parts.append(f"{timestamp_token(t0)}{lead}{text}{timestamp_token(t1)}")
+            parts.append(f"{timestamp_token(t0)}{leading_space(text)}{text}{timestamp_token(t1)}")
     return "".join(parts)
 
 

@@ -9,17 +9,16 @@ decoded window, and are stored on each of the window's segments.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline import text
 from pipeline.whisper.engines import Engine, TranscribeOptions, WindowTranscript, load_engine
 from pipeline.schema import RejectReason, table_from_rows
 from stages.detect_audio_language import average_probabilities, pick_windows
-from stages.detect_machine_generated import profile
 from stages.languages import base_language
 
 
@@ -89,28 +88,19 @@ def load_transcriber(options: TranscribeStageOptions) -> Engine:
                        options.whisper.compute_type)
 
 
-_WORD = re.compile(r"\w+")
-
-
 def hallucination_flag(segment: dict[str, Any], options: HallucinationOptions) -> str | None:
     """Why a segment looks invented by the model rather than heard, or None."""
-    text = segment["text"]
-    words = _WORD.findall(text.casefold())
-    spaceless = profile(text).spaceless
-    units = [c for c in text if not c.isspace()] if spaceless else words
-    n = options.ngram * (2 if spaceless else 1)
-    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
-    if grams:
-        counts: dict[tuple, int] = {}
-        for gram in grams:
-            counts[gram] = counts.get(gram, 0) + 1
-        if max(counts.values()) > options.max_ngram_repeats:
-            return "repeated_ngram"
+    segment_text = segment["text"]
+    spaceless = text.is_spaceless(segment_text)
+    counts = text.ngram_counts(text.repetition_units(segment_text, spaceless), options.ngram * (2 if spaceless else 1))
+    if counts and max(counts.values()) > options.max_ngram_repeats:
+        return "repeated_ngram"
+    words = text.repetition_units(segment_text, spaceless=False)
     if not spaceless and len(words) >= 10 and len(set(words)) / len(words) < options.min_unique_word_share:
         return "few_distinct_words"
     if not spaceless and any(len(w) > options.max_word_chars for w in words):
         return "overlong_word"
-    lowered = text.casefold()
+    lowered = segment_text.casefold()
     if segment["no_speech_prob"] >= options.phrase_no_speech_prob and any(p in lowered for p in options.phrases):
         return "known_phrase"
     return None

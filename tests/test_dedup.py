@@ -15,6 +15,7 @@ from datasketch import MinHash
 
 from pipeline.schema import CUE_TYPE, RejectReason, table_from_rows
 from pipeline.stage import Stage, run_stages
+from pipeline.text import normalize_for_comparison
 from stages.dedup import (
     DedupOptions,
     DuplicateDecisions,
@@ -24,7 +25,6 @@ from stages.dedup import (
     exclusion_rows,
     lsh_params,
     mark_duplicates,
-    normalize_for_dedup,
     resolve_duplicates,
     shingle_bytes,
     shingles,
@@ -130,8 +130,8 @@ def test_pairs(a, b, duplicate):
         ("♪ music ♪ [applause]", "music applause"),
     ],
 )
-def test_normalize_for_dedup(text, expected):
-    assert normalize_for_dedup(text) == expected
+def test_normalize_for_comparison(text, expected):
+    assert normalize_for_comparison(text) == expected
 
 
 def test_shingles_by_script():

@@ -28,6 +28,9 @@ ITN_STYLE = (
     "the new building after the summer break. Coffee and cake were served in the hall. The meeting ended at 11 am."
 )
 
+# A punctuated Mandarin transcript with English loanwords, as people write them (it was rejected all_lowercase).
+ZH_WITH_LOANWORDS = "我昨天下载了一个新的app，但是wifi一直连不上，可能是有bug吧。我们的manager说这个feature下周要上线，ok。"
+
 RULE_TABLE = [
     # casing
     ("THIS IS A TRANSCRIPT THAT SOMEBODY TYPED WITH CAPS LOCK ON.", "all_uppercase"),
@@ -47,6 +50,11 @@ RULE_TABLE = [
     ("आज मौसम बहुत अच्छा है, चलो पार्क में घूमने चलते हैं।", None),
     ("วันนี้อากาศดีมาก เราไปเดินเล่นที่สวนสาธารณะกันเถอะ", None),
     ("დღეს ძალიან კარგი ამინდია, მოდით პარკში გავისეირნოთ.", None),  # Georgian: letters have case in Unicode, not in use
+    # ... nor when a text in such a script carries lower-case loanwords (26 Latin letters, all small)
+    (ZH_WITH_LOANWORDS, None),
+    ("مرحبا بكم في برنامج اليوم عن الـ software والـ hardware والـ laptop، نتحدث عن التاريخ والثقافة.", None),
+    # a text mostly in a cased script is judged even with a few characters of another
+    ("this transcript has no capital letters at all, though it has commas and says 你好 once.", "all_lowercase"),
     # punctuation
     ("We walked down to the river and sat on the bank for a while and then we went home because it was getting dark and cold", "missing_punctuation"),
     ("In 1969, 3 astronauts flew 384,400 km to the Moon; 2 of them walked on it for 21.5 hours.", None),  # numbers

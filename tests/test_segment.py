@@ -8,7 +8,8 @@ from pipeline.audio import MAX_WINDOW_MS
 from pipeline.io.media import decode_flac
 from pipeline.schema import table_from_rows
 from pipeline.stage import Reject
-from stages.segment_into_windows import SegmentOptions, join_texts, plan_windows, segment_into_windows, timestamped_text
+from pipeline.text import join_texts
+from stages.segment_into_windows import SegmentOptions, plan_windows, segment_into_windows, timestamped_text
 
 ALL_NO_SPEECH = SegmentOptions(no_speech_keep_rate=1.0)
 TOKEN = re.compile(r"<\|(\d+\.\d\d)\|>")

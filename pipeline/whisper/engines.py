@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from pipeline.audio import N_SAMPLES, SAMPLE_RATE, TIMESTAMP_RESOLUTION_MS
+from pipeline.text import compression_ratio
 from pipeline.whisper.models import ModelRef, load_openai_whisper, resolve_model
 
 ENGINES = ("openai-whisper", "faster-whisper")
@@ -74,11 +75,6 @@ class Engine(Protocol):
     def detect_language(self, audios: Sequence[np.ndarray]) -> list[dict[str, float]]: ...
 
     def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]: ...
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def as_float_audio(audio: np.ndarray) -> np.ndarray:
