@@ -397,8 +397,8 @@ def run_corpus(sources: Path, out: Path, sets: list[str]) -> dict[str, Any]:
     summary = json.loads((out / "corpus" / "summary.json").read_text())
     return {
         "set": sets, "wall_s": round(wall, 2), "cpu_s": peak.pop("cpu_s"), "job_elapsed_s": summary.get("elapsed_s"), "memory": peak,
-        "sources_in": summary["sources"]["in"], "sources_kept": summary["sources"]["kept"],
-        "rejected_by_reason": summary["sources"]["rejected_by_reason"], "windows": summary["windows"]["total"],
+        "sources_in": summary["inputs"]["in"], "sources_kept": summary["inputs"]["kept"],
+        "rejected_by_reason": summary["inputs"]["rejected_by_reason"], "windows": summary["windows"]["total"],
         "hours_in": summary["hours"]["in"], "hours_out": summary["hours"]["out"],
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "worker_crashes_retried": output.count("Fatal Python error"), **stage_breakdown(times),

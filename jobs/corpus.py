@@ -18,11 +18,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.commit import OutputDir, OutputOptions
+from pipeline.io.commit import OutputDir, OutputOptions, committed_files
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, summarize
 from pipeline.whisper.engines import ENGINES
-from pipeline.jobargs import JobFailed, add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
+from pipeline.sinks import accounting
+from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.whisper.models import resolve_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
@@ -107,8 +108,9 @@ def find_duplicates(plan: Plan, dataset, options: DedupOptions) -> DuplicateDeci
 
 
 def verdicts_files(config: dict[str, Any]) -> list[str]:
+    """The committed comparison shards of the `wspsr transcribe --compare-with` run that ``--pseudo-labels`` names."""
     folder = config["pseudo_labels"].comparison
-    return [str(p) for p in sorted(Path(folder, "comparison").glob("*.parquet"))] if folder else []
+    return committed_files(folder, "comparison") if folder else []
 
 
 def load_pseudo_label_verdicts(options: PseudoLabelOptions) -> PseudoLabelVerdicts | None:
@@ -223,13 +225,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         for _ in plan.commit(dataset, lambda batch: commit_corpus_batch(batch, out, output_options)):
             pass
     summary = summarize(out, expected, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location})
-    check_reject_fraction(summary, summary["sources"]["in"], summary["sources"]["rejected"], args.max_reject_fraction)
+    accounting.reject_fraction(summary, args.max_reject_fraction)
     out.write_json("summary.json", summary)
     return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    s, h = summary["sources"], summary["hours"]
+    s, h = summary["inputs"], summary["hours"]
     print(f"\nwspsr corpus: {summary['output']}")
     print(f"  sources: {s['in']} in = {s['kept']} kept + {s['rejected']} rejected")
     for reason, count in s["rejected_by_reason"].items():

@@ -8,12 +8,12 @@ its detail (for language mismatches: the probabilities Whisper gave); writes ``e
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.io.commit import write_json_atomically
 from pipeline.eval.labels import format_report, outcomes, read_labels, score
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         out = rest[rest.index("--out") + 1]
     report = score(outcomes(out, read_labels(args.labels)))
     print(format_report(report))
-    (Path(out) / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomically(Path(out) / "eval.json", report)
     return 0
 
 

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io.commit import MARKERS, RUN_FILE, OutputDir, OutputOptions, marker_names, write_json_atomically
+from pipeline.io.storage import write_atomically
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.sinks.fetch import (
     FETCH_TABLES, MANIFEST, UNLABELLED_MANIFEST, commit_fetch_batch, committed_items, manifest_lines, remove_if_exists,
-    summarize_fetch, write_jsonl_atomically,
+    summarize_fetch, jsonl_bytes,
 )
-from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
+from pipeline.sinks import accounting
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import RejectReason, RejectScope, table_from_rows
 from pipeline.stage import Stage
@@ -162,9 +164,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             finished += len(marker["sources"]["urls"])
             log.info("%d/%d URLs fetched", finished, len(todo))
     lines, unlabelled = manifest_lines(committed_items(out), manifest_language)
-    write_jsonl_atomically(out.root / MANIFEST, lines)
+    write_atomically(out.root / MANIFEST, jsonl_bytes(lines))
     if unlabelled:
-        write_jsonl_atomically(out.root / UNLABELLED_MANIFEST, unlabelled)
+        write_atomically(out.root / UNLABELLED_MANIFEST, jsonl_bytes(unlabelled))
     else:
         remove_if_exists(out.root / UNLABELLED_MANIFEST)
     per_language: dict[str, int] = {}
@@ -180,7 +182,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             "output": str(out.root.resolve()),
         },
     )
-    check_reject_fraction(summary, summary["inputs"]["in"], summary["inputs"]["rejected"], args.max_reject_fraction)
+    accounting.reject_fraction(summary, args.max_reject_fraction)
     write_json_atomically(out.root / "summary.json", summary)
     return summary
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.io.commit import OutputError, read_committed_files, write_json_atomically
+from pipeline.io.commit import OutputError, committed_files, write_json_atomically
+from pipeline.io.storage import atomic_file
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.run.runner import Plan, RayOptions
@@ -134,7 +135,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         print(to_toml(to_plain(config)))
         return {}
     corpus = args.corpus if is_uri(args.corpus) else str(Path(args.corpus).resolve())  # a folder or a URI (s3://...)
-    files = read_committed_files(corpus, "corpus")
+    files = committed_files(corpus, "corpus")
     if not files:
         raise ConfigError(f"{corpus} has no committed corpus shards (did the corpus job keep any window?)")
     if is_uri(args.out):
@@ -252,10 +253,9 @@ def plot_loss_curve(metrics: dict[str, Any], path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    figure.savefig(tmp, format="png")
+    with atomic_file(path) as handle:
+        figure.savefig(handle, format="png")
     plt.close(figure)
-    tmp.replace(path)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 from pipeline.io.commit import OutputDir, OutputOptions
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.whisper.engines import ENGINES
-from pipeline.jobargs import add_common_arguments, check_reject_fraction, output_fingerprint, resolve_config, run_job
+from pipeline.sinks import accounting
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.whisper.models import resolve_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
@@ -147,15 +148,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     summary.update(elapsed_s=round(elapsed, 1), output=out.location)
     summary["real_time_factor"] = round(summary["hours"]["audio"] * 3600 / max(elapsed, 1e-9), 2) if todo else None
-    check_reject_fraction(summary, summary["files"]["in"], summary["files"]["rejected"], args.max_reject_fraction)
+    accounting.reject_fraction(summary, args.max_reject_fraction)
     out.write_json("summary.json", summary)
     return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    f, h = summary["files"], summary["hours"]
+    f, h = summary["inputs"], summary["hours"]
     print(f"\nwspsr transcribe: {summary['output']}")
-    print(f"  files: {f['in']} in = {f['transcribed']} transcribed + {f['rejected']} rejected {f['rejected_by_reason'] or ''}")
+    print(f"  files: {f['in']} in = {f['kept']} transcribed + {f['rejected']} rejected {f['rejected_by_reason'] or ''}")
     print(f"  hours: {h['audio']:.3f} audio, {h['speech']:.3f} speech; segments {summary['segments']['total']} ({summary['segments']['flagged']} flagged)")
     if summary.get("real_time_factor"):
         print(f"  speed: {summary['real_time_factor']}x real time this run")

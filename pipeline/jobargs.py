@@ -41,13 +41,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def check_reject_fraction(summary: dict[str, Any], inputs: int, rejected: int, limit: float | None) -> None:
-    """Record in the summary whether the share of rejected inputs stays within ``--max-reject-fraction``: a run
-    that rejects most of its inputs usually means a wrong path, codec or config, not bad data."""
-    fraction = rejected / inputs if inputs else 0.0
-    summary["reject_fraction"] = {"value": round(fraction, 4), "max": limit, "ok": limit is None or fraction <= limit}
-
-
 def resolve_config(args: argparse.Namespace, sections: Mapping[str, type], flags: Mapping[str, Any]) -> dict[str, Any]:
     """The config file, then ``--set``, then dedicated flags (``{"section.key": value or None}``)."""
     overrides = list(args.set)

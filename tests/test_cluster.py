@@ -125,6 +125,6 @@ def test_fetch_then_transcribe_submitted_to_the_cluster(cluster, tmp_path):
     )
     assert code == 0 and "Job 'transcribe-fetched' succeeded" in output, output[-5000:]
     summary = json.loads((tmp_path / "tr" / "summary.json").read_text())
-    assert summary["accounting"]["ok"] and summary["files"]["transcribed"] == 1
+    assert summary["accounting"]["ok"] and summary["inputs"]["kept"] == 1
     text = " ".join(read_table(tmp_path / "tr", "transcripts")["text"].to_pylist()).lower()
     assert "ask not what your country can do for you" in text, text

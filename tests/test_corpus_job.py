@@ -73,7 +73,7 @@ def built(sources, tmp_path_factory, local_ray):
 def test_summary_accounts_for_every_source(built):
     out, summary = built
     assert summary["accounting"]["ok"]
-    s = summary["sources"]
+    s = summary["inputs"]
     assert s["in"] == 9 and s["kept"] == 5 and s["in"] == s["kept"] + s["rejected"]
     assert s["rejected_by_reason"] == {"bad_audio": 1, "bad_manifest_line": 1, "empty_transcript": 1, "missing_transcript": 1}
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -135,14 +135,14 @@ def test_rerun_is_idempotent_and_resumes_after_a_crash(built, sources, tmp_path)
     before_corpus, before_rejects = corpus_rows(out), reject_rows(out)
     again = tmp_path / "again"
     shutil.copytree(out, again)
-    assert run([*args, "--out", str(again)])["sources"] == summary["sources"]
+    assert run([*args, "--out", str(again)])["inputs"] == summary["inputs"]
     assert corpus_rows(again) == before_corpus and reject_rows(again) == before_rejects
     # A crash: one shard's marker never written, a temporary file left behind.
     markers = sorted((again / "_commits").glob("*.json"), key=lambda p: -len(json.loads(p.read_text())["sources"]["kept"]))
     markers[0].unlink()
     (again / "corpus" / ".tmp-part-half.parquet").write_bytes(b"PAR1 half")
     resumed = run([*args, "--out", str(again)])
-    assert resumed["accounting"]["ok"] and resumed["sources"] == summary["sources"]
+    assert resumed["accounting"]["ok"] and resumed["inputs"] == summary["inputs"]
     assert corpus_rows(again) == before_corpus and reject_rows(again) == before_rejects
     assert not list(again.rglob(".tmp-*"))
 
@@ -164,7 +164,7 @@ def test_other_config_in_same_folder_is_refused_unless_overwrite(built, sources,
     with pytest.raises(OutputError, match="different config"):
         run(other)
     summary = run([*other, "--overwrite"])
-    assert summary["accounting"]["ok"] and summary["sources"]["in"] == 9
+    assert summary["accounting"]["ok"] and summary["inputs"]["in"] == 9
     assert summary["config_fingerprint"] != json.loads((out / "summary.json").read_text())["config_fingerprint"]
     assert {w["segment_id"] for w in corpus_rows(target)} == {w["segment_id"] for w in corpus_rows(out)}
     timed = [w for w in corpus_rows(target) if w["text_timestamped"]]

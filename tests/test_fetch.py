@@ -370,7 +370,8 @@ def test_sink_accounting_manifest_and_retry_failed(tmp_path):
     assert summary["accounting"]["ok"], summary["accounting"]
     assert summary["urls"] == {"in": 3, "expanded": 1, "rejected": 2, "rejected_by_reason": {"fetch_failed": 1, "unsafe_url": 1}}
     assert summary["items"] == {"in": 2, "kept": 1, "rejected": 1, "rejected_by_reason": {"machine_generated_captions": 1}, "unlabelled_audio": 1}
-    assert summary["inputs"] == {"in": 4, "kept": 1, "rejected": 3}
+    assert summary["inputs"] == {"in": 4, "kept": 1, "rejected": 3,
+                                 "rejected_by_reason": {"fetch_failed": 1, "machine_generated_captions": 1, "unsafe_url": 1}}
     lines, unlabelled = manifest_lines(committed_items(out), manifest_language)
     assert [(line["id"], line["language"], line["subtitle_language"]) for line in lines] == [("html5.p-1.en-US", "en-us", "en-US")]
     assert [u["id"] for u in unlabelled] == ["html5.p-2"] and "transcript" not in unlabelled[0]
@@ -479,8 +480,8 @@ def test_corpus_from_urls_in_one_command(fetched, tmp_path):
     summary = run(["--sources", str(fetched["urls"]), "--out", str(out), "--quiet", *off])
     assert (out / "fetched" / "sources.jsonl").is_file() and summary["accounting"]["ok"]
     # without --max-filesize, big.html's random bytes are fetched too: the corpus judges them (bad_audio)
-    assert summary["sources"]["in"] == 3 and summary["sources"]["kept"] == 2
-    assert summary["sources"]["rejected_by_reason"] == {"bad_audio": 1}
+    assert summary["inputs"]["in"] == 3 and summary["inputs"]["kept"] == 2
+    assert summary["inputs"]["rejected_by_reason"] == {"bad_audio": 1}
 
 
 @pytest.mark.slow
@@ -490,7 +491,7 @@ def test_a_fetched_page_ends_as_a_corpus_source(fetched, tmp_path):
 
     out = tmp_path / "corpus"
     summary = run(["--sources", str(fetched["out"] / "sources.jsonl"), "--out", str(out), "--quiet"])
-    assert summary["accounting"]["ok"] and summary["sources"]["in"] == 2 and summary["sources"]["kept"] == 2, summary["sources"]
+    assert summary["accounting"]["ok"] and summary["inputs"]["in"] == 2 and summary["inputs"]["kept"] == 2, summary["inputs"]
     rows = pq.read_table(out / "corpus").to_pylist()
     [jfk] = [r for r in rows if "ask not what your country" in r["text"]]
     assert jfk["language"] == "en" and jfk["task"] == "transcribe" and jfk["text"].startswith("And so my fellow Americans,")

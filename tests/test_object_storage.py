@@ -102,7 +102,7 @@ def test_corpus_job_reads_and_writes_s3(s3_server, tmp_path, monkeypatch):
     summary = json.loads(s3.open_input_stream(f"{BUCKET}/corpus/v1/summary.json").read())
     expected = json.loads((tmp_path / "local" / "summary.json").read_text())
     assert summary["accounting"]["ok"] and summary["output"] == remote_out
-    assert summary["sources"] == expected["sources"] and summary["sources"]["kept"] >= 5
+    assert summary["inputs"] == expected["inputs"] and summary["inputs"]["kept"] >= 5
     assert summary["hours"] == expected["hours"] and summary["windows"] == expected["windows"]
 
     # Same rows and ids; `source` names each file where that run found it.

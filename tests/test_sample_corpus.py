@@ -34,7 +34,7 @@ def label_key(label):
 def test_every_sample_source_is_accounted_for(sample_run):
     _, summary = sample_run
     assert summary["accounting"]["ok"]
-    assert summary["sources"]["in"] == len(labels()) == summary["sources"]["kept"] + summary["sources"]["rejected"]
+    assert summary["inputs"]["in"] == len(labels()) == summary["inputs"]["kept"] + summary["inputs"]["rejected"]
     assert set(summary["hours"]["per_language"]) >= {"en", "de", "es", "it", "ru", "pt", "pl", "zh"}
 
 
@@ -76,5 +76,5 @@ def test_rerunning_the_sample_does_no_work_and_changes_nothing(sample_run):
     out, summary = sample_run
     before = pq.read_table(out / "corpus").sort_by("segment_id")
     again = run(["--out", str(out), "--quiet"])
-    assert again["sources"] == summary["sources"] and again["windows"] == summary["windows"]
+    assert again["inputs"] == summary["inputs"] and again["windows"] == summary["windows"]
     assert pq.read_table(out / "corpus").sort_by("segment_id").equals(before)

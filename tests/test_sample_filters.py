@@ -71,7 +71,7 @@ def test_rejects_name_the_rule_and_the_measured_value(sample_run):
 
 def test_summary_reports_counts_and_hours_per_rule(sample_run):
     _, summary = sample_run
-    by_reason = summary["sources"]["rejected_by_reason"]
+    by_reason = summary["inputs"]["rejected_by_reason"]
     assert by_reason["duplicate"] == 3 and by_reason["all_uppercase"] == 2
     assert set(summary["hours"]["rejected_by_reason"]) == set(by_reason)
     assert summary["hours"]["per_task"]["translate"] > 0

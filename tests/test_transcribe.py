@@ -77,8 +77,8 @@ def test_transcribe_job_with_real_whisper(tmp_path, local_ray):
     data = _inputs(tmp_path)
     out = tmp_path / "out"
     summary = run(["--inputs", str(data), "--out", str(out), "--formats", "parquet,srt,vtt,json,txt", "--quiet"])
-    assert summary["accounting"]["ok"] and summary["files"] == {
-        "in": 7, "transcribed": 6, "rejected": 1, "rejected_by_reason": {"bad_audio": 1},
+    assert summary["accounting"]["ok"] and summary["inputs"] == {
+        "in": 7, "kept": 6, "rejected": 1, "rejected_by_reason": {"bad_audio": 1},
     }
     table = pq.read_table(out / "transcripts")
     assert table.schema.remove_metadata() == TRANSCRIPTS_SCHEMA
@@ -94,7 +94,7 @@ def test_transcribe_job_with_real_whisper(tmp_path, local_ray):
     # a rerun does nothing and changes nothing
     before = _rows(out)
     again = run(["--inputs", str(data), "--out", str(out), "--formats", "parquet,srt,vtt,json,txt", "--quiet"])
-    assert again["files"] == summary["files"] and _rows(out) == before
+    assert again["inputs"] == summary["inputs"] and _rows(out) == before
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(tmp_path):
     assert sorted(p.name for p in (crashed / "files").rglob("*")) == sorted(p.name for p in (clean / "files").rglob("*"))
     assert not list(crashed.rglob(".tmp-*"))
     summary = json.loads((crashed / "summary.json").read_text())
-    assert summary["accounting"]["ok"] and summary["files"]["in"] == 7
+    assert summary["accounting"]["ok"] and summary["inputs"]["in"] == 7
     shutil.rmtree(clean)
 
 
@@ -150,6 +150,6 @@ def test_corpus_drops_sources_whose_transcript_whisper_disagrees_with(tmp_path, 
         ["--sources", str(data), "--out", str(tmp_path / "corpus"), "--quiet", "--pseudo-labels", str(tmp_path / "check"),
          "--max-wer", "0.3", "--set", "language.enabled=false", "--set", "dedup.enabled=false"]
     )
-    assert summary["sources"]["kept"] == 1 and summary["sources"]["rejected_by_reason"] == {"high_error_rate": 1}
+    assert summary["inputs"]["kept"] == 1 and summary["inputs"]["rejected_by_reason"] == {"high_error_rate": 1}
     (reject,) = pq.read_table(tmp_path / "corpus" / "rejects").to_pylist()
     assert reject["source"].endswith("wrong.flac") and reject["stage"] == "check_pseudo_labels" and "WER" in reject["detail"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
+from pipeline.io.commit import read_committed
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,10 @@ def _key(label: dict[str, Any]) -> str:
 
 def outcomes(out_dir: str | Path, labels: list[dict[str, Any]]) -> list[Outcome]:
     """Match each label to the run's rows by the end of the ``source`` path (or the manifest line)."""
-    out_dir = Path(out_dir)
-    corpus = pq.read_table(out_dir / "corpus", columns=["source", "task", "window_index"]).to_pylist()
-    rejects = [r for r in pq.read_table(out_dir / "rejects").to_pylist() if r["scope"] == "source"]
+    corpus_rows = read_committed(out_dir, "corpus", columns=["source", "task", "window_index"])
+    reject_rows = read_committed(out_dir, "rejects")
+    corpus = corpus_rows.to_pylist() if corpus_rows is not None else []
+    rejects = [r for r in (reject_rows.to_pylist() if reject_rows is not None else []) if r["scope"] == "source"]
     kept: dict[str, str] = {}
     for row in corpus:
         kept[row["source"]] = row["task"]

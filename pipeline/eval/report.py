@@ -15,10 +15,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.io.commit import read_committed_files
+from pipeline.io.commit import read_committed
+from pipeline.io.storage import write_atomically
 
 REPORT_FILE = "report.html"
 SECTIONS = (
@@ -32,13 +31,6 @@ SECTIONS = (
 CORPUS_COLUMNS = ["segment_id", "source_id", "source", "start_ms", "end_ms", "text", "language", "task", "has_speech"]
 EXAMPLES_PER_REASON = 3
 EXCERPT_CHARS = 400
-
-
-def _read(root: Path, table: str, columns: list[str] | None = None) -> pa.Table | None:
-    files = read_committed_files(root, table)
-    if not files:
-        return None
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files], promote_options="permissive")
 
 
 def _png(figure) -> str:
@@ -217,9 +209,9 @@ def render_report(root: str | Path) -> Path:
     root = Path(root)
     summary = json.loads((root / "summary.json").read_text(encoding="utf-8")) if (root / "summary.json").exists() else {}
     run = json.loads((root / "run.json").read_text(encoding="utf-8")) if (root / "run.json").exists() else {}
-    corpus = _read(root, "corpus", CORPUS_COLUMNS)
+    corpus = read_committed(root, "corpus", CORPUS_COLUMNS)
     windows = corpus.to_pylist() if corpus is not None else []
-    rejected = _read(root, "rejects")
+    rejected = read_committed(root, "rejects")
     rejects = rejected.to_pylist() if rejected is not None else []
     bodies = {
         "hours": hours_section(windows),
@@ -242,7 +234,5 @@ def render_report(root: str | Path) -> Path:
             f"<body><h1>wspsr corpus report</h1><p><code>{html.escape(str(root.resolve()))}</code></p>{overview}<nav>{nav}</nav>"
             f"{sections}</body></html>")
     path = root / REPORT_FILE
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(path, page.encode("utf-8"))
     return path

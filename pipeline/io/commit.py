@@ -1,6 +1,7 @@
 """Output commit: shards are written under temporary names, renamed into place, then confirmed by a marker.
 
-Only shards with a marker exist for readers and for the summary. A marker names its files, its row counts,
+Only shards with a marker exist for readers and for the summary: ``committed_files`` and ``read_committed`` are
+the one way anything (jobs, eval, the report, tests) reads a wspsr output folder. A marker names its files, its row counts,
 the config fingerprint and the source ids it accounts for, so a rerun skips those sources, and files left by
 a crash (temporary names, shards without a marker) are removed at the next start. Shard names derive from the
 source ids they hold, so a retried task rewrites the same files instead of adding new ones.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline import faults
 from pipeline.schema import METADATA_FINGERPRINT, METADATA_SCHEMA_VERSION, REJECTS_SCHEMA, SCHEMA_VERSION
-from pipeline.io.storage import TMP_PREFIX, Store, join
+from pipeline.io.storage import TMP_PREFIX, Store, atomic_file, join, resolve, write_atomically
 
 MARKERS = "_commits"
 RUN_FILE = "run.json"
@@ -46,16 +46,13 @@ def shard_id(source_ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(source_ids)).encode("utf-8")).hexdigest()[:20]
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+def json_bytes(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def write_json_atomically(path: Path, doc: Any) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync_replace(tmp, path)
+def write_json_atomically(location: str | Path, doc: Any) -> None:
+    """A JSON document (run.json, summary.json, metrics.json...), written whole or not at all."""
+    write_atomically(location, json_bytes(doc))
 
 
 def marker_names(store: Store) -> list[str]:
@@ -79,7 +76,7 @@ class OutputDir:
         return json.loads(self.store.read_bytes(relative).decode("utf-8"))
 
     def write_json(self, relative: str, doc: Any) -> None:
-        self.store.write_bytes(relative, (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.store.write_bytes(relative, json_bytes(doc))
 
     def prepare(self, run_doc: dict[str, Any], overwrite: bool) -> None:
         """Refuse a folder written with another config (unless ``overwrite``), then clear crash leftovers."""
@@ -188,17 +185,8 @@ class OutputDir:
         metadata[METADATA_SCHEMA_VERSION] = SCHEMA_VERSION.encode()
         metadata[METADATA_FINGERPRINT] = self.fingerprint.encode()
         table = table.replace_schema_metadata(metadata)
-        final = self.store.path(relative)
-        if not self.store.local:  # an object appears whole when its upload completes; the marker commits it
-            pq.write_table(table, final, filesystem=self.store.fs, row_group_size=options.row_group_rows, compression=options.compression)
-            return
-        tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.path.basename(final)}")
-        try:
-            pq.write_table(table, tmp, row_group_size=options.row_group_rows, compression=options.compression)
-            _fsync_replace(Path(tmp), Path(final))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.store.uri(relative)) as handle:
+            pq.write_table(table, handle, row_group_size=options.row_group_rows, compression=options.compression)
 
     def start(
         self,
@@ -224,29 +212,44 @@ class OutputDir:
         return expected, done, [r for r in sources if r["source_id"] not in done]
 
     def committed_files(self, table: str) -> list[str]:
-        """The committed files of ``table``, as paths inside ``self.store.fs``."""
-        return sorted(self.store.path(f"{table}/{name}") for marker in self.markers() for name in marker["files"].get(table, []))
+        """The committed files of ``table``, spelled like the folder (checked against this run's fingerprint)."""
+        return _files_of(self.store, self.markers(), table)
 
     def read_committed(self, table: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table | None:
-        files = self.committed_files(table)
-        if not files:
-            return None
-        return pq.read_table(files, filesystem=self.store.fs, schema=schema, columns=columns)
+        return _read(self.store, self.committed_files(table), schema, columns)
 
 
-def read_committed_files(root: str | Path, table: str) -> list[str]:
+def _files_of(store: Store, markers: Iterable[dict[str, Any]], table: str) -> list[str]:
+    return sorted(store.uri(f"{table}/{name}") for marker in markers for name in marker["files"].get(table, []))
+
+
+def _read(store: Store, files: list[str], schema: pa.Schema | None, columns: list[str] | None) -> pa.Table | None:
+    if not files:
+        return None
+    paths = [file if store.local else resolve(file)[1] for file in files]
+    return pq.read_table(paths, filesystem=store.fs, schema=schema, columns=columns)
+
+
+def _store_with_markers(root: str | Path) -> tuple[Store, list[dict[str, Any]]]:
+    store = Store(root)
+    names = marker_names(store)
+    if not names:
+        raise FileNotFoundError(f"{store.uri()} is not a wspsr output folder with committed shards (no {MARKERS}/*.json)")
+    return store, [json.loads(store.read_bytes(f"{MARKERS}/{name}").decode("utf-8")) for name in names]
+
+
+def committed_files(root: str | Path, table: str) -> list[str]:
     """The files of ``table`` that the markers of a wspsr output folder (a path or a URI) confirm, spelled like the
     folder: what a reader may read while a job is still running, or after one crashed (files without a marker
-    are not data yet)."""
-    store = Store(root)
-    markers = marker_names(store)
-    if not markers:
-        raise FileNotFoundError(f"{store.uri()} is not a wspsr output folder with committed shards (no {MARKERS}/*.json)")
-    files = []
-    for name in markers:
-        names = json.loads(store.read_bytes(f"{MARKERS}/{name}").decode("utf-8"))["files"].get(table, [])
-        files += [store.uri(f"{table}/{file}") for file in names]
-    return sorted(files)
+    are not data yet, and ``.tmp-`` files never are)."""
+    store, markers = _store_with_markers(root)
+    return _files_of(store, markers, table)
+
+
+def read_committed(root: str | Path, table: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table | None:
+    """The committed rows of ``table`` in a wspsr output folder as one table (None when no shard holds any)."""
+    store, markers = _store_with_markers(root)
+    return _read(store, _files_of(store, markers, table), schema, columns)
 
 
 def split_by_bytes(table: pa.Table, sizes: list[int], max_bytes: int) -> list[pa.Table]:

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from pipeline.io import storage
+from pipeline.io.commit import committed_files
 from pipeline.io.transcripts import FORMAT_BY_SUFFIX
 from pipeline.schema import RejectReason, RejectScope
 
@@ -316,7 +317,7 @@ def discover_audio(paths: list[str], options: SourceOptions = SourceOptions()) -
             continue
         path = Path(spelled)
         if path.is_dir() and (path / "run.json").is_file():
-            _discover_table(sorted((path / "corpus").glob("*.parquet")), spelled, out)
+            _discover_table(committed_files(path, "corpus"), spelled, out)
         elif path.is_dir():
             label = path.resolve().name
             root = [Path(os.path.realpath(path))]
@@ -361,7 +362,7 @@ def _discover_remote_audio(spelled: str, options: SourceOptions, out: Discovery)
             )
 
 
-def _discover_table(files: list[Path], spelled: str, out: Discovery) -> None:
+def _discover_table(files: list[str | Path], spelled: str, out: Discovery) -> None:
     import pyarrow.parquet as pq
 
     if not files:

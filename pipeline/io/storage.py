@@ -6,6 +6,9 @@ Credentials and endpoints come from the environment, as the cloud SDKs read them
 so a config file never holds a secret and a cluster passes them to workers in the runtime environment.
 Object stores have no rename: a file is written straight to its final key (an object appears whole or not at
 all), and the commit markers of ``pipeline.io.commit`` are what make a set of files visible.
+
+``atomic_file`` and ``write_atomically`` are the one way wspsr writes a file: whole or not at all, so a crash or a
+full disk never leaves half a file under a name a reader trusts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import pyarrow.fs as pafs
 
@@ -119,6 +122,38 @@ def local_copy(location: str) -> Iterator[Path]:
             os.unlink(temporary)
 
 
+@contextlib.contextmanager
+def atomic_file(location: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write that appears under ``location`` whole or not at all. Locally: a temporary file beside
+    it (``.tmp-`` name, on the same filesystem), synced, then renamed over it; removed if writing fails. In object
+    storage an object appears whole when its upload completes, so it is written straight to its key."""
+    spelled = str(location)
+    if is_uri(spelled):
+        filesystem, path = resolve(spelled)
+        with filesystem.open_output_stream(path) as stream:
+            yield stream
+        return
+    final = Path(spelled)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=final.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes it private; Ray workers and other users read what it becomes
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomically(location: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(location) as handle:
+        handle.write(data)
+
+
 class Store:
     """A folder on some filesystem, addressed by relative POSIX paths: what an output folder needs."""
 
@@ -143,24 +178,7 @@ class Store:
             return stream.read()
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """Whole or not at all: locally a temporary file, synced, then renamed; an object store's put is atomic."""
-        final = self.path(relative)
-        if not self.local:
-            with self.fs.open_output_stream(final) as stream:
-                stream.write(data)
-            return
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.path.basename(final)}")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomically(self.uri(relative), data)
 
     def list(self, relative: str, recursive: bool = False) -> list[str]:
         """Files under a folder as paths relative to that folder, sorted (empty when it does not exist)."""

@@ -14,8 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.io.commit import TMP_PREFIX, OutputDir, OutputOptions, _fsync_replace, shard_id
-from pipeline.schema import REJECTS_SCHEMA, RejectScope
+from pipeline.io.commit import OutputDir, OutputOptions, shard_id
+from pipeline.schema import REJECTS_SCHEMA
+from pipeline.sinks import accounting
+from pipeline.sinks.accounting import count
 
 FETCH_TABLES = ("items", "rejects")
 MANIFEST = "sources.jsonl"
@@ -49,10 +51,6 @@ ITEMS_SCHEMA = pa.schema(
 )
 
 
-def _add(counter: dict[str, Any], key: str, value: float = 1) -> None:
-    counter[key] = counter.get(key, 0) + value
-
-
 def commit_fetch_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) -> dict[str, Any]:
     """One shard: the items and rejects of a block of URLs, and a marker naming those URLs and items."""
     items: list[dict[str, Any]] = []
@@ -76,14 +74,8 @@ def commit_fetch_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) 
             stats["unlabelled"] += 0 if item["labelled"] else 1
         if row.get("reject_reason"):
             sources["rejected"].append(row["source_id"])
-            _add(stats["url_rejected" if url_level else "rejected"], row["reject_reason"])
-            rejects.append(
-                {
-                    "source_id": row["source_id"], "source": row["source"], "scope": RejectScope.SOURCE.value,
-                    "stage": row.get("reject_stage"), "reason": row["reject_reason"], "detail": row.get("reject_detail"),
-                    "duration_ms": row.get("duration_ms"),
-                }
-            )
+            count(stats["url_rejected" if url_level else "rejected"], row["reject_reason"])
+            rejects.append(accounting.source_reject(row))
         else:
             sources["kept"].append(row["source_id"])
             stats["items_kept"] += 1
@@ -106,49 +98,33 @@ def _item_row(row: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
 
 def summarize_fetch(out: OutputDir, expected_urls: set[str], extra: dict[str, Any]) -> dict[str, Any]:
     """URLs in = expanded + rejected, items in = kept + rejected (both checked), and every URL in exactly one
-    committed shard."""
-    seen: dict[str, int] = defaultdict(int)
-    totals: dict[str, Any] = defaultdict(dict)
-    totals.update(items=0, items_kept=0, urls_expanded=0, unlabelled=0, downloaded=0, from_archive=0, bytes=0, ms_kept=0, shards=0)
-    url_rejected: dict[str, int] = {}
-    for marker in out.markers():
-        totals["shards"] += 1
-        urls = set(marker["sources"].get("urls", []))
-        discovery = {i for i in marker["sources"].get("rejected", []) if i in expected_urls} - urls
-        for url in urls | discovery:
-            seen[url] += 1
-        stats = marker["stats"]
-        for key in ("items", "items_kept", "urls_expanded", "unlabelled", "downloaded", "from_archive", "bytes", "ms_kept"):
-            totals[key] += stats.get(key, 0)
-        for reason, n in stats.get("rejected", {}).items():
-            if "urls" in marker["sources"]:
-                _add(totals["rejected"], reason, n)
-            else:  # a discovery shard (unsafe or repeated URLs): URL-level rejects
-                _add(url_rejected, reason, n)
-        for reason, n in stats.get("url_rejected", {}).items():
-            _add(url_rejected, reason, n)
-    items_rejected = sum(totals["rejected"].values())
-    urls_rejected = sum(url_rejected.values())
-    url_ok = set(seen) == expected_urls and all(n == 1 for n in seen.values())
-    counts_ok = totals["urls_expanded"] + urls_rejected == len(expected_urls) and totals["items_kept"] + items_rejected == totals["items"]
-    return {
-        "config_fingerprint": out.fingerprint,
-        "inputs": {"in": totals["items"] + urls_rejected, "kept": totals["items_kept"], "rejected": items_rejected + urls_rejected},
-        "urls": {"in": len(expected_urls), "expanded": totals["urls_expanded"], "rejected": urls_rejected,
-                 "rejected_by_reason": dict(sorted(url_rejected.items()))},
-        "items": {"in": totals["items"], "kept": totals["items_kept"], "rejected": items_rejected,
-                  "rejected_by_reason": dict(sorted(totals["rejected"].items())), "unlabelled_audio": totals["unlabelled"]},
-        "hours_kept": round(totals["ms_kept"] / 3_600_000, 4),
-        "bytes": totals["bytes"],
-        "downloads": {"downloaded": totals["downloaded"], "from_archive": totals["from_archive"]},
-        "accounting": {
-            "ok": url_ok and counts_ok,
-            "missing": sorted(expected_urls - set(seen))[:20],
-            "counted_twice": sorted(i for i, n in seen.items() if n > 1)[:20],
-        },
-        "shards": totals["shards"],
+    committed shard: a fetched block names its URLs, a discovery shard (unsafe or repeated URLs) its rejected ones."""
+    markers = out.markers()
+    fetched = [m for m in markers if "urls" in m["sources"]]
+    found = accounting.tally(m for m in markers if "urls" not in m["sources"])
+    totals = accounting.tally(fetched)
+    url_rejected = accounting.add_counts(dict(totals.get("url_rejected", {})), found.get("rejected", {}))
+    item_rejected = totals.get("rejected", {})
+    urls_rejected, items_rejected = sum(url_rejected.values()), sum(item_rejected.values())
+    named = [*accounting.named_ids(fetched, ("urls",)), *accounting.named_ids((m for m in markers if "urls" not in m["sources"]), ("rejected",))]
+    url_check = accounting.check(expected_urls, named, totals.get("urls_expanded", 0), urls_rejected)
+    items, items_kept = totals.get("items", 0), totals.get("items_kept", 0)
+    url_check["ok"] = url_check["ok"] and items_kept + items_rejected == items
+    url_check["rule"] = f"{accounting.RULE}; every URL is expanded into items or rejected, and every item is kept or rejected"
+    return accounting.summary(
+        out.fingerprint,
+        accounting.inputs(items + urls_rejected, items_kept, accounting.add_counts(dict(item_rejected), url_rejected)),
+        url_check,
+        totals["shards"] + found["shards"],
+        urls={"in": len(expected_urls), "expanded": totals.get("urls_expanded", 0), "rejected": urls_rejected,
+              "rejected_by_reason": dict(sorted(url_rejected.items()))},
+        items={"in": items, "kept": items_kept, "rejected": items_rejected,
+               "rejected_by_reason": dict(sorted(item_rejected.items())), "unlabelled_audio": totals.get("unlabelled", 0)},
+        hours_kept=accounting.hours(totals.get("ms_kept", 0)),
+        bytes=totals.get("bytes", 0),
+        downloads={"downloaded": totals.get("downloaded", 0), "from_archive": totals.get("from_archive", 0)},
         **extra,
-    }
+    )
 
 
 def committed_items(out: OutputDir) -> list[dict[str, Any]]:
@@ -188,12 +164,8 @@ def manifest_lines(items: list[dict[str, Any]], language_of) -> tuple[list[dict[
     return lines, unlabelled
 
 
-def write_jsonl_atomically(path: Path, lines: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-    _fsync_replace(tmp, path)
+def jsonl_bytes(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8")
 
 
 def remove_if_exists(path: Path) -> None:

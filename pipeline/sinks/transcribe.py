@@ -8,8 +8,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.io.commit import OutputDir, OutputOptions, shard_id
-from pipeline.schema import REJECTS_SCHEMA, TRANSCRIPTS_SCHEMA, RejectScope
+from pipeline.schema import REJECTS_SCHEMA, TRANSCRIPTS_SCHEMA
 from pipeline.io.transcripts import render
+from pipeline.sinks import accounting
+from pipeline.sinks.accounting import count
 
 TRANSCRIBE_TABLES = ("transcripts", "rejects", "comparison")
 FILES_DIR = "files"
@@ -30,10 +32,6 @@ COMPARISON_SCHEMA = pa.schema(
 )
 
 
-def _add(counter: dict[str, Any], key: str, value: float) -> None:
-    counter[key] = counter.get(key, 0) + value
-
-
 def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOptions, formats: tuple[str, ...]) -> dict[str, Any]:
     segments_out: list[dict[str, Any]] = []
     rejects_out: list[dict[str, Any]] = []
@@ -45,20 +43,14 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
     for row in batch.to_pylist():
         if row.get("reject_reason"):
             sources["rejected"].append(row["source_id"])
-            _add(stats["rejected"], row["reject_reason"], 1)
-            rejects_out.append(
-                {
-                    "source_id": row["source_id"], "source": row["source"], "scope": RejectScope.SOURCE.value,
-                    "stage": row.get("reject_stage"), "reason": row["reject_reason"], "detail": row.get("reject_detail"),
-                    "duration_ms": row.get("duration_ms"),
-                }
-            )
+            count(stats["rejected"], row["reject_reason"], 1)
+            rejects_out.append(accounting.source_reject(row))
             continue
         sources["kept"].append(row["source_id"])
         stats["files_transcribed"] += 1
         stats["ms_audio"] += row["duration_ms"]
         stats["ms_speech"] += row.get("speech_ms") or 0
-        _add(stats["ms_per_language"], str(row.get("language")), row["duration_ms"])
+        count(stats["ms_per_language"], str(row.get("language")), row["duration_ms"])
         segments = row.get("segments") or []
         for index, seg in enumerate(segments):
             segments_out.append(
@@ -70,7 +62,7 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
             stats["segments"] += 1
             if seg["flag"]:
                 stats["segments_flagged"] += 1
-                _add(stats["flagged"], seg["flag"], 1)
+                count(stats["flagged"], seg["flag"], 1)
         trusted = [s for s in segments if not s["flag"]]
         for fmt in formats:
             if fmt != "parquet":
@@ -92,36 +84,19 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
 def summarize_transcription(out: OutputDir, expected: set[str], rank_top: int = 20) -> dict[str, Any]:
     """Files in = transcribed + rejected (checked), hours, flags, and with references: WER per language and the
     groups of sources ranked by word errors x hours (the paper's way of choosing what to inspect by hand)."""
-
-    seen: dict[str, int] = defaultdict(int)
-    totals: dict[str, Any] = defaultdict(dict)
-    totals.update(files_transcribed=0, ms_audio=0, ms_speech=0, segments=0, segments_flagged=0, shards=0)
-    for marker in out.markers():
-        totals["shards"] += 1
-        for ids in marker["sources"].values():
-            for source_id in ids:
-                seen[source_id] += 1
-        for key in ("files_transcribed", "ms_audio", "ms_speech", "segments", "segments_flagged"):
-            totals[key] += marker["stats"].get(key, 0)
-        for key in ("rejected", "flagged", "ms_per_language"):
-            for name, value in marker["stats"].get(key, {}).items():
-                _add(totals[key], name, value)
-    hours = lambda ms: round(ms / 3_600_000, 4)  # noqa: E731
-    rejected = sum(totals["rejected"].values())
-    summary: dict[str, Any] = {
-        "config_fingerprint": out.fingerprint,
-        "files": {"in": len(expected), "transcribed": totals["files_transcribed"], "rejected": rejected,
-                  "rejected_by_reason": dict(sorted(totals["rejected"].items()))},
-        "accounting": {
-            "ok": set(seen) == expected and all(n == 1 for n in seen.values()) and totals["files_transcribed"] + rejected == len(expected),
-            "missing": sorted(expected - set(seen))[:20],
-            "counted_twice": sorted(i for i, n in seen.items() if n > 1)[:20],
-        },
-        "hours": {"audio": hours(totals["ms_audio"]), "speech": hours(totals["ms_speech"]),
-                  "per_language": {k: hours(v) for k, v in sorted(totals["ms_per_language"].items())}},
-        "segments": {"total": totals["segments"], "flagged": totals["segments_flagged"], "flagged_by_reason": dict(sorted(totals["flagged"].items()))},
-        "shards": totals["shards"],
-    }
+    markers = out.markers()
+    totals = accounting.tally(markers)
+    kept, rejected = totals.get("files_transcribed", 0), totals.get("rejected", {})
+    summary = accounting.summary(
+        out.fingerprint,
+        accounting.inputs(len(expected), kept, rejected),
+        accounting.check(expected, accounting.named_ids(markers), kept, sum(rejected.values())),
+        totals["shards"],
+        hours={"audio": accounting.hours(totals.get("ms_audio", 0)), "speech": accounting.hours(totals.get("ms_speech", 0)),
+               "per_language": accounting.hours_by(totals.get("ms_per_language", {}))},
+        segments={"total": totals.get("segments", 0), "flagged": totals.get("segments_flagged", 0),
+                  "flagged_by_reason": dict(sorted(totals.get("flagged", {}).items()))},
+    )
     comparison = out.read_committed("comparison", schema=COMPARISON_SCHEMA)
     if comparison is not None:
         summary["comparison"] = compare_summary(comparison.to_pylist(), rank_top)

