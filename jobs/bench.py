@@ -694,8 +694,8 @@ def bench_transcribe(args: argparse.Namespace) -> dict[str, Any]:
 
             out = work / f"wspsr-{engine}-{timestamps}"
             transcribe(["--inputs", str(work / "audio"), "--out", str(out), "--quiet", "--formats", "parquet", "--engine", engine,
-                        "--set", f"whisper.batch_windows={args.batch_size}", "--set", f"whisper.beam_size={args.beam_size}", "--overwrite",
-                        "--set", f"whisper.without_timestamps={str(not timestamps).lower()}"]
+                        "--set", f"whisper.batch_windows={args.batch_size}", "--set", f"decoding.beam_size={args.beam_size}", "--overwrite",
+                        "--set", f"decoding.without_timestamps={str(not timestamps).lower()}"]
                        + (["--set", f"whisper.compute_type={args.compute_type}"] if engine == "faster-whisper" else []))
             rows = pq.read_table(out / "transcripts").to_pylist()
             return [" ".join(r["text"] for r in sorted(rows, key=lambda r: r["segment_index"]) if r["source"].endswith(path.name) and not r["flag"]) for path, _ in files]

@@ -30,7 +30,8 @@ from pipeline.run.runner import Plan, RayOptions
 from pipeline.eval.splits import held_out_threshold, select_split, source_position
 from pipeline.stage import Stage
 from pipeline.io.storage import is_uri
-from pipeline.run.train import MODEL_FILE, TrainOptions, fit, load_trainer_state
+from pipeline.run.train import TrainingFailed, fit
+from pipeline.whisper.finetune import MODEL_FILE, TrainOptions, load_trainer_state
 from stages.build_training_examples import ExampleOptions, build_training_examples
 
 log = logging.getLogger("wspsr")
@@ -177,13 +178,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("training on %s (%d files, %d windows, %d sources; %d held out)", corpus, len(files), len(source_ids), len(set(source_ids)), len(held))
 
     ray_options = config["ray"]
-    import ray.train
-
     try:
         result = fit(train_ds, eval_ds, args.model, config["train"], out / CHECKPOINTS, ray_options.workers, ray_options.use_gpu,
                      ray_options.cpus_per_worker, ray_options.threads_per_worker)
-    except ray.train.TrainingFailedError as exc:
-        raise JobFailed(f"training failed: {_first_line(exc)}\nrerun the same command with --resume to continue from the newest checkpoint") from exc
+    except TrainingFailed as exc:
+        raise JobFailed(f"training failed: {exc}\nrerun the same command with --resume to continue from the newest checkpoint") from exc
     if result.checkpoint is None:
         raise JobFailed("training ended without a checkpoint")
     with result.checkpoint.as_directory() as folder:  # (a resumed run with nothing left to do reports no metrics)
@@ -199,14 +198,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     }
     write_json_atomically(out / "summary.json", summary)
     return summary
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = exc
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    lines = [line for line in str(cause).splitlines() if line.strip()]
-    return lines[-1] if lines else type(cause).__name__
 
 
 def training_metrics(state: dict[str, Any], config: dict[str, Any], model: str, corpus: str, checkpoint: Path,

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.io.commit import OutputDir, OutputOptions
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.whisper.engines import ENGINES
+from pipeline.whisper.engines import ENGINES, DecodingOptions
 from pipeline.sinks import accounting
 from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.whisper.models import resolve_model
@@ -46,6 +46,7 @@ SECTIONS: dict[str, type] = {
     "decode": DecodeOptions,
     "vad": VadOptions,
     "whisper": WhisperOptions,
+    "decoding": DecodingOptions,
     "hallucination": HallucinationOptions,
     "compare": CompareOptions,
     "output": OutputOptions,
@@ -61,7 +62,7 @@ def build_stages(config: dict[str, Any], compare: bool) -> list[Stage]:
         Stage(
             "transcribe_windows",
             transcribe_windows,
-            TranscribeStageOptions(config["whisper"], config["hallucination"]),
+            TranscribeStageOptions(config["whisper"], config["decoding"], config["hallucination"]),
             setup=load_transcriber,
             batch_size=config["whisper"].batch_files,
         ),
@@ -113,7 +114,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     config = resolve_config(
         args,
         SECTIONS,
-        {"whisper.model": args.model, "whisper.engine": args.engine, "whisper.language": args.language, "whisper.task": args.task, "compare.group_by": args.group_by},
+        {"whisper.model": args.model, "whisper.engine": args.engine, "decoding.language": args.language, "decoding.task": args.task, "compare.group_by": args.group_by},
     )
     if args.print_config:
         print(to_toml(to_plain(config)))

@@ -83,7 +83,7 @@ class PlannedWindow:
 
 
 @dataclass
-class Plan:
+class WindowPlan:
     windows: list[PlannedWindow] = field(default_factory=list)
     prev_texts: list[str] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
@@ -93,7 +93,7 @@ def _dropped(reason: RejectReason, detail: str, start_ms: int | None, end_ms: in
     return {"stage": STAGE, "reason": reason.value, "detail": detail, "start_ms": start_ms, "end_ms": end_ms}
 
 
-def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOptions, plan: Plan) -> list[Unit]:
+def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOptions, plan: WindowPlan) -> list[Unit]:
     invalid = beyond = 0
     kept: list[tuple[int, int, int, str]] = []
     for index, cue in enumerate(cues):
@@ -131,9 +131,9 @@ def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOpt
     return units
 
 
-def plan_windows(cues: list[dict[str, Any]] | None, text: str, duration_ms: int, source_id: str, options: SegmentOptions) -> Plan | Reject:
+def plan_windows(cues: list[dict[str, Any]] | None, text: str, duration_ms: int, source_id: str, options: SegmentOptions) -> WindowPlan | Reject:
     """Decide the windows of one recording from its cues and duration (no audio needed)."""
-    plan = Plan()
+    plan = WindowPlan()
     if cues is None:
         if duration_ms > options.max_window_ms:
             return Reject(

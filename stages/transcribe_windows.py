@@ -9,14 +9,14 @@ decoded window, and are stored on each of the window's segments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import text
-from pipeline.whisper.engines import Engine, TranscribeOptions, WindowTranscript, load_engine
+from pipeline.whisper.engines import Engine, DecodingOptions, WindowTranscript, load_engine
 from pipeline.schema import RejectReason, table_from_rows
 from stages.detect_audio_language import average_probabilities, pick_windows
 from stages.languages import base_language
@@ -24,42 +24,21 @@ from stages.languages import base_language
 
 @dataclass(frozen=True)
 class WhisperOptions:
+    """Which model runs where and how work is batched; how it decodes is ``DecodingOptions`` ([decoding])."""
+
     engine: str = "faster-whisper"  # or openai-whisper
     model: str = "base"  # name or path, resolved offline
     device: str | None = None  # default: cuda when present, else cpu
     threads: int = 0  # CPU threads per model; 0: all cores of the node
     compute_type: str | None = None  # faster-whisper only: None = int8 on CPU, float16 on GPU; float32 is slower, exact
-    language: str | None = None  # None: the source's declared language, else detected per file
     use_source_language: bool = True  # a language the source declares (manifest, .xx.srt) is used, not detected
-    task: str = "transcribe"  # or translate (X -> English)
-    beam_size: int | None = None  # None: greedy (fastest); 5 is openai-whisper's CLI default
-    best_of: int | None = None
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    compression_ratio_threshold: float | None = 2.4
-    logprob_threshold: float | None = -1.0
-    no_speech_threshold: float | None = 0.6
-    without_timestamps: bool = False
     batch_windows: int = 8  # windows per forward pass (16 or more on a GPU)
     batch_files: int = 16  # files handed to a model actor at once (their windows are batched together)
     language_windows: int = 3  # speech windows per file for language detection
 
     def __post_init__(self) -> None:
-        self.decoding()  # validates the decoding fields
         if self.batch_windows < 1 or self.language_windows < 1 or self.batch_files < 1:
             raise ValueError("batch_windows, batch_files and language_windows must be at least 1")
-
-    def decoding(self, language: str | None = None) -> TranscribeOptions:
-        return TranscribeOptions(
-            language=language or self.language,
-            task=self.task,
-            beam_size=self.beam_size,
-            best_of=self.best_of,
-            temperatures=self.temperatures,
-            compression_ratio_threshold=self.compression_ratio_threshold,
-            logprob_threshold=self.logprob_threshold,
-            no_speech_threshold=self.no_speech_threshold,
-            without_timestamps=self.without_timestamps,
-        )
 
 
 @dataclass(frozen=True)
@@ -80,6 +59,7 @@ class HallucinationOptions:
 @dataclass(frozen=True)
 class TranscribeStageOptions:
     whisper: WhisperOptions
+    decoding: DecodingOptions  # language None: the source's declared language, else detected per file
     hallucination: HallucinationOptions
 
 
@@ -127,14 +107,14 @@ def _segments(window: dict[str, Any], result: WindowTranscript, options: Halluci
 
 
 def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine: Engine) -> pa.Table:
-    whisper = options.whisper
+    whisper, given = options.whisper, options.decoding.language
     rows = batch.to_pylist()
     audio = [[np.frombuffer(w["pcm"], dtype="<i2") for w in row["speech_windows"] or []] for row in rows]
 
     # 1. one language per file (unless given), averaged over a few speech windows spread over it; a file of one
     #    window is detected in the same encoder pass that transcribes it (its language is left open below).
     languages: list[tuple[str | None, float | None]] = [
-        (whisper.language or (base_language(row.get("language")) if whisper.use_source_language else None), None) for row in rows
+        (given or (base_language(row.get("language")) if whisper.use_source_language else None), None) for row in rows
     ]
     if any(language is None for language, _ in languages):
         picks = [
@@ -163,7 +143,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
             by_language.setdefault(languages[r][0], []).append((r, k))
     failed: dict[int, str] = {}
     for language, items in by_language.items():
-        decoding = whisper.decoding(language)
+        decoding = replace(options.decoding, language=language or given)
         for start in range(0, len(items), whisper.batch_windows):
             chunk = items[start : start + whisper.batch_windows]
             try:

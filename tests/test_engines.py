@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import JFK, JFK_TEXT
-from pipeline.whisper.engines import Segment, TranscribeOptions, _Raw, decode_with_fallback, load_engine, segments_from_tokens
+from pipeline.whisper.engines import Segment, DecodingOptions, _Raw, decode_with_fallback, load_engine, segments_from_tokens
 from pipeline.io.media import decode_audio, decode_flac
 from pipeline.eval.metrics import word_error_rate
 from pipeline.whisper.models import ModelNotFound, pack_paths, resolve_model
@@ -69,7 +69,7 @@ def test_fallback_retries_only_failed_items_and_recognises_silence():
                 out.append(_Raw([1], f"guess {temperature}", "en", -2.0 + temperature, 0.1, temperature))
         return out
 
-    results = decode_with_fallback(4, decode, TranscribeOptions(temperatures=(0.0, 0.2, 0.4, 0.6)))
+    results = decode_with_fallback(4, decode, DecodingOptions(temperatures=(0.0, 0.2, 0.4, 0.6)))
     assert calls == [((0, 1, 2, 3), 0.0), ((1, 3), 0.2), ((1, 3), 0.4), ((3,), 0.6)]
     assert [r.text for r in results] == ["A normal sentence.", "Recovered text.", "you", "guess 0.6"]
     assert [r.temperature for r in results] == [0.0, 0.4, 0.0, 0.6]
@@ -80,7 +80,7 @@ def test_tiny_random_model_runs_the_real_code_path():
     audio = decode_audio(JFK)
     probs = engine.detect_language([audio, audio[:16000]])
     assert len(probs) == 2 and abs(sum(probs[0].values()) - 1) < 1e-3 and "en" in probs[0]
-    options = TranscribeOptions(language="en", temperatures=(0.0, 0.5), without_timestamps=True)
+    options = DecodingOptions(language="en", temperatures=(0.0, 0.5), without_timestamps=True)
     results = engine.transcribe([audio, audio[:8000]], options)
     assert len(results) == 2 and all(r.language == "en" and r.temperature in (0.0, 0.5) for r in results)
     with pytest.raises(ValueError, match="30 s"):
@@ -135,7 +135,7 @@ def test_real_base_knows_jfk_in_both_engines(base):
     for engine in base.values():
         (probs,) = engine.detect_language([audio])
         assert max(probs, key=probs.get) == "en" and probs["en"] > 0.9
-        (result,) = engine.transcribe([audio], TranscribeOptions())
+        (result,) = engine.transcribe([audio], DecodingOptions())
         assert word_error_rate([JFK_TEXT], [result.text]) == 0.0, (engine.name, result.text)
 
 
@@ -146,7 +146,7 @@ def test_engines_agree_on_the_sample_english_speech(base, english_windows):
     languages, texts = {}, {}
     for name, engine in base.items():
         languages[name] = [max(p, key=p.get) for p in engine.detect_language(audios)]
-        texts[name] = [r.text for r in engine.transcribe(audios, TranscribeOptions(language="en"))]
+        texts[name] = [r.text for r in engine.transcribe(audios, DecodingOptions(language="en"))]
     assert languages["openai-whisper"] == languages["faster-whisper"] == ["en"] * len(audios)
     between = word_error_rate(texts["openai-whisper"], texts["faster-whisper"])
     assert between < 0.05, between
@@ -162,7 +162,7 @@ def test_engines_agree_on_the_sample_english_speech(base, english_windows):
 def test_batched_decoding_equals_one_by_one(base, english_windows):
     engine = base["openai-whisper"]
     audios = [w["audio"] for w in english_windows[:6]]
-    options = TranscribeOptions(language="en")
+    options = DecodingOptions(language="en")
     batched = [r.text for r in engine.transcribe(audios, options)]
     single = [engine.transcribe([a], options)[0].text for a in audios]
     assert batched == single

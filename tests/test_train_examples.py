@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.io.media import decode_audio, encode_flac
 from pipeline.eval.splits import held_out_threshold, select_split, source_position
-from pipeline.run.train import IGNORE, collate, lr_factor, usable_examples
+from pipeline.whisper.finetune import IGNORE, collate, lr_factor, usable_examples
 from stages.build_training_examples import EXAMPLE_SCHEMA, ExampleOptions, build_training_examples, example_tokens, tokenizer_for
 
 from conftest import JFK, JFK_TEXT

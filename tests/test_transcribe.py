@@ -117,7 +117,7 @@ def test_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(tmp_path):
     data = _inputs(tmp_path)
     common = [
         sys.executable, "-m", "jobs.transcribe", "--inputs", str(data), "--quiet", "--model", "tiny-random",
-        "--engine", "openai-whisper", "--language", "en", "--set", "whisper.temperatures=[0.0]",
+        "--engine", "openai-whisper", "--language", "en", "--set", "decoding.temperatures=[0.0]",
         "--set", "ray.sources_per_block=1", "--set", "whisper.batch_files=1", "--set", "ray.num_cpus=2",
     ]
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.run.timing import STAGE_TIMES_ENV, cpu_seconds, record_time, timed
 from pipeline.stage import Stage, apply_stage
 
 log = logging.getLogger("wspsr")
@@ -62,34 +62,8 @@ def init_ray(options: RayOptions) -> None:
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
 
-# Benchmarks only (``python -m jobs.bench corpus``): when this names a file, every stage call in every worker and
-# every driver-side phase of a plan appends one JSON line with its wall and CPU seconds. Outputs are unchanged.
-STAGE_TIMES_ENV = "WSPSR_STAGE_TIMES"
-
-
-def _cpu_seconds() -> float:
-    """This process's CPU time plus that of its finished children (ffmpeg runs as a child of the decode stage)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def _record_time(kind: str, name: str, rows: int, wall_s: float, cpu_s: float) -> None:
-    entry = {"kind": kind, "name": name, "rows": rows, "wall_s": round(wall_s, 4), "cpu_s": round(cpu_s, 4), "pid": os.getpid()}
-    with open(os.environ[STAGE_TIMES_ENV], "a", encoding="utf-8") as f:  # one short O_APPEND write: lines don't interleave
-        f.write(json.dumps(entry) + "\n")
-
-
-def _timed(kind: str, name: str, rows: int, fn: Callable[..., Any], *args: Any) -> Any:
-    if not os.environ.get(STAGE_TIMES_ENV):
-        return fn(*args)
-    wall, cpu = time.perf_counter(), _cpu_seconds()
-    result = fn(*args)
-    _record_time(kind, name, rows, time.perf_counter() - wall, _cpu_seconds() - cpu)
-    return result
-
-
 def _run_task_stage(batch: pa.Table, stage: Stage) -> pa.Table:
-    return _timed("stage", stage.name, batch.num_rows, apply_stage, stage, batch)
+    return timed("stage", stage.name, batch.num_rows, apply_stage, stage, batch)
 
 
 class _ModelStageActor:
@@ -97,19 +71,19 @@ class _ModelStageActor:
 
     def __init__(self, stage: Stage):
         self.stage = stage
-        self.state = _timed("setup", stage.name, 0, stage.setup, stage.options)
+        self.state = timed("setup", stage.name, 0, stage.setup, stage.options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _timed("stage", self.stage.name, batch.num_rows, apply_stage, self.stage, batch, self.state)
+        return timed("stage", self.stage.name, batch.num_rows, apply_stage, self.stage, batch, self.state)
 
 
-class StorageError(OSError):
+class SinkWriteError(OSError):
     """Writing output failed in a worker (disk full, permissions): raised in the driver with the worker's errno."""
 
 
 def _run_sink(batch: pa.Table, sink: Callable[[pa.Table], dict[str, Any]]) -> pa.Table:
     try:
-        result = _timed("stage", "commit", batch.num_rows, sink, batch)
+        result = timed("stage", "commit", batch.num_rows, sink, batch)
     except OSError as exc:  # sent back as data: Ray would wrap it in an error that loses its type and errno
         result = {"storage_error": [exc.errno, exc.strerror or str(exc), exc.filename and str(exc.filename)]}
     return pa.table({"marker": [json.dumps(result)]})
@@ -140,7 +114,7 @@ class Plan:
 
     def __init__(self, options: RayOptions):
         self.options = options
-        _timed("phase", "ray_init", 0, init_ray, options)
+        timed("phase", "ray_init", 0, init_ray, options)
         import ray
 
         self._has_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -194,7 +168,7 @@ class Plan:
 
     def materialize(self, dataset):
         """Compute now and keep the blocks (in the object store, spilled to disk if large) for reuse."""
-        return _timed("phase", "materialize", 0, dataset.materialize)
+        return timed("phase", "materialize", 0, dataset.materialize)
 
     def drop(self, dataset, column: str, values: set[str]):
         if not values:
@@ -218,7 +192,7 @@ class Plan:
         if extra is not None and extra.num_rows:
             keyed = keyed.union(ray.data.from_arrow(explode(extra)))
         reduced = keyed.groupby(key).map_groups(_call, fn_args=(reduce,), batch_format="pyarrow")
-        return _timed("phase", f"group_by_{key}", 0, reduced.take_all)
+        return timed("phase", f"group_by_{key}", 0, reduced.take_all)
 
     def lookup(self, dataset, key: str, keys: set[str], column: str, extra: pa.Table | None = None) -> dict[str, Any]:
         """``{key: column}`` for the given keys only (the dataset itself never comes to the driver)."""
@@ -226,7 +200,7 @@ class Plan:
             return {}
         ids = pa.array(sorted(keys), pa.string())
         selected = dataset.map_batches(_select, fn_args=(key, ids, [key, column]), batch_format="pyarrow", batch_size=None)
-        rows = _timed("phase", f"lookup_{column}", 0, selected.take_all)
+        rows = timed("phase", f"lookup_{column}", 0, selected.take_all)
         if extra is not None and extra.num_rows:
             rows += _select(extra, key, ids, [key, column]).to_pylist()
         return {row[key]: row[column] for row in rows}
@@ -234,11 +208,11 @@ class Plan:
     def commit(self, dataset, sink: Callable[[pa.Table], dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run the plan into the sink; yields each shard's marker as it commits."""
         dataset = dataset.map_batches(_run_sink, fn_args=(sink,), batch_format="pyarrow", batch_size=None)
-        started, cpu = time.monotonic(), _cpu_seconds()
+        started, cpu = time.monotonic(), cpu_seconds()
         for row in dataset.iter_rows():
             marker = json.loads(row["marker"])
             if "storage_error" in marker:
-                raise StorageError(*marker["storage_error"])
+                raise SinkWriteError(*marker["storage_error"])
             log.info(
                 "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
                 marker["shard"], sum(len(ids) for ids in marker["sources"].values()), len(marker["sources"].get("kept", [])),
@@ -246,4 +220,4 @@ class Plan:
             )
             yield marker
         if os.environ.get(STAGE_TIMES_ENV):  # the streaming part of the plan, as the driver waited for it
-            _record_time("phase", "commit_stream", 0, time.monotonic() - started, _cpu_seconds() - cpu)
+            record_time("phase", "commit_stream", 0, time.monotonic() - started, cpu_seconds() - cpu)

@@ -25,7 +25,7 @@ ENGINES = ("openai-whisper", "faster-whisper")
 
 
 @dataclass(frozen=True)
-class TranscribeOptions:
+class DecodingOptions:
     language: str | None = None  # None: detected per window
     task: str = "transcribe"  # or "translate" (X -> English)
     beam_size: int | None = None  # beam search at temperature 0; None: greedy (openai-whisper's CLI uses 5)
@@ -74,7 +74,7 @@ class Engine(Protocol):
 
     def detect_language(self, audios: Sequence[np.ndarray]) -> list[dict[str, float]]: ...
 
-    def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]: ...
+    def transcribe(self, audios: Sequence[np.ndarray], options: DecodingOptions) -> list[WindowTranscript]: ...
 
 
 def as_float_audio(audio: np.ndarray) -> np.ndarray:
@@ -107,14 +107,14 @@ class _Raw:
         self.compression_ratio = compression_ratio(self.text)
 
 
-def _needs_fallback(raw: _Raw, options: TranscribeOptions) -> bool:
+def _needs_fallback(raw: _Raw, options: DecodingOptions) -> bool:
     failed = (options.compression_ratio_threshold is not None and raw.compression_ratio > options.compression_ratio_threshold) or (
         options.logprob_threshold is not None and raw.avg_logprob < options.logprob_threshold
     )
     return failed and not _is_silence(raw, options)
 
 
-def _is_silence(raw: _Raw, options: TranscribeOptions) -> bool:
+def _is_silence(raw: _Raw, options: DecodingOptions) -> bool:
     return (
         options.no_speech_threshold is not None
         and raw.no_speech_prob > options.no_speech_threshold
@@ -131,7 +131,7 @@ def sampling_seed(audio: np.ndarray, temperature: float) -> int:
 def decode_with_fallback(
     n: int,
     decode: Callable[[list[int], float], list[_Raw]],
-    options: TranscribeOptions,
+    options: DecodingOptions,
     reseed: Callable[[int, float], None] | None = None,
 ) -> list[_Raw]:
     """Whisper's temperature fallback, per item: only windows that failed are decoded again, hotter.
@@ -194,7 +194,7 @@ def segments_from_tokens(tokens: Sequence[int], timestamp_begin: int, decode_tex
     return [s for s in segments if s.text]
 
 
-def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float, options: TranscribeOptions) -> WindowTranscript:
+def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float, options: DecodingOptions) -> WindowTranscript:
     silent = _is_silence(raw, options)
     segments = () if silent else tuple(segments_from_tokens(raw.tokens, timestamp_begin, decode_text, duration))
     return WindowTranscript(
@@ -251,7 +251,7 @@ class OpenAIWhisperEngine:
             _, probs = self.model.detect_language(self._mel(audios), self._tokenizer())
         return [dict(p) for p in probs]
 
-    def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]:
+    def transcribe(self, audios: Sequence[np.ndarray], options: DecodingOptions) -> list[WindowTranscript]:
         import torch
         import whisper
 
@@ -325,7 +325,7 @@ class FasterWhisperEngine:
             return []
         return self._language_probs(self.model.encode(self._features(audios)))
 
-    def _prompt(self, language: str, options: TranscribeOptions) -> list[int]:
+    def _prompt(self, language: str, options: DecodingOptions) -> list[int]:
         tok = self.tokenizer
         prompt = [tok.sot]
         if self.model.model.is_multilingual:
@@ -334,7 +334,7 @@ class FasterWhisperEngine:
             prompt.append(tok.no_timestamps)
         return prompt
 
-    def transcribe(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[WindowTranscript]:
+    def transcribe(self, audios: Sequence[np.ndarray], options: DecodingOptions) -> list[WindowTranscript]:
         import ctranslate2
         from faster_whisper.transcribe import get_suppressed_tokens
 

@@ -213,7 +213,7 @@ def test_transcribe_job_rejects_broken_files_and_writes_no_text_for_silence(tmp_
     ffmpeg("-f", "lavfi", "-i", "color=c=black:s=32x32:r=2:d=3", "-c:v", "libx264", str(src / "no-audio.mp4"))
     out = tmp_path / "out"
     run(["--inputs", str(src), "--out", str(out), "--quiet", "--model", "tiny-random", "--engine", "openai-whisper",
-         "--language", "en", "--set", "whisper.temperatures=[0.0]"])
+         "--language", "en", "--set", "decoding.temperatures=[0.0]"])
     summary = assert_accounted(out, "transcripts")
     assert summary["inputs"] == {**summary["inputs"], "in": 5, "kept": 2, "rejected": 3}
     assert {r["reason"] for r in committed_rows(out, "rejects")} == {"bad_audio", "no_audio_stream"}

@@ -144,7 +144,7 @@ def test_transcribe_actor_killed_once_gives_the_same_rows(tmp_path):
         ffmpeg("-ss", str(start), "-t", str(length), "-i", str(JFK), str(data / f"clip{i}.flac"))
     write_wav(data / "silence.wav", 5.0, freq=0)
     cmd = [sys.executable, "-m", "jobs.transcribe", "--inputs", str(data), "--quiet", "--model", "tiny-random", "--engine", "openai-whisper",
-           "--language", "en", "--set", "whisper.temperatures=[0.0]", "--set", "ray.sources_per_block=1", "--set", "whisper.batch_files=1"]
+           "--language", "en", "--set", "decoding.temperatures=[0.0]", "--set", "ray.sources_per_block=1", "--set", "whisper.batch_files=1"]
     run([*cmd, "--out", str(tmp_path / "clean")])
     run([*cmd, "--out", str(tmp_path / "killed")], faults="kill@stage:transcribe_windows", tmp=tmp_path)
     assert (tmp_path / "fired" / "kill@stage_transcribe_windows").exists()
