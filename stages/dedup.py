@@ -1,6 +1,7 @@
 """Fuzzy transcript deduplication with MinHash LSH (Whisper paper §2.1: "fuzzy de-duping of transcript texts").
 
-The pure parts of a four-phase plan (as DataTrove splits it), each a plain function the runner places:
+All four phases live here (as DataTrove splits them), each a plain function; ``find_duplicates`` composes 2-4
+on whatever plan it is given (the job passes the Ray runner's, which groups rows across the cluster):
 
 1. ``compute_signatures`` (a stage, per block): normalised text -> shingles -> a MinHash signature of ``num_perm``
    uint32 values, the same values ``datasketch.MinHash(num_perm, seed)`` gives for the same shingles, computed for
@@ -24,20 +25,23 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import struct
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.schema import CUE_TYPE, RejectReason
-from pipeline.stage import Reject, map_rows
+from pipeline.stage import Reject, active_rows, map_rows
 from pipeline.text import casing_class, has_punctuation, is_spaceless, normalize_for_comparison
+
+log = logging.getLogger("wspsr")
 
 EVAL_PREFIX = "eval:"
 SIGNATURE_DTYPE = np.dtype("<u4")  # datasketch's default scheme ("affine32") keeps uint32 hash values
@@ -398,6 +402,35 @@ def resolve_duplicates(edges: Iterable[tuple[str, str]], quality: dict[str, Any]
             if member != keeper and not member.startswith(EVAL_PREFIX):
                 duplicate_of[member] = keeper
     return dict(sorted(duplicate_of.items()))
+
+
+# --- phases 2-4 over a whole dataset -------------------------------------------------------------------------
+
+
+class GroupingPlan(Protocol):
+    """What the global step needs from a runner: group keyed rows across the dataset, and look values up by key."""
+
+    def group(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], key: str, reduce: Callable[[pa.Table], pa.Table],
+              extra: pa.Table | None = None) -> list[dict[str, Any]]: ...
+
+    def lookup(self, dataset: Any, key: str, keys: set[str], column: str, extra: pa.Table | None = None) -> dict[str, Any]: ...
+
+
+def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions) -> DuplicateDecisions:
+    """The global step over a dataset of signed rows (phase 1 done): band keys grouped across the dataset (rows no
+    stage rejected, plus the evaluation texts), candidate pairs checked, clusters resolved on the driver."""
+    extra = exclusion_rows(options)
+    if extra.num_rows:
+        extra = compute_signatures(extra, options)
+    edges = plan.group(
+        dataset, lambda batch: band_keys(active_rows(batch), options), "band_key", lambda group: bucket_edges(group, options), extra=extra
+    )
+    pairs = sorted({(e["a"], e["b"]) for e in edges})  # a pair shows up once per band it shares
+    members = {m for pair in pairs for m in pair}
+    quality = plan.lookup(dataset, "source_id", members, "dedup_quality", extra=extra)
+    decisions = resolve_duplicates(pairs, quality)
+    log.info("dedup: %d similar pairs, %d sources are near-duplicates or match evaluation texts", len(pairs), len(decisions))
+    return DuplicateDecisions.from_mapping(decisions, options)
 
 
 # --- evaluation texts --------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""The benchmark's workload generator (jobs/bench.py): audio and SRT pair as the corpus job expects, the cues lie
+"""The benchmark's workload generator (bench/workload.py): audio and SRT pair as the corpus job expects, the cues lie
 inside the audio, and the same hours and seed give the same workload."""
 
 from __future__ import annotations
 
 import json
 
-from jobs.bench import generate_workload
+from bench.workload import generate_workload
 from pipeline.io.transcripts import parse_srt
 from pipeline.io.media import decode_audio
 from pipeline.io.sources import discover_sources

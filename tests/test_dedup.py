@@ -16,6 +16,7 @@ from datasketch import MinHash
 from pipeline.schema import CUE_TYPE, RejectReason, table_from_rows
 from pipeline.stage import Stage, run_stages
 from pipeline.text import normalize_for_comparison
+from stages.dedup import find_duplicates as dedup_find_duplicates
 from stages.dedup import (
     DedupOptions,
     DuplicateDecisions,
@@ -46,25 +47,32 @@ def source_table(texts: list[str], ids: list[str] | None = None, cues: list[list
     )
 
 
+class InProcessPlan:
+    """``stages.dedup.GroupingPlan`` without Ray: a dataset is a list of batches, grouped in this process."""
+
+    def group(self, dataset, explode, key, reduce, extra=None):
+        keyed = pa.concat_tables([explode(batch) for batch in dataset] + ([explode(extra)] if extra is not None and extra.num_rows else []))
+        keyed = keyed.combine_chunks()
+        groups: dict[bytes, list[int]] = defaultdict(list)
+        for i, value in enumerate(keyed[key].to_pylist()):
+            groups[value].append(i)
+        return [row for rows in groups.values() for row in reduce(keyed.take(rows)).to_pylist()]
+
+    def lookup(self, dataset, key, keys, column, extra=None):
+        found = {}
+        for batch in [*dataset, *([extra] if extra is not None and extra.num_rows else [])]:
+            found.update((k, v) for k, v in zip(batch[key].to_pylist(), batch[column].to_pylist()) if k in keys)
+        return found
+
+
 def find_duplicates(table: pa.Table, options: DedupOptions = OPTIONS, batch_size: int | None = None, extra: pa.Table | None = None) -> dict[str, str]:
-    """The whole plan without Ray: signatures and band keys per batch, buckets grouped, edges, clusters."""
+    """The corpus job's dedup (``stages.dedup.find_duplicates``) on an in-process plan: signatures per batch, then
+    the global step."""
     batches = [table] if batch_size is None else [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)]
-    if extra is not None and extra.num_rows:
-        batches.append(extra)
     signed = [compute_signatures(batch, options) for batch in batches]
-    keys = pa.concat_tables([band_keys(batch, options) for batch in signed]).combine_chunks()
-    buckets: dict[bytes, list[int]] = defaultdict(list)
-    for i, key in enumerate(keys["band_key"].to_pylist()):
-        buckets[key].append(i)
-    edges = set()
-    for rows in buckets.values():
-        if len(rows) > 1:
-            found = bucket_edges(keys.take(rows), options)
-            edges.update(zip(found["a"].to_pylist(), found["b"].to_pylist()))
-    quality = {}
-    for batch in signed:
-        quality.update(zip(batch["source_id"].to_pylist(), batch["dedup_quality"].to_pylist()))
-    return resolve_duplicates(sorted(edges), quality)
+    if extra is not None and extra.num_rows:
+        signed.append(compute_signatures(extra, options))
+    return dict(dedup_find_duplicates(InProcessPlan(), signed, options).duplicate_of)
 
 
 def is_duplicate(a: str, b: str, options: DedupOptions = OPTIONS) -> bool:

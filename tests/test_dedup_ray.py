@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.corpus import find_duplicates as find_duplicates_on_ray
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.stage import Stage
 from stages.dedup import DedupOptions, compute_signatures
+from stages.dedup import find_duplicates as find_duplicates_on_ray
 from test_dedup import clusters, find_duplicates, generated_corpus, source_table
 
 pytestmark = pytest.mark.slow

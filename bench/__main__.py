@@ -1,0 +1,101 @@
+"""Benchmarks of wspsr's hot paths, one subcommand each; results are printed and written as JSON.
+
+    python -m bench all [--hours 0.2]          # corpus + dedup, then bench/results/summary.md (make bench HOURS=0.2)
+    python -m bench corpus [--hours 0.2] [--scales 1 2 4] [--sources-per-block 2]
+    python -m bench dedup [--docs 20000] [--batch-size 1000] [--cluster-docs 1000] [--seed 0] [--out bench/results/dedup.json]
+    python -m bench transcribe [--repeat 1] [--batch-size 8]
+
+``dedup``: MinHash signatures of generated transcripts, the naive per-document datasketch loop
+(``m = MinHash(...); for s in shingles: m.update(s)``) against ``stages.dedup.compute_signatures`` on the same
+texts in one process; the two must give the same signatures. Then the global dedup step on Ray for N and 10N docs.
+
+``corpus``: the corpus job as a subprocess on a generated workload (``generate_workload``: real English speech
+from ``bench/data/en``, cached under ``bench/work/``), with and without the language-ID model stages; a per-stage
+breakdown from the runner's ``WSPSR_STAGE_TIMES``; the same audio decoded by a bare ffmpeg loop as the floor;
+1x/2x/4x input for time and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from bench.corpus import bench_corpus
+from bench.dedup import bench_dedup
+from bench.machine import REPO, RESULTS, write_result
+from bench.summary import write_summary
+from bench.transcribe import bench_transcribe
+
+
+def bench_all(args: argparse.Namespace) -> dict[str, Any]:
+    """corpus and dedup (each writes its own JSON), then the Markdown table from every result present."""
+    for name, fn in (("corpus", bench_corpus), ("dedup", bench_dedup)):
+        result = fn(args)
+        print(f"written: {write_result(name, result, None)}", file=sys.stderr)
+        if name == "dedup" and not result.get("signatures_identical", True):
+            return {"signatures_identical": False}
+    path = write_summary()
+    print(path.read_text())
+    return {"summary": str(path)}
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "dedup": bench_dedup, "transcribe": bench_transcribe, "corpus": bench_corpus, "all": bench_all,
+}
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    def dedup_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--docs", type=int, default=20000, help="generated transcripts (default 20000)")
+        parser.add_argument("--batch-size", type=int, default=1000, help="rows per compute_signatures call, as a Ray block (default 1000)")
+        parser.add_argument("--cluster-docs", type=int, default=1000, help="time the global dedup step on Ray for N and 10N documents (default 1000; 0: skip)")
+
+    def corpus_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--hours", type=float, default=0.2, help="audio hours of the generated workload (default 0.2)")
+        parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4], help="workload multiples for the scaling runs (default 1 2 4)")
+        parser.add_argument("--scaling-models", action="store_true", help="scaling runs with the language-ID model stages too (slow on CPU)")
+        parser.add_argument("--sources-per-block", type=int, default=2,
+                            help="ray.sources_per_block for the runs (default 2: a 0.2 h workload is 8 sources; the job's default of 16 would put it all in one task on one core)")
+
+    dedup = commands.add_parser("dedup", help="MinHash signatures: naive datasketch loop vs compute_signatures; dedup cluster time for N and 10N docs")
+    dedup_arguments(dedup)
+    dedup.add_argument("--seed", type=int, default=0, help="of the generated texts")
+    dedup.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/dedup.json)")
+    corpus = commands.add_parser("corpus", help="corpus job throughput, per-stage breakdown, ffmpeg floor, 1x/2x/4x scaling")
+    corpus_arguments(corpus)
+    corpus.add_argument("--seed", type=int, default=0, help="of the generated workload")
+    corpus.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/corpus.json)")
+    every = commands.add_parser("all", help="corpus and dedup, then bench/results/summary.md from every result present (transcribe is not re-run)")
+    corpus_arguments(every)
+    dedup_arguments(every)
+    every.add_argument("--seed", type=int, default=0, help="of the generated workload and texts")
+    every.add_argument("--out", help=argparse.SUPPRESS)
+    transcribe = commands.add_parser("transcribe", help="wspsr transcribe vs faster-whisper batched vs openai-whisper, same audio")
+    transcribe.add_argument("--repeat", type=int, default=1, help="copies of the English speech set (default 1: about 14 minutes)")
+    transcribe.add_argument("--batch-size", type=int, default=8, help="windows per forward pass for the batched systems")
+    transcribe.add_argument("--beam-size", type=int, default=5, help="beam search width for every system (default 5: faster-whisper's and the whisper CLI's default)")
+    transcribe.add_argument("--compute-type", default="int8", help="CTranslate2 compute type for both faster-whisper systems (default int8)")
+    transcribe.add_argument("--only", help="run only the systems whose name contains this")
+    transcribe.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/transcribe.json)")
+    args = parser.parse_args(argv)
+    if args.benchmark in ("dedup", "all") and (args.docs < 1 or args.batch_size < 1 or args.cluster_docs < 0):
+        parser.error("--docs and --batch-size must be positive")
+    if args.benchmark in ("corpus", "all") and (args.hours <= 0 or args.sources_per_block < 1 or 1 not in args.scales):
+        parser.error("--hours and --sources-per-block must be positive, and --scales must include 1")
+    return args
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = BENCHMARKS[args.benchmark](args)
+    if args.benchmark == "all":
+        return 0 if result.get("signatures_identical", True) else 1
+    path = write_result(args.benchmark, result, args.out)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    print(f"written: {path}", file=sys.stderr)
+    return 0 if result.get("signatures_identical", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
