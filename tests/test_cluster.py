@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from support.output import committed_table
 
 from tools.cluster import Cluster, alive_nodes, down, up
 
@@ -41,7 +41,7 @@ def ray_cli(cluster: Cluster, *args: str, timeout: float = 120) -> tuple[int, st
 
 
 def read_table(root: Path, table: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in sorted((root / table).glob("*.parquet"))])
+    return committed_table(root, table)
 
 
 def sorted_rows(table: pa.Table) -> list[dict]:

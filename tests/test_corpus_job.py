@@ -6,14 +6,14 @@ import json
 import re
 import shutil
 
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import JFK, ffmpeg, srt, vtt, write_wav
+from support.data import JFK, ffmpeg, srt, vtt, write_wav
 from jobs.corpus import run
 from pipeline.io.commit import OutputError
 from pipeline.io.media import decode_flac
 from pipeline.schema import CORPUS_SCHEMA, REJECTS_SCHEMA
+from support.output import committed_table, corpus_rows, reject_rows
 
 pytestmark = pytest.mark.slow
 # These tests check the corpus foundation (sources, decoding, windows, commit); the filters have their own tests.
@@ -54,14 +54,6 @@ def sources(tmp_path_factory):
     return [str(data), str(manifest)], cues
 
 
-def corpus_rows(out):
-    return pq.read_table(out / "corpus").sort_by("segment_id").to_pylist()
-
-
-def reject_rows(out):
-    return sorted(pq.read_table(out / "rejects").to_pylist(), key=lambda r: (r["source_id"], r["reason"], r["start_ms"] or 0))
-
-
 @pytest.fixture(scope="module")
 def built(sources, tmp_path_factory, local_ray):
     paths, _ = sources
@@ -82,7 +74,7 @@ def test_summary_accounts_for_every_source(built):
 
 def test_windows_are_valid_training_examples(built):
     out, _ = built
-    table = pq.read_table(out / "corpus")
+    table = committed_table(out, "corpus")
     assert table.schema.remove_metadata() == CORPUS_SCHEMA
     assert table.schema.metadata[b"wspsr.schema_version"] == b"1"
     for row in table.to_pylist():
@@ -113,7 +105,7 @@ def test_long_recording_text_survives_windowing_exactly(built, sources):
 
 def test_rejects_table(built):
     out, _ = built
-    table = pq.read_table(out / "rejects")
+    table = committed_table(out, "rejects")
     assert table.schema.remove_metadata() == REJECTS_SCHEMA
     by_reason = {r["reason"]: r for r in table.to_pylist() if r["scope"] == "source"}
     assert by_reason["bad_audio"]["stage"] == "decode_audio" and by_reason["bad_audio"]["source"].endswith("broken.mp3")

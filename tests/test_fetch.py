@@ -13,12 +13,12 @@ import urllib.parse
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import vtt
-from pipeline.schema import REJECTS_SCHEMA, RejectReason
+from support.data import vtt
+from pipeline.schema import RejectReason
 from stages.fetch_media import FetchOptions, FetchStageOptions, check_url, classify, fetch_media, safe_component, url_id
+from support.output import committed_rows
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "sources" / "en"
 JFK_CUES = [(0.2, 2.2, "And so my fellow Americans,"), (3.1, 10.7, "ask not what your country can do for you, ask what you can do for your country.")]
@@ -444,7 +444,7 @@ def test_fetch_job_accounts_for_every_url(fetched):
         "in": 4, "kept": 2, "rejected": 2, "rejected_by_reason": {"file_too_large": 1, "missing_transcript": 1}, "unlabelled_audio": 0,
     }
     assert summary["inputs"]["in"] == summary["inputs"]["kept"] + summary["inputs"]["rejected"]
-    rejects = pq.read_table(out / "rejects", schema=REJECTS_SCHEMA).to_pylist()
+    rejects = committed_rows(out, "rejects")
     by_reason = {r["reason"]: r for r in rejects}
     assert "HTTP Error 404" in by_reason["fetch_failed"]["detail"] and by_reason["fetch_failed"]["stage"] == "fetch_media"
     assert by_reason["duplicate_source"]["stage"] == "read_urls" and "same URL as" in by_reason["duplicate_source"]["detail"]
@@ -492,7 +492,7 @@ def test_a_fetched_page_ends_as_a_corpus_source(fetched, tmp_path):
     out = tmp_path / "corpus"
     summary = run(["--sources", str(fetched["out"] / "sources.jsonl"), "--out", str(out), "--quiet"])
     assert summary["accounting"]["ok"] and summary["inputs"]["in"] == 2 and summary["inputs"]["kept"] == 2, summary["inputs"]
-    rows = pq.read_table(out / "corpus").to_pylist()
+    rows = committed_rows(out, "corpus")
     [jfk] = [r for r in rows if "ask not what your country" in r["text"]]
     assert jfk["language"] == "en" and jfk["task"] == "transcribe" and jfk["text"].startswith("And so my fellow Americans,")
     metadata = json.loads(jfk["metadata"])

@@ -13,7 +13,7 @@ from stages.detect_audio_language import average_probabilities, pick_windows
 from stages.detect_machine_generated import MachineGeneratedOptions, judge_transcript
 from stages.detect_text_language import detect_text_language, identify
 from stages.languages import LanguageOptions
-from stage_helpers import reasons_of
+from support.output import reasons_of
 
 LONG_HUMAN = (
     "When I arrived in the city, the rain had stopped. I asked a stranger, an old man with a dog, where the station was; "

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import JFK, ffmpeg, write_wav
+from support.data import JFK, ffmpeg, write_wav
 from pipeline.io.media import DecodeError, DecodeLimits, decode_audio, decode_flac, encode_flac
 from pipeline.schema import RejectReason
 

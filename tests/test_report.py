@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-import pyarrow.parquet as pq
 import pytest
 
 from jobs.report import main
 from pipeline.eval.report import SECTIONS
+from support.output import committed_rows
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_report_of_the_sample_corpus(sample_run, capsys):
         assert f'<section id="{key}"><h2>{title}</h2>' in page
     assert page.count('src="data:image/png;base64,') == 4  # hours, durations, rejects, characters per second
     assert not re.search(r'(src|href)="(https?:|file:|//)', page)  # self-contained: nothing loaded from elsewhere
-    rejects = pq.read_table(out / "rejects").to_pylist()
+    rejects = committed_rows(out, "rejects")
     for reason in {r["reason"] for r in rejects}:
         assert f"<h3>{reason}</h3>" in page
     # A rejected transcript is quoted from the input, e.g. the all-uppercase one.

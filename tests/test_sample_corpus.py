@@ -6,11 +6,11 @@ import json
 import re
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from jobs.corpus import run
 from pipeline.io.media import decode_flac
+from support.output import committed_rows, committed_table, corpus_rows
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(__file__).resolve().parent.parent / "sample"
@@ -40,7 +40,7 @@ def test_every_sample_source_is_accounted_for(sample_run):
 
 def test_structural_defects_are_rejected_as_labelled(sample_run):
     out, _ = sample_run
-    rejects = [r for r in pq.read_table(out / "rejects").to_pylist() if r["scope"] == "source"]
+    rejects = [r for r in committed_rows(out, "rejects") if r["scope"] == "source"]
     for label in labels():
         if label["expected"] in STRUCTURAL:
             key = label_key(label)
@@ -49,7 +49,7 @@ def test_structural_defects_are_rejected_as_labelled(sample_run):
 
 def test_long_recordings_keep_their_whole_transcript(sample_run):
     out, _ = sample_run
-    rows = pq.read_table(out / "corpus").sort_by("segment_id").to_pylist()
+    rows = corpus_rows(out)
     long_labels = [label for label in labels() if label["kind"].startswith("clean_long") or label.get("duration_s", 0) > 60]
     assert len(long_labels) >= 3
     for label in long_labels:
@@ -64,7 +64,7 @@ def test_long_recordings_keep_their_whole_transcript(sample_run):
 
 def test_every_window_is_a_valid_example(sample_run):
     out, _ = sample_run
-    for row in pq.read_table(out / "corpus").to_pylist():
+    for row in committed_rows(out, "corpus"):
         length = row["end_ms"] - row["start_ms"]
         assert 0 < length <= 30_000
         assert abs(len(decode_flac(row["audio"]["bytes"])) - length * 16) <= 16
@@ -74,7 +74,7 @@ def test_every_window_is_a_valid_example(sample_run):
 
 def test_rerunning_the_sample_does_no_work_and_changes_nothing(sample_run):
     out, summary = sample_run
-    before = pq.read_table(out / "corpus").sort_by("segment_id")
+    before = committed_table(out, "corpus").sort_by("segment_id")
     again = run(["--out", str(out), "--quiet"])
     assert again["inputs"] == summary["inputs"] and again["windows"] == summary["windows"]
-    assert pq.read_table(out / "corpus").sort_by("segment_id").equals(before)
+    assert committed_table(out, "corpus").sort_by("segment_id").equals(before)

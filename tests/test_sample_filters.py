@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.eval.labels import format_report, outcomes, read_labels, score
+from support.output import committed_rows
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(__file__).resolve().parent.parent / "sample"
@@ -50,7 +50,7 @@ def test_only_languages_whisper_base_cannot_hear_are_lost_and_the_evidence_is_ke
 
 def test_every_language_keeps_clean_sources_and_each_duplicate_group_one(sample_run, report):
     out, _ = sample_run
-    rows = pq.read_table(out / "corpus").to_pylist()
+    rows = committed_rows(out, "corpus")
     assert {r["language"] for r in rows if r["task"] == "transcribe"} >= {"en", "de", "es", "it", "ru", "pt", "pl", "zh"}
     for group, got in report["duplicate_groups"].items():
         assert got.count("keep") == 1 and set(got) == {"keep", "duplicate"}, group
@@ -63,7 +63,7 @@ def test_every_language_keeps_clean_sources_and_each_duplicate_group_one(sample_
 
 def test_rejects_name_the_rule_and_the_measured_value(sample_run):
     out, _ = sample_run
-    rejects = {r["reason"]: r for r in pq.read_table(out / "rejects").to_pylist() if r["scope"] == "source"}
+    rejects = {r["reason"]: r for r in committed_rows(out, "rejects") if r["scope"] == "source"}
     assert "cased letters are capitals" in rejects["all_uppercase"]["detail"]
     assert "gzip compression ratio" in rejects["repetitive_text"]["detail"] or "n-grams" in rejects["repetitive_text"]["detail"]
     assert rejects["duplicate"]["duplicate_of"] and rejects["duplicate"]["stage"] == "remove_duplicates"

@@ -20,7 +20,7 @@ from stages.segment_at_silences import (
     silero_probabilities,
     speech_regions,
 )
-from conftest import JFK
+from support.data import JFK
 
 # Phrases of jfk.flac (ms), each cut with ~70 ms of the recording's own background around the words:
 # "And so my fellow Americans," / "what your country can do for you," / "ask what you can do for your country."

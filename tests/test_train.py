@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JFK, JFK_TEXT
+from support.data import JFK, JFK_TEXT
 
 REPO = Path(__file__).resolve().parent.parent
 

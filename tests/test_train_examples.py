@@ -11,7 +11,7 @@ from pipeline.eval.splits import held_out_threshold, select_split, source_positi
 from pipeline.whisper.finetune import IGNORE, collate, lr_factor, usable_examples
 from stages.build_training_examples import EXAMPLE_SCHEMA, ExampleOptions, build_training_examples, example_tokens, tokenizer_for
 
-from conftest import JFK, JFK_TEXT
+from support.data import JFK, JFK_TEXT
 
 ALWAYS = ExampleOptions(prompt_probability=1.0, timestamp_probability=1.0)
 NEVER = ExampleOptions(prompt_probability=0.0, timestamp_probability=0.0)

@@ -8,14 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import JFK, ffmpeg, kill_after_commits, write_wav
+from support.data import JFK, ffmpeg, write_wav
+from support.processes import kill_after_commits
 from pipeline.io.transcripts import parse_transcript
 from pipeline.schema import TRANSCRIPTS_SCHEMA
 from pipeline.io.transcripts import render
 from stages.transcribe_windows import HallucinationOptions, hallucination_flag
+from support.output import committed_rows, committed_table
 
 REPO = Path(__file__).resolve().parent.parent
 SEGMENTS = [
@@ -67,7 +68,7 @@ def _inputs(root: Path) -> Path:
 
 
 def _rows(out: Path):
-    return pq.read_table(out / "transcripts").sort_by([("source_id", "ascending"), ("segment_index", "ascending")]).to_pylist()
+    return committed_rows(out, "transcripts", ("source_id", "segment_index"))
 
 
 @pytest.mark.slow
@@ -80,7 +81,7 @@ def test_transcribe_job_with_real_whisper(tmp_path, local_ray):
     assert summary["accounting"]["ok"] and summary["inputs"] == {
         "in": 7, "kept": 6, "rejected": 1, "rejected_by_reason": {"bad_audio": 1},
     }
-    table = pq.read_table(out / "transcripts")
+    table = committed_table(out, "transcripts")
     assert table.schema.remove_metadata() == TRANSCRIPTS_SCHEMA
     rows = table.to_pylist()
     full = " ".join(r["text"] for r in rows if r["source"].endswith("clip3.flac"))
@@ -107,7 +108,7 @@ def test_compare_with_references_reports_wer_per_language(tmp_path, local_ray):
     assert per_language["en"]["wer"] < 0.35 and per_language["de"]["sources"] >= 3
     ranking = summary["comparison"]["groups_by_errors_x_hours"]
     assert ranking and ranking == sorted(ranking, key=lambda g: -g["wer_x_hours"])
-    table = pq.read_table(tmp_path / "cmp" / "comparison").to_pylist()
+    table = committed_rows(tmp_path / "cmp", "comparison")
     shouting = next(r for r in table if r["source"].endswith("en_shouting_01.opus"))
     assert shouting["wer"] < 0.5  # case does not count after normalisation
 
@@ -151,5 +152,5 @@ def test_corpus_drops_sources_whose_transcript_whisper_disagrees_with(tmp_path, 
          "--max-wer", "0.3", "--set", "language.enabled=false", "--set", "dedup.enabled=false"]
     )
     assert summary["inputs"]["kept"] == 1 and summary["inputs"]["rejected_by_reason"] == {"high_error_rate": 1}
-    (reject,) = pq.read_table(tmp_path / "corpus" / "rejects").to_pylist()
+    (reject,) = committed_rows(tmp_path / "corpus", "rejects")
     assert reject["source"].endswith("wrong.flac") and reject["stage"] == "check_pseudo_labels" and "WER" in reject["detail"]

@@ -458,7 +458,7 @@ def ct2_engine(base_pack: Path) -> Any:
 @pytest.fixture(scope="session")
 def jfk_audio() -> np.ndarray:
     """jfk.flac as float32 in [-1, 1], decoded by the pipeline's ffmpeg path."""
-    from conftest import JFK
+    from support.data import JFK
     from pipeline.io.media import decode_audio
 
     return decode_audio(JFK).astype(np.float32) / 32768.0

@@ -1,10 +1,13 @@
-"""The one place Ray is configured: jobs describe stages, this turns them into a Ray Data plan.
+"""The Ray Data side of every job: jobs describe stages, this turns them into a plan.
 
 Plain stages run as Ray tasks over whole blocks of source rows (consecutive ones fuse, so decoded audio never
 leaves its worker); model stages run in actor pools that load their model once (``model_actors`` actors,
 a GPU each when the cluster has GPUs). Global steps (dedup) group rows by key across the dataset with Ray's
-``groupby``. The sink commits each block as a shard and returns its marker; the driver only collects markers
-and small results. Locally Ray starts in-process; ``address`` (or ``RAY_ADDRESS``) joins an existing cluster.
+``groupby``. The sink commits each block as a shard and returns its marker. Locally Ray starts in-process;
+``address`` (or ``RAY_ADDRESS``) joins an existing cluster.
+
+Not yet flat in the number of sources: the sources start as a table on the driver (``source``), the markers the
+commit yields hold each shard's source ids, and dedup's pairs and clusters are resolved on the driver.
 """
 
 from __future__ import annotations

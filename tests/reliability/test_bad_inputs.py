@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from accounting import assert_accounted, committed_rows
-from conftest import JFK, JFK_TEXT, ffmpeg, srt, write_wav
+from support.output import assert_accounted, committed_rows
+from support.data import JFK, JFK_TEXT, ffmpeg, srt, write_wav
 
 pytestmark = pytest.mark.slow
 NO_FILTERS = ["--set", "machine_generated.enabled=false", "--set", "dedup.enabled=false", "--set", "language.enabled=false"]

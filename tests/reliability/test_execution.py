@@ -14,8 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from accounting import assert_accounted
-from conftest import JFK, ffmpeg, kill_after_commits, srt, write_wav
+from support.output import assert_accounted, committed_rows, corpus_rows, reject_rows
+from support.data import JFK, ffmpeg, srt, write_wav
+from support.processes import kill_after_commits
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +55,7 @@ def run(cmd: list[str], faults: str | None = None, tmp: Path | None = None, chec
 
 
 def rows(out: Path) -> tuple[list[dict], list[dict]]:
-    corpus = pq.read_table(out / "corpus").sort_by("segment_id").to_pylist()
-    rejects = sorted(pq.read_table(out / "rejects").to_pylist(), key=lambda r: (r["source_id"], r["reason"], r["start_ms"] or 0))
+    corpus, rejects = corpus_rows(out), reject_rows(out)
     return corpus, rejects
 
 
@@ -148,6 +148,6 @@ def test_transcribe_actor_killed_once_gives_the_same_rows(tmp_path):
     run([*cmd, "--out", str(tmp_path / "clean")])
     run([*cmd, "--out", str(tmp_path / "killed")], faults="kill@stage:transcribe_windows", tmp=tmp_path)
     assert (tmp_path / "fired" / "kill@stage_transcribe_windows").exists()
-    read = lambda out: pq.read_table(out / "transcripts").sort_by([("source_id", "ascending"), ("segment_index", "ascending")]).to_pylist()  # noqa: E731
+    read = lambda out: committed_rows(out, "transcripts", ("source_id", "segment_index"))  # noqa: E731
     assert read(tmp_path / "killed") == read(tmp_path / "clean")
     assert_accounted(tmp_path / "killed", "transcripts")
