@@ -41,7 +41,7 @@ bench: models
 	$(PY) -m bench all --hours $(HOURS)
 
 # A local Ray cluster on 127.0.0.1 with token auth: a head and CLUSTER_WORKERS worker nodes of CLUSTER_CPUS CPUs each
-# (default 1 + 1 nodes, 1 CPU each), for `ray job submit` (README, "Running on a Ray cluster"). Token, env file and logs: $(CLUSTER)/.
+# (default 1 + 1 nodes, 1 CPU each), for `ray job submit` (docs/cluster.md). Token, env file and logs: $(CLUSTER)/.
 cluster-up: models
 	$(PY) -m tools.cluster up --dir $(CLUSTER) --workers $(CLUSTER_WORKERS) --cpus $(CLUSTER_CPUS)
 

@@ -164,7 +164,7 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "duplicate_of": pa.string(),
 }
 
-# One row per window: the training example. Documented in README.md ("Output").
+# One row per window: the training example. Documented in docs/output.md.
 CORPUS_SCHEMA = pa.schema(
     [
         ("segment_id", pa.string()),

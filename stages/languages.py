@@ -18,7 +18,7 @@ class LanguageOptions:
     min_text_prob: float = 0.5  # a text detection below this is not trusted: the declared language stands
     # audio language ID (Whisper)
     engine: str = "openai-whisper"  # or faster-whisper
-    model: str = "base"  # name or path, resolved offline (see README "Whisper models, offline")
+    model: str = "base"  # name or path, resolved offline (see docs/models.md)
     device: str | None = None  # default: cuda when present, else cpu
     threads: int = 0  # CPU threads per model; 0: all cores of the node
     max_windows: int = 3  # speech windows per source, spread over the recording, probabilities averaged

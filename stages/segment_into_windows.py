@@ -1,6 +1,6 @@
 """Cut each recording into training windows of at most 30 s aligned with its transcript's cues.
 
-The rules (README "Segmentation"):
+The rules (docs/corpus.md, "Segmentation"):
 
 1. Cues are cleaned first. Cues with no text are ignored; cues with impossible times (negative, end not after
    start, unreadable) and cues starting after the audio ends (or ending more than ``beyond_audio_tolerance_ms``

@@ -31,7 +31,7 @@ def test_report_of_the_sample_corpus(sample_run, capsys):
     duplicates = page.split('<section id="duplicates">')[1]
     kept = {r["duplicate_of"] for r in rejects if r["reason"] == "duplicate"}
     assert kept and all(k in duplicates for k in kept)
-    assert f"<td>{summary['sources']['in']}</td>" in page
+    assert f"<td>{summary['inputs']['in']}</td>" in page
 
 
 def test_report_of_a_folder_that_is_no_corpus(tmp_path, capsys):

