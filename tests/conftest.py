@@ -7,10 +7,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One in-process Ray for the whole test session (starting it costs seconds)."""
+    """One in-process Ray for the whole test session (starting it costs seconds), with the dashboard, whose state API
+    Ray Train needs, so training runs in it too."""
     from pipeline.run.runner import RayOptions, init_ray
 
-    init_ray(RayOptions(num_cpus=2, progress=False))
+    init_ray(RayOptions(num_cpus=2, progress=False, dashboard=True))
     yield
     import ray
 

@@ -1,5 +1,6 @@
 """``wspsr train`` end to end with Ray Train on the sample corpus: the loss falls, checkpoints load in openai-whisper,
-and a run that fails partway and is resumed ends exactly where an uninterrupted run does."""
+and a run that fails partway and is resumed ends exactly where an uninterrupted run does. Runs share the session's
+Ray (``train_in_process``); only the run whose exit code and messages are the point runs as its own process."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def train(out: Path, corpus: Path, *args: str, env: dict[str, str] | None = None
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def train_in_process(out: Path, corpus: Path, *args: str) -> dict:
+    """The job's own ``run`` on the session's Ray (started with the dashboard Ray Train needs): no Ray start per run."""
+    from jobs.train import run
+
+    return run(["--corpus", str(corpus), "--out", str(out), "--quiet", *args])
 
 
 def trainer_state(out: Path, step: int) -> dict:
@@ -38,8 +41,8 @@ def test_tiny_model_loss_falls_by_half_and_checkpoint_loads(sample_run, tmp_path
 
     corpus, _ = sample_run
     out = tmp_path / "tiny"
-    ok(train(out, corpus, "--model", "tiny-random", "--steps", "30", "--batch-size", "4", "--lr", "3e-3",
-             "--set", "train.warmup_steps=3", "--set", "train.checkpoint_every=15", "--set", "data.cache_examples=true"))
+    train_in_process(out, corpus, "--model", "tiny-random", "--steps", "30", "--batch-size", "4", "--lr", "3e-3", "--set", "train.warmup_steps=3",
+                     "--set", "train.checkpoint_every=15", "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=1")
     metrics = json.loads((out / "metrics.json").read_text())
     losses = metrics["train_loss"]
     assert len(losses) == metrics["steps"] == 30
@@ -61,9 +64,10 @@ def test_resumed_run_matches_an_uninterrupted_one(sample_run, tmp_path):
 
     corpus, _ = sample_run
     common = ["--model", "tiny-random", "--steps", "6", "--batch-size", "4", "--lr", "1e-3", "--set", "data.max_windows=14",
-              "--set", "train.checkpoint_every=3", "--set", "train.warmup_steps=2", "--set", "train.max_failures=0"]
+              "--set", "train.checkpoint_every=3", "--set", "train.warmup_steps=2", "--set", "train.max_failures=0",
+              "--set", "data.held_out_fraction=0"]  # no held-out evaluation: the point is the training state
     whole = tmp_path / "whole"
-    ok(train(whole, corpus, *common))
+    train_in_process(whole, corpus, *common)
 
     broken = tmp_path / "broken"
     faults = tmp_path / "faults"
@@ -74,7 +78,7 @@ def test_resumed_run_matches_an_uninterrupted_one(sample_run, tmp_path):
     assert [p.name for p in (broken / "checkpoints").glob("step-*")] == ["step-000003"]
     refused = train(broken, corpus, *common)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    ok(train(broken, corpus, *common, "--resume"))
+    train_in_process(broken, corpus, *common, "--resume")
 
     a, b = trainer_state(whole, 6), trainer_state(broken, 6)
     assert a["state"]["step"] == b["state"]["step"] == 6
@@ -95,7 +99,8 @@ def test_resumed_run_matches_an_uninterrupted_one(sample_run, tmp_path):
 
 @pytest.mark.slow
 def test_fine_tune_base_on_the_sample_corpus(sample_run, tmp_path):
-    """Whisper base, a few dozen steps on CPU: held-out loss must not rise, and the checkpoint still transcribes."""
+    """Whisper base, eight steps on CPU (held-out loss 0.822 -> 0.675 here): held-out loss must not rise, and the
+    checkpoint still transcribes."""
     import whisper
 
     from pipeline.io.media import decode_audio
@@ -103,11 +108,11 @@ def test_fine_tune_base_on_the_sample_corpus(sample_run, tmp_path):
 
     corpus, _ = sample_run
     out = tmp_path / "base"
-    ok(train(out, corpus, "--model", "base", "--steps", "12", "--batch-size", "2", "--lr", "1e-5",
-             "--set", "train.warmup_steps=3", "--set", "train.checkpoint_every=12", "--set", "data.cache_examples=true"))
+    train_in_process(out, corpus, "--model", "base", "--steps", "8", "--batch-size", "2", "--lr", "1e-5", "--set", "train.warmup_steps=2",
+                     "--set", "train.checkpoint_every=8", "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=2")
     metrics = json.loads((out / "metrics.json").read_text())
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
-    assert metrics["steps"] == 12 and before["examples"] == after["examples"] > 0
+    assert metrics["steps"] == 8 and before["examples"] == after["examples"] > 0
     assert after["loss"] <= before["loss"], (before, after)
     model = whisper.load_model(metrics["checkpoint"], device="cpu")
     text = model.transcribe(decode_audio(JFK).astype("float32") / 32768, language="en", fp16=False)["text"]
@@ -119,8 +124,9 @@ def test_two_workers_train_under_ddp(sample_run, tmp_path):
     """Two CPU workers (DDP over gloo) split the stream and train together."""
     corpus, _ = sample_run
     out = tmp_path / "ddp"
-    ok(train(out, corpus, "--model", "tiny-random", "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--workers", "2",
-             "--set", "ray.cpus_per_worker=0.5", "--set", "data.max_windows=12", "--set", "train.warmup_steps=0"))
+    train_in_process(out, corpus, "--model", "tiny-random", "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--workers", "2",
+                     "--set", "ray.cpus_per_worker=0.5", "--set", "data.max_windows=12", "--set", "train.warmup_steps=0",
+                     "--set", "train.eval_max_examples=1")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and len(metrics["train_loss"]) == 2
     assert metrics["eval"]["after"]["loss"] < metrics["eval"]["before"]["loss"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -114,7 +113,9 @@ def test_compare_with_references_reports_wer_per_language(tmp_path, local_ray):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(tmp_path):
+def test_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(tmp_path, local_ray):
+    from jobs.transcribe import run as transcribe
+
     data = _inputs(tmp_path)
     common = [
         sys.executable, "-m", "jobs.transcribe", "--inputs", str(data), "--quiet", "--model", "tiny-random",
@@ -122,10 +123,10 @@ def test_killed_run_resumes_to_exactly_the_rows_of_a_clean_run(tmp_path):
         "--set", "ray.sources_per_block=1", "--set", "whisper.batch_files=1", "--set", "ray.num_cpus=2",
     ]
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    subprocess.run([*common, "--out", str(clean)], check=True, timeout=600, capture_output=True)
+    transcribe([*common[3:], "--out", str(clean)])  # the reference, on the session's Ray
     done_before = kill_after_commits([*common, "--out", str(crashed)], crashed, 3)  # discovery + 2 files
     assert 3 <= done_before < 8, "the run was not killed partway"
-    subprocess.run([*common, "--out", str(crashed)], check=True, timeout=600, capture_output=True)
+    transcribe([*common[3:], "--out", str(crashed)])  # the rerun that finishes it
     assert _rows(crashed) == _rows(clean)
     assert sorted(p.name for p in (crashed / "files").rglob("*")) == sorted(p.name for p in (clean / "files").rglob("*"))
     assert not list(crashed.rglob(".tmp-*"))

@@ -54,15 +54,23 @@ def run(cmd: list[str], faults: str | None = None, tmp: Path | None = None, chec
     return proc
 
 
+def run_in_process(sources: Path, out: Path) -> dict:
+    """A plain run (a reference, or the rerun that finishes a failed one) on the session's Ray: where no process
+    boundary is being tested, no Ray start per run."""
+    from jobs.corpus import run as corpus
+
+    return corpus(corpus_cmd(sources, out)[3:])
+
+
 def rows(out: Path) -> tuple[list[dict], list[dict]]:
     corpus, rejects = corpus_rows(out), reject_rows(out)
     return corpus, rejects
 
 
 @pytest.fixture(scope="module")
-def clean(sources, tmp_path_factory):
+def clean(sources, tmp_path_factory, local_ray):
     out = tmp_path_factory.mktemp("clean") / "out"
-    run(corpus_cmd(sources, out))
+    run_in_process(sources, out)
     summary = assert_accounted(out, "corpus")
     assert summary["inputs"] == {**summary["inputs"], "in": 13, "kept": 12, "rejected": 1}
     return out, rows(out)
@@ -73,7 +81,7 @@ def test_driver_killed_partway_then_rerun(sources, clean, tmp_path):
     committed = kill_after_commits(corpus_cmd(sources, out), out, 3, cwd=REPO)  # discovery + 2 shards
     assert 3 <= committed < 13, "the run was not killed partway"
     assert not (out / "summary.json").exists()
-    run(corpus_cmd(sources, out))
+    run_in_process(sources, out)
     assert_accounted(out, "corpus")
     assert rows(out) == clean[1]
 
@@ -97,7 +105,7 @@ def test_disk_full_while_committing(sources, clean, tmp_path):
         for table, names in marker["files"].items():
             for name in names:
                 assert pq.read_table(out / table / name).num_rows > 0
-    run(corpus_cmd(sources, out))
+    run_in_process(sources, out)
     assert_accounted(out, "corpus")
     assert rows(out) == clean[1]
 
@@ -107,7 +115,7 @@ def test_a_bug_in_a_stage_fails_the_run_loudly_and_a_rerun_finishes(sources, cle
     failed = run(corpus_cmd(sources, out), faults="raise@stage:segment_into_windows", tmp=tmp_path, check=False)
     assert failed.returncode != 0 and "injected fault at stage:segment_into_windows" in failed.stderr
     assert not (out / "summary.json").exists()
-    run(corpus_cmd(sources, out))
+    run_in_process(sources, out)
     assert_accounted(out, "corpus")
     assert rows(out) == clean[1]
 
@@ -137,7 +145,7 @@ def test_max_reject_fraction_fails_after_writing_everything(sources, tmp_path):
     assert summary["reject_fraction"] == {"value": round(1 / 13, 4), "max": 0.05, "ok": False}
 
 
-def test_transcribe_actor_killed_once_gives_the_same_rows(tmp_path):
+def test_transcribe_actor_killed_once_gives_the_same_rows(tmp_path, local_ray):
     data = tmp_path / "audio"
     data.mkdir()
     for i, (start, length) in enumerate([(0, 4), (3, 5), (6, 5)]):
@@ -145,7 +153,9 @@ def test_transcribe_actor_killed_once_gives_the_same_rows(tmp_path):
     write_wav(data / "silence.wav", 5.0, freq=0)
     cmd = [sys.executable, "-m", "jobs.transcribe", "--inputs", str(data), "--quiet", "--model", "tiny-random", "--engine", "openai-whisper",
            "--language", "en", "--set", "decoding.temperatures=[0.0]", "--set", "ray.sources_per_block=1", "--set", "whisper.batch_files=1"]
-    run([*cmd, "--out", str(tmp_path / "clean")])
+    from jobs.transcribe import run as transcribe
+
+    transcribe([*cmd[3:], "--out", str(tmp_path / "clean")])  # the reference, on the session's Ray
     run([*cmd, "--out", str(tmp_path / "killed")], faults="kill@stage:transcribe_windows", tmp=tmp_path)
     assert (tmp_path / "fired" / "kill@stage_transcribe_windows").exists()
     read = lambda out: committed_rows(out, "transcripts", ("source_id", "segment_index"))  # noqa: E731
