@@ -3,7 +3,7 @@
 The rules (docs/corpus.md, "Segmentation"):
 
 1. Cues are cleaned first. Cues with no text are ignored; cues with impossible times (negative, end not after
-   start, unreadable) and cues starting after the audio ends (or ending more than ``beyond_audio_tolerance_ms``
+   start) and cues the parser could not time at all (unreadable) are dropped and counted, and cues starting after the audio ends (or ending more than ``beyond_audio_tolerance_ms``
    after it) are dropped and counted; a cue ending within the tolerance is clipped to the audio's end. Cues are
    sorted by start. Two cues overlapping by at most ``overlap_trim_ms`` are separated by ending the first where
    the second starts; cues overlapping more are merged into one (text in order).
@@ -93,7 +93,8 @@ def _dropped(reason: RejectReason, detail: str, start_ms: int | None, end_ms: in
     return {"stage": STAGE, "reason": reason.value, "detail": detail, "start_ms": start_ms, "end_ms": end_ms}
 
 
-def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOptions, plan: WindowPlan) -> list[Unit]:
+def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOptions, plan: WindowPlan, unreadable: int = 0) -> list[Unit]:
+    """``unreadable``: cues the parser could not time at all (counted there, never seen here), recorded too."""
     invalid = beyond = 0
     kept: list[tuple[int, int, int, str]] = []
     for index, cue in enumerate(cues):
@@ -109,6 +110,8 @@ def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOpt
         kept.append((start, min(end, duration_ms), index, text))
     if invalid:
         plan.dropped.append(_dropped(RejectReason.INVALID_CUE_TIMING, f"{invalid} cue(s) with impossible times", None, None))
+    if unreadable:
+        plan.dropped.append(_dropped(RejectReason.INVALID_CUE_TIMING, f"{unreadable} cue(s) with unreadable times", None, None))
     if beyond:
         plan.dropped.append(
             _dropped(RejectReason.CUE_BEYOND_AUDIO, f"{beyond} cue(s) beyond the audio's end ({duration_ms / 1000:.2f} s)", None, None)
@@ -131,7 +134,9 @@ def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOpt
     return units
 
 
-def plan_windows(cues: list[dict[str, Any]] | None, text: str, duration_ms: int, source_id: str, options: SegmentOptions) -> WindowPlan | Reject:
+def plan_windows(
+    cues: list[dict[str, Any]] | None, text: str, duration_ms: int, source_id: str, options: SegmentOptions, unreadable_cues: int = 0,
+) -> WindowPlan | Reject:
     """Decide the windows of one recording from its cues and duration (no audio needed)."""
     plan = WindowPlan()
     if cues is None:
@@ -145,7 +150,7 @@ def plan_windows(cues: list[dict[str, Any]] | None, text: str, duration_ms: int,
         plan.windows.append(PlannedWindow(0, duration_ms, (Unit(0, duration_ms, ((0, duration_ms, whole),)),)))
         plan.prev_texts.append("")
         return plan
-    units = clean_cues(cues, duration_ms, options, plan)
+    units = clean_cues(cues, duration_ms, options, plan, unreadable_cues)
     speech = [u for u in units if u.end_ms - u.start_ms <= options.max_window_ms]
     if not speech:
         reasons = [f"{len(units)} cue(s) longer than {options.max_window_ms / 1000:g} s"] if units else []
@@ -240,7 +245,7 @@ def segment_into_windows(batch: pa.Table, options: SegmentOptions) -> pa.Table:
 
 
 def _segment(row: dict[str, Any], options: SegmentOptions) -> dict[str, Any] | Reject:
-    plan = plan_windows(row["cues"], row["transcript_text"] or "", row["duration_ms"], row["source_id"], options)
+    plan = plan_windows(row["cues"], row["transcript_text"] or "", row["duration_ms"], row["source_id"], options, row.get("invalid_cues") or 0)
     if isinstance(plan, Reject):
         return plan
     pcm = np.frombuffer(row["pcm"], dtype="<i2")

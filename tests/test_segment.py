@@ -103,6 +103,18 @@ def test_untimed_transcripts_only_for_short_audio():
     assert isinstance(rejected, Reject) and rejected.reason.value == "untimed_transcript_too_long"
 
 
+def test_cues_the_parser_could_not_time_are_counted():
+    """The parser skips a cue whose timing line is unreadable and counts it; segmentation records it with the rest."""
+    from pipeline.io.transcripts import parse_srt
+
+    transcript = parse_srt("1\n00:00:01,000 --> 00:00:02,000\nGood.\n\n2\n00:00:xx,000 --> garbage\nLost.\n\n")
+    assert transcript.invalid_cues == 1
+    cues = [{"start_ms": c.start_ms, "end_ms": c.end_ms, "text": c.text} for c in transcript.cues]
+    plan = plan_windows(cues, transcript.text, 5_000, "s", SegmentOptions(), unreadable_cues=transcript.invalid_cues)
+    assert spoken(plan) == ["Good."]
+    assert [(d["reason"], d["detail"]) for d in plan.dropped] == [("invalid_cue_timing", "1 cue(s) with unreadable times")]
+
+
 def test_no_usable_cues_rejects_the_source():
     rejected = plan_windows([cue(0, 31_000, "Too long."), cue(40_000, 39_000, "Backwards.")], "", 50_000, "s", SegmentOptions())
     assert isinstance(rejected, Reject) and rejected.reason.value == "no_usable_cues"
