@@ -7,6 +7,7 @@ Output folder: ``corpus/`` (one row per window), ``rejects/`` (one row per dropp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import subprocess
@@ -30,6 +31,7 @@ from pipeline.schema import table_from_rows
 from pipeline.io.sources import SourceOptions, discover_sources
 from pipeline.stage import Stage
 from pipeline.io.storage import is_uri
+from pipeline.io.ytdlp import FetchOptions
 from stages.agree_language import agree_language
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
@@ -56,6 +58,7 @@ SECTIONS: dict[str, type] = {
     "speaking_rate": SpeakingRateOptions,
     "segment": SegmentOptions,
     "pseudo_labels": PseudoLabelOptions,
+    "fetch": FetchOptions,  # only for http(s) URL sources, fetched first by wspsr fetch
     "output": OutputOptions,
     "ray": RayOptions,
 }
@@ -121,7 +124,7 @@ def is_url_source(spelled: str) -> bool:
     return spelled.startswith(("http://", "https://")) or (spelled.lower().endswith(".txt") and Path(spelled).is_file())
 
 
-def fetch_url_sources(paths: list[str], args: argparse.Namespace, ray_options: RayOptions) -> list[str]:
+def fetch_url_sources(paths: list[str], args: argparse.Namespace, ray_options: RayOptions, fetch_options: FetchOptions) -> list[str]:
     """URL sources are fetched first (``wspsr fetch`` with its defaults into ``OUT/fetched``, run as its own
     command: jobs don't import each other); its ``sources.jsonl`` takes their place. Its rejects and summary stay
     in that folder."""
@@ -136,6 +139,10 @@ def fetch_url_sources(paths: list[str], args: argparse.Namespace, ray_options: R
     argv += ["--overwrite"] if args.overwrite else []
     argv += ["--address", args.address] if args.address else []
     argv += ["--set", f"ray.num_cpus={ray_options.num_cpus}"] if ray_options.num_cpus else []
+    for field in dataclasses.fields(fetch_options):  # [fetch] of this config, as the fetch job's own
+        value = getattr(fetch_options, field.name)
+        if value != field.default:
+            argv += ["--set", f"fetch.{field.name}={json.dumps(list(value) if isinstance(value, tuple) else value)}"]
     code = subprocess.run(argv, cwd=Path(__file__).resolve().parent.parent).returncode
     if code != 0:
         raise JobFailed(f"fetching the URL sources into {folder} failed (wspsr fetch exited with {code}; its messages are above)")
@@ -185,7 +192,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     if config["language"].enabled:
         check_engine(config["language"])
-    discovery = discover_sources(fetch_url_sources(source_paths, args, config["ray"]), config["sources"])
+    discovery = discover_sources(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]), config["sources"])
     run_doc = {"job": "corpus", "sources": source_paths, "config": plain}
     expected, done, todo = out.start(discovery.sources, discovery.rejects, run_doc, args.overwrite, config["output"])
     log.info(

@@ -110,7 +110,8 @@ def test_fetch_then_transcribe_submitted_to_the_cluster(cluster, tmp_path):
     try:
         code, _, output = ray_cli(
             cluster, "job", "submit", "--submission-id", "fetch-page", "--working-dir", str(REPO),
-            "--", "python", "-m", "jobs.fetch", "--urls", str(urls), "--out", str(tmp_path / "web"), "--quiet", timeout=600,
+            "--", "python", "-m", "jobs.fetch", "--urls", str(urls), "--out", str(tmp_path / "web"), "--quiet",
+            "--set", "fetch.allow_loopback=true", timeout=600,
         )
     finally:
         site.server.shutdown()

@@ -22,7 +22,7 @@ from support.output import committed_rows
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "sources" / "en"
 JFK_CUES = [(0.2, 2.2, "And so my fellow Americans,"), (3.1, 10.7, "ask not what your country can do for you, ask what you can do for your country.")]
-FAST = FetchOptions(retry_base_delay_s=0.01, retry_max_delay_s=0.05)
+FAST = FetchOptions(allow_loopback=True, retry_base_delay_s=0.01, retry_max_delay_s=0.05)  # the test sites are on loopback
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
 
 
@@ -77,6 +77,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.site.should_fail(path):
             self.send_error(503, "Service Unavailable")
             return
+        if path.startswith("/redirect/"):  # /redirect/HOST/PATH: 302 to http://HOST:<this port>/PATH
+            host, _, rest = path.removeprefix("/redirect/").partition("/")
+            self.send_response(302)
+            self.send_header("Location", f"http://{host}:{self.server.server_port}/{rest}")
+            self.end_headers()
+            return
         if path.startswith("/stream/"):  # no Content-Length: the size limit must hold while bytes arrive
             data = (self.site.root / path.removeprefix("/stream/")).read_bytes()
             self.send_response(200)
@@ -112,6 +118,8 @@ def build_site(root: Path) -> None:
     (root / "big.html").write_text(page("Big", video("big.opus", "big.en.vtt")))
     (root / "streambig.html").write_text(page("Big, streamed", video("stream/big.opus", "big.en.vtt")))
     (root / "evil name.html").write_text(page("<script>", video("/jfk.opus", "/jfk.en.vtt")))
+    # media behind a redirect to another loopback address (not the site's own 127.0.0.1)
+    (root / "rebound.html").write_text(page("Rebound", video("/redirect/127.0.0.2/jfk.opus", "jfk.en.vtt")))
 
 
 @pytest.fixture
@@ -177,7 +185,7 @@ def test_only_automatic_captions_are_rejected_as_machine_generated(site, tmp_pat
     assert row["item"] is None and not (root / "media" / "html5").exists()
     assert site.media_requests() == []  # neither the captions nor the audio were downloaded
     # optionally the audio is kept, unlabelled, for wspsr transcribe; the captions still are not
-    [row] = run_stage([site.url("auto/talk.html")], root, FetchOptions(retry_base_delay_s=0.01, keep_unlabelled=True))
+    [row] = run_stage([site.url("auto/talk.html")], root, FetchOptions(allow_loopback=True, retry_base_delay_s=0.01, keep_unlabelled=True))
     assert row["reject_reason"] == RejectReason.MACHINE_GENERATED_CAPTIONS.value and "unlabelled" in row["reject_detail"]
     item = json.loads(row["item"])
     assert not item["labelled"] and item["subtitles"] == [] and item["automatic_caption_languages"] == ["en"]
@@ -234,7 +242,7 @@ def test_only_http_and_https_urls_are_fetched(url, refused):
 
 def test_failures_become_reject_rows_and_the_batch_goes_on(site, tmp_path):
     urls = [site.url("missing.html"), site.url("nomedia.html"), site.url("big.html"), "file:///etc/passwd", site.url("talk.html")]
-    rows = run_stage(urls, tmp_path / "out", FetchOptions(retry_base_delay_s=0.01, max_filesize_mb=1))
+    rows = run_stage(urls, tmp_path / "out", FetchOptions(allow_loopback=True, retry_base_delay_s=0.01, max_filesize_mb=1))
     outcome = {row["url"]: (row["reject_reason"], row["reject_detail"]) for row in rows}
     assert outcome[urls[0]][0] == "fetch_failed" and "HTTP Error 404" in outcome[urls[0]][1]
     assert outcome[urls[1]] == ("no_media", f"Unsupported URL: {urls[1]}")
@@ -249,13 +257,13 @@ def test_failures_become_reject_rows_and_the_batch_goes_on(site, tmp_path):
 
 
 def test_size_limit_holds_without_content_length(site, tmp_path):
-    [row] = run_stage([site.url("streambig.html")], tmp_path / "out", FetchOptions(retry_base_delay_s=0.01, max_filesize_mb=1))
+    [row] = run_stage([site.url("streambig.html")], tmp_path / "out", FetchOptions(allow_loopback=True, retry_base_delay_s=0.01, max_filesize_mb=1))
     assert row["reject_reason"] == "file_too_large" and "received" in row["reject_detail"]
     assert [p for p in files_under(tmp_path / "out") if p.startswith("media/")] == []
 
 
 def test_max_duration_is_enforced_when_the_site_gives_none(site, tmp_path):
-    [row] = run_stage([site.url("talk.html")], tmp_path / "out", FetchOptions(retry_base_delay_s=0.01, max_duration_s=5))
+    [row] = run_stage([site.url("talk.html")], tmp_path / "out", FetchOptions(allow_loopback=True, retry_base_delay_s=0.01, max_duration_s=5))
     assert row["reject_reason"] == "audio_too_long"
     assert [p for p in files_under(tmp_path / "out") if p.startswith("media/")] == []
 
@@ -273,7 +281,7 @@ def test_a_server_failing_the_first_two_requests_succeeds_on_retry(site, tmp_pat
     assert (tmp_path / "b" / json.loads(row["item"])["audio"]).stat().st_size == (site.root / "jfk.opus").stat().st_size
     site.fail_paths["/jfk.opus"] = 10  # more failures than retries: a reject with yt-dlp's message
     shutil.rmtree(tmp_path / "b")
-    [row] = run_stage([site.url("talk.html")], tmp_path / "b", FetchOptions(retries=1, retry_base_delay_s=0.01))
+    [row] = run_stage([site.url("talk.html")], tmp_path / "b", FetchOptions(allow_loopback=True, retries=1, retry_base_delay_s=0.01))
     assert row["reject_reason"] == "fetch_failed" and "503" in row["reject_detail"]
 
 
@@ -402,7 +410,7 @@ def fetched(tmp_path_factory, local_ray):
     (tmp / "urls.txt").write_text("\n".join(urls) + "\n")
     out = tmp / "out"
     argv = ["--urls", str(tmp / "urls.txt"), "--out", str(out), "--max-filesize", "1", "--sub-langs", "en", "--quiet",
-            "--set", "fetch.retry_base_delay_s=0.01"]
+            "--set", "fetch.retry_base_delay_s=0.01", "--set", "fetch.allow_loopback=true"]
     summary = run(argv)
     yield {"out": out, "summary": summary, "site": served, "argv": argv, "run": run, "urls": tmp / "urls.txt"}
     served.server.shutdown()
@@ -477,7 +485,7 @@ def test_corpus_from_urls_in_one_command(fetched, tmp_path):
 
     out = tmp_path / "corpus"
     off = ["--set", "machine_generated.enabled=false", "--set", "dedup.enabled=false", "--set", "language.enabled=false"]
-    summary = run(["--sources", str(fetched["urls"]), "--out", str(out), "--quiet", *off])
+    summary = run(["--sources", str(fetched["urls"]), "--out", str(out), "--quiet", *off, "--set", "fetch.allow_loopback=true"])
     assert (out / "fetched" / "sources.jsonl").is_file() and summary["accounting"]["ok"]
     # without --max-filesize, big.html's random bytes are fetched too: the corpus judges them (bad_audio)
     assert summary["inputs"]["in"] == 3 and summary["inputs"]["kept"] == 2
@@ -497,3 +505,37 @@ def test_a_fetched_page_ends_as_a_corpus_source(fetched, tmp_path):
     assert jfk["language"] == "en" and jfk["task"] == "transcribe" and jfk["text"].startswith("And so my fellow Americans,")
     metadata = json.loads(jfk["metadata"])
     assert metadata["url"] == fetched["site"].url("talk.html") and metadata["extractor"] == "html5" and metadata["subtitle_language"] == "en"
+
+
+@pytest.mark.parametrize(
+    "address, problem",
+    [
+        ("93.184.216.34", None), ("2606:4700::1111", None),
+        ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.10", "private"),
+        ("172.16.5.4", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+        ("224.0.0.251", "multicast"), ("0.0.0.0", "unspecified"), ("::ffff:10.0.0.1", "private"), ("fd00::1", "private"),
+    ],
+)
+def test_addresses_that_are_not_public_are_refused(address, problem):
+    from pipeline.io.ytdlp import address_problem
+
+    assert address_problem(address, FetchOptions()) == problem
+    assert address_problem("127.0.0.1", FetchOptions(allow_loopback=True)) is None
+    assert address_problem("10.8.1.2", FetchOptions(allowed_networks=("10.8.0.0/16",))) is None
+    assert address_problem("10.9.1.2", FetchOptions(allowed_networks=("10.8.0.0/16",))) == "private"
+
+
+def test_loopback_is_refused_by_default(site, tmp_path):
+    """URLs come from crawls: a page on this machine (or the cloud metadata service) is never fetched by default."""
+    [row] = run_stage([site.url("talk.html")], tmp_path / "out", FetchOptions(retry_base_delay_s=0.01))
+    assert row["reject_reason"] == "unsafe_url" and "not a public address" in row["reject_detail"], row["reject_detail"]
+    assert "127.0.0.1 (loopback)" in row["reject_detail"] and site.requests == []  # refused before connecting
+
+
+def test_a_redirect_to_a_refused_address_is_caught(site, tmp_path):
+    """The check runs at every connection: the page's own host is allowed, its media redirects elsewhere."""
+    options = FetchOptions(retry_base_delay_s=0.01, allowed_networks=("127.0.0.1/32",))
+    [row] = run_stage([site.url("rebound.html")], tmp_path / "out", options)
+    assert row["reject_reason"] == "unsafe_url" and "127.0.0.2" in row["reject_detail"], row["reject_detail"]
+    assert "/redirect/127.0.0.2/jfk.opus" in site.requests
+    assert not list((tmp_path / "out" / "media").rglob("*.opus"))

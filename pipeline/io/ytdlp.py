@@ -1,6 +1,7 @@
 """The only module that calls yt-dlp: page extraction, playlist expansion and downloads, with their limits.
 
-Safety: http and https only, checked before yt-dlp sees a URL (playlist entries too); yt-dlp runs through its
+Safety: http and https only, checked before yt-dlp sees a URL (playlist entries too); hosts that resolve to
+loopback, private, link-local or multicast addresses refused at every connection (``guarded_connections``); yt-dlp runs through its
 Python API, which reads no configuration file (only its command line does), without cookies, netrc, external
 downloaders, post-processors or ffmpeg; downloads use direct or native-HLS protocols only; every file name comes
 from the extractor and the video id, sanitised to ``[A-Za-z0-9_-]`` (subtitle languages too), never from titles.
@@ -16,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import re
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -56,6 +59,10 @@ class FetchOptions:
     format: str = "bestaudio/best"  # yt-dlp format selection
     protocols: tuple[str, ...] = ("http", "https", "m3u8_native")  # download protocols allowed (yt-dlp's names)
     allowed_extractors: tuple[str, ...] = ("default",)  # yt-dlp extractor name patterns ("default": all of them)
+    # Destinations: URLs come from crawls, so hosts that resolve to loopback, private, link-local (cloud metadata at
+    # 169.254.169.254), multicast or reserved addresses are refused, at every connection (redirects included).
+    allow_loopback: bool = False  # true: 127.0.0.0/8 and ::1 may be fetched (tests, a mirror on this machine)
+    allowed_networks: tuple[str, ...] = ()  # CIDRs fetched although not public, e.g. a mirror inside your network ("10.8.0.0/16")
 
     def __post_init__(self) -> None:
         if self.max_duration_s <= 0 or self.max_filesize_mb <= 0 or self.socket_timeout_s <= 0 or self.max_download_s <= 0:
@@ -67,6 +74,11 @@ class FetchOptions:
         for lang in self.sub_langs:
             if not LANGUAGE_CODE.match(lang.lower()):
                 raise ValueError(f"sub_langs: {lang!r} is not a language code like 'en' or 'pt-BR'")
+        for network in self.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allowed_networks: {exc}") from None
         unknown = set(self.protocols) - {"http", "https", "m3u8_native", "http_dash_segments"}
         if unknown:
             raise ValueError(f"protocols: {', '.join(sorted(unknown))} not allowed (http, https, m3u8_native, http_dash_segments)")
@@ -117,6 +129,50 @@ def check_url(url: str) -> str | None:
     if parts.username is not None or parts.password is not None:
         return "URL carries credentials"
     return None
+
+
+def address_problem(address: str, options: FetchOptions) -> str | None:
+    """Why a resolved address may not be fetched from (``"private"``...), or None for a public one."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "unparseable"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in ipaddress.ip_network(network, strict=False) for network in options.allowed_networks):
+        return None
+    if ip.is_loopback:
+        return None if options.allow_loopback else "loopback"
+    for name, kind in (("is_link_local", "link-local"), ("is_multicast", "multicast"), ("is_unspecified", "unspecified"),
+                       ("is_private", "private"), ("is_reserved", "reserved")):
+        if getattr(ip, name):
+            return kind
+    return None
+
+
+@contextlib.contextmanager
+def guarded_connections(options: FetchOptions) -> Iterator[list[str]]:
+    """While yt-dlp runs, every host it connects to (the page, its redirects, media, subtitles, HLS segments) is
+    resolved through a check: addresses that are not public are dropped, and a host left with none fails as if it did
+    not resolve. The check sees the addresses the connection then uses, so a name that resolves differently the
+    second time (DNS rebinding) gains nothing. Yields the refusals, for the reject's detail."""
+    original = socket.getaddrinfo
+    refusals: list[str] = []
+
+    def checked(host, port, *args, **kwargs):
+        found = original(host, port, *args, **kwargs)
+        allowed = [entry for entry in found if address_problem(entry[4][0], options) is None]
+        if not allowed:
+            refused = ", ".join(sorted({f"{entry[4][0]} ({address_problem(entry[4][0], options)})" for entry in found}))
+            refusals.append(f"{host} resolves to {refused}: not a public address (fetch.allow_loopback / fetch.allowed_networks allow some)")
+            raise socket.gaierror(socket.EAI_NONAME, f"wspsr refused to connect to {host}: not a public address")
+        return allowed
+
+    socket.getaddrinfo = checked
+    try:
+        yield refusals
+    finally:
+        socket.getaddrinfo = original
 
 
 def usable_tracks(tracks: Any) -> list[dict[str, Any]]:
@@ -275,10 +331,12 @@ class Downloader:
         for attempt in range(self.options.retries + 1):
             log = YtdlpLog()
             try:
-                with youtube_dl(base_params(self.options, log)) as ydl:
+                with guarded_connections(self.options) as refusals, youtube_dl(base_params(self.options, log)) as ydl:
                     info = ydl.extract_info(url, download=False, ie_key=ie_key)
                     return ydl.sanitize_info(info) if info is not None else None
             except YoutubeDLError as err:
+                if refusals:
+                    raise FetchAbort(RejectReason.UNSAFE_URL, refusals[-1]) from err
                 if attempt < self.options.retries and is_transient(err):
                     time.sleep(self.options.backoff(attempt))
                     continue
@@ -416,13 +474,15 @@ class Downloader:
             params["download_archive"] = str(self.archive)
         folder = self.root / MEDIA_DIR / extractor
         try:
-            with youtube_dl(params) as ydl:
+            with guarded_connections(self.options) as refusals, youtube_dl(params) as ydl:
                 ydl.process_ie_result(info, download=True)
         except FetchAbort:
             self._remove(folder, name)
             raise
         except YoutubeDLError as err:
             self._remove(folder, name)
+            if refusals:
+                raise FetchAbort(RejectReason.UNSAFE_URL, refusals[-1]) from None
             raise FetchAbort(error_reason(err), clean_message(str(err))) from None
         return True
 
