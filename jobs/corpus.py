@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.commit import OutputDir, OutputOptions, committed_files
+from pipeline.io.commit import OutputDir, OutputOptions, committed_files, without_refs
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, summarize
 from pipeline.whisper.engines import ENGINES
@@ -27,8 +28,7 @@ from pipeline.sinks import accounting
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.whisper.models import resolve_model
 from pipeline.run.runner import Plan, RayOptions
-from pipeline.schema import table_from_rows
-from pipeline.io.sources import SourceOptions, discover_sources
+from pipeline.io.sources import DISCOVERED_SCHEMA, SourceOptions, SourceSplit, duplicate_reject, plan_splits, read_split, split_rows
 from pipeline.stage import Stage
 from pipeline.io.storage import is_uri
 from pipeline.io.ytdlp import FetchOptions
@@ -36,7 +36,7 @@ from stages.agree_language import agree_language
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.decode_audio import DecodeOptions, decode_audio
-from stages.dedup import DedupOptions, DuplicateDecisions, compute_signatures, find_duplicates, mark_duplicates
+from stages.dedup import DedupOptions, DuplicateDecisions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
 from stages.detect_audio_language import detect_audio_language, load_language_model
 from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
 from stages.detect_text_language import detect_text_language
@@ -78,10 +78,8 @@ def text_stages(config: dict[str, Any], verdicts: PseudoLabelVerdicts | None = N
     return stages
 
 
-def audio_stages(config: dict[str, Any], decisions: DuplicateDecisions | None) -> list[Stage]:
-    stages = []
-    if decisions is not None:
-        stages.append(Stage("remove_duplicates", mark_duplicates, decisions))
+def audio_stages(config: dict[str, Any], decisions: DuplicateDecisions) -> list[Stage]:
+    stages = [Stage("remove_duplicates", mark_duplicates, decisions)]
     stages.append(Stage("decode_audio", decode_audio, config["decode"]))
     if config["speaking_rate"].enabled:
         stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"]))
@@ -192,31 +190,36 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     if config["language"].enabled:
         check_engine(config["language"])
-    discovery = discover_sources(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]), config["sources"])
-    run_doc = {"job": "corpus", "sources": source_paths, "config": plain}
-    expected, done, todo = out.start(discovery.sources, discovery.rejects, run_doc, args.overwrite, config["output"])
-    log.info(
-        "%d sources found (%d rejected at discovery), %d already committed, %d to process",
-        len(expected), len(discovery.rejects), len(done & expected), len(todo),
-    )
-    output_options = config["output"]
-    if todo:
-        plan = Plan(config["ray"])
-        decisions = None
-        if config["dedup"].enabled:
-            # Dedup sees every source, committed ones too, so a resumed run decides exactly as a whole run would.
-            dataset = plan.materialize(plan.apply(plan.source(table_from_rows(discovery.sources)), text_stages(config, verdicts)))
-            decisions = find_duplicates(plan, dataset, config["dedup"])
-            dataset = plan.drop(dataset, "source_id", done)
-        else:
-            dataset = plan.apply(plan.source(table_from_rows(todo)), text_stages(config, verdicts))
+    splits = plan_splits(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]))
+    out.prepare({"job": "corpus", "sources": source_paths, "config": plain}, args.overwrite)
+    committed = out.committed_refs()
+    ray_options, output_options = config["ray"], config["output"]
+    found = count_sources(splits, config["sources"]) if len(committed) else None  # a rerun: anything left?
+    if found is None or found > len(committed):
+        plan = Plan(ray_options)
+        read = functools.partial(read_split, options=config["sources"], rows_per_block=ray_options.text_rows_per_block)
+        # Every source through the text stages, committed ones too: the global step decides exactly as a whole run would.
+        text = plan.materialize(plan.apply(plan.read_splits(splits, read, DISCOVERED_SCHEMA), text_stages(config, verdicts)))
+        found = plan.count(text)
+        log.info("%d sources found in %d splits, %d already committed, %d to process", found, len(splits), len(committed), found - len(committed))
+        decisions = find_duplicates(plan, text, config["dedup"], duplicate_reject)
+        # Small blocks for the audio work (straight after the materialised text rows: Ray would fold a rebatch that
+        # follows a map into that map), then committed work skipped and sources whose id an earlier one took replaced.
+        dataset = plan.map(plan.map(plan.rebatch(text, ray_options.sources_per_block), without_refs, committed), replace_copies, decisions)
         dataset = plan.apply(dataset, audio_stages(config, decisions))
-        for _ in plan.commit(dataset, lambda batch: commit_corpus_batch(batch, out, output_options)):
+        for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options)):
             pass
-    summary = summarize(out, expected, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location})
+    else:
+        log.info("%d sources found in %d splits, %d already committed, 0 to process", found, len(splits), len(committed))
+    summary = summarize(out, found, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location})
     accounting.reject_fraction(summary, args.max_reject_fraction)
     out.write_json("summary.json", summary)
     return summary
+
+
+def count_sources(splits: list[SourceSplit], options: SourceOptions) -> int:
+    """Discovery's rows, counted in this process without keeping them (a rerun's check whether anything is left)."""
+    return sum(1 for split in splits for _ in split_rows(split, options))
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -161,7 +161,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         output_options = config["output"]
         finished = 0
         for marker in plan.commit(dataset, lambda batch: commit_fetch_batch(batch, out, output_options)):
-            finished += len(marker["sources"]["urls"])
+            finished += marker["counts"]["urls"]
             log.info("%d/%d URLs fetched", finished, len(todo))
     lines, unlabelled = manifest_lines(committed_items(out), manifest_language)
     write_atomically(out.root / MANIFEST, jsonl_bytes(lines))

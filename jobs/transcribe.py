@@ -139,7 +139,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         output_options = config["output"]
         files_done, audio_ms = 0, 0
         for marker in plan.commit(dataset, lambda batch: commit_transcribe_batch(batch, out, output_options, formats)):
-            files_done += sum(len(ids) for ids in marker["sources"].values())
+            files_done += sum(marker["counts"].values())
             audio_ms += marker["stats"].get("ms_audio", 0)
             wall = time.monotonic() - started
             log.info(

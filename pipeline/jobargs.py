@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipeline.config import apply_overrides, build_config, fingerprint, load_toml, to_plain
+from pipeline.schema import SCHEMA_VERSION
 
 RUNTIME_SECTIONS = ("ray",)  # how a job runs, not what it produces: outside the fingerprint
 
@@ -58,6 +59,7 @@ def output_fingerprint(config: Mapping[str, Any], inputs: list[str], files: list
     """Everything that decides the output rows: the non-runtime config, the inputs, and named files' contents."""
     produced = {k: v for k, v in to_plain(config).items() if k not in RUNTIME_SECTIONS}
     produced["inputs"] = inputs
+    produced["schema_version"] = SCHEMA_VERSION  # output of an older layout is never resumed into
     for path in files:
         if path:
             produced[f"sha256:{path}"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()

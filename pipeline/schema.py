@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: corpus markers name their sources' refs too (resume and accounting without an id set)
 METADATA_SCHEMA_VERSION = b"wspsr.schema_version"
 METADATA_FINGERPRINT = b"wspsr.config_fingerprint"
 
@@ -122,6 +122,9 @@ DROPPED_TYPE = pa.struct(
 STREAM_COLUMNS: dict[str, pa.DataType] = {
     "source_id": pa.string(),
     "source": pa.string(),
+    "ref": pa.int64(),  # discovery: the split's index and the row's position in it (orders rows, names committed work)
+    "manifest": pa.string(),  # discovery: the manifest a row came from, and its line
+    "manifest_line": pa.int64(),
     "audio_path": pa.string(),
     "transcript_path": pa.string(),
     "inline_text": pa.string(),

@@ -84,19 +84,26 @@ class DedupOptions:
 
 @dataclass(frozen=True)
 class DuplicateDecisions:
-    """What ``resolve_duplicates`` decided, as ``mark_duplicates``' options: (duplicate, keeper) pairs, sorted."""
+    """What the global step decided, as ``mark_duplicates``' options: (duplicate, keeper) pairs of source ids, and the
+    sources whose id an earlier one took (ref, their reject row as JSON); sorted."""
 
     duplicate_of: tuple[tuple[str, str], ...]
     threshold: float = 0.7  # for the reject detail
     exclude_texts: str | None = None  # the evaluation file, named in eval_overlap details
+    same_id: tuple[tuple[int, str], ...] = ()
 
     @classmethod
-    def from_mapping(cls, duplicate_of: dict[str, str], options: DedupOptions) -> DuplicateDecisions:
-        return cls(tuple(sorted(duplicate_of.items())), options.threshold, options.exclude_texts)
+    def from_mapping(cls, duplicate_of: dict[str, str], options: DedupOptions, same_id: dict[int, dict[str, Any]] | None = None) -> DuplicateDecisions:
+        copies = tuple(sorted((ref, json.dumps(row, sort_keys=True)) for ref, row in (same_id or {}).items()))
+        return cls(tuple(sorted(duplicate_of.items())), options.threshold, options.exclude_texts, copies)
 
     @functools.cached_property
     def keeper(self) -> dict[str, str]:
         return dict(self.duplicate_of)
+
+    @functools.cached_property
+    def copies(self) -> dict[int, dict[str, Any]]:
+        return {ref: json.loads(row) for ref, row in self.same_id}
 
 
 # --- text -> shingles --------------------------------------------------------------------------------------
@@ -408,29 +415,127 @@ def resolve_duplicates(edges: Iterable[tuple[str, str]], quality: dict[str, Any]
 
 
 class GroupingPlan(Protocol):
-    """What the global step needs from a runner: group keyed rows across the dataset, and look values up by key."""
+    """What the global step needs from a runner (the Ray plan, or an in-process one in tests)."""
 
-    def group(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], key: str, reduce: Callable[[pa.Table], pa.Table],
-              extra: pa.Table | None = None) -> list[dict[str, Any]]: ...
+    def shared_keys(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None) -> pa.Table:
+        """``key``, ``count``, ``min_ref``, ``max_ref`` of the keys that two or more exploded rows share."""
+        ...
 
-    def lookup(self, dataset: Any, key: str, keys: set[str], column: str, extra: pa.Table | None = None) -> dict[str, Any]: ...
+    def rows_where(self, dataset: Any, column: str, values: np.ndarray, columns: list[str],
+                   explode: Callable[[pa.Table], pa.Table] | None = None, extra: pa.Table | None = None) -> pa.Table:
+        """The rows (of the dataset, or of its exploded rows) whose ``column`` is one of ``values``."""
+        ...
 
 
-def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions) -> DuplicateDecisions:
-    """The global step over a dataset of signed rows (phase 1 done): band keys grouped across the dataset (rows no
-    stage rejected, plus the evaluation texts), candidate pairs checked, clusters resolved on the driver."""
-    extra = exclusion_rows(options)
+KEYED_SCHEMA = pa.schema([("key", pa.int64()), ("ref", pa.int64())])  # the 64-bit key as a signed int: what every shuffle sorts
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (uint64 arithmetic wraps)."""
+    h = (h ^ (h >> np.uint64(30))) * _MIX[1]
+    h = (h ^ (h >> np.uint64(27))) * _MIX[2]
+    return h ^ (h >> np.uint64(31))
+
+
+def id_keys(source_ids: list[str]) -> np.ndarray:
+    """A 64-bit key per source id (equal ids, equal keys; a rare collision only adds a candidate)."""
+    digest = b"".join(hashlib.blake2b(i.encode("utf-8"), digest_size=8, person=b"wspsr-id").digest() for i in source_ids)
+    return np.frombuffer(digest, dtype="<u8").copy()
+
+
+def band_hashes(signatures: np.ndarray, options: DedupOptions) -> np.ndarray:
+    """(rows, bands) 64-bit keys of each LSH band (the band's index mixed in): rows sharing a band value share its key."""
+    bands, rows = lsh_params(options)
+    values = signatures[:, : bands * rows].reshape(len(signatures), bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = _mix64(np.arange(1, bands + 1, dtype=np.uint64) * _MIX[0])[None, :].repeat(len(signatures), axis=0)
+        for k in range(rows):
+            h = _mix64(h ^ (values[:, :, k] + _MIX[0]))
+    return h
+
+
+def key_rows(batch: pa.Table, options: DedupOptions | None) -> pa.Table:
+    """Phase 2, slim (16 bytes a row): every row's id key, and, with ``options``, one key per LSH band of each row no
+    stage rejected that has a signature. Rows sharing a key are candidates: of one source id, or of a near-duplicate."""
+    if batch.num_rows == 0:
+        return KEYED_SCHEMA.empty_table()
+    keys = [id_keys(batch["source_id"].to_pylist())]
+    refs = [batch["ref"].to_numpy(zero_copy_only=False)]
+    if options is not None and "minhash" in batch.column_names:
+        signed = active_rows(batch)
+        signed = signed.filter(pc.is_valid(signed["minhash"])) if signed.num_rows else signed
+        if signed.num_rows:
+            bands = band_hashes(_signature_matrix(signed["minhash"], options.num_perm), options)
+            keys.append(bands.reshape(-1))
+            refs.append(np.repeat(signed["ref"].to_numpy(zero_copy_only=False), bands.shape[1]))
+    return pa.table([pa.array(np.concatenate(keys).view(np.int64)), pa.array(np.concatenate(refs), pa.int64())], schema=KEYED_SCHEMA)
+
+
+MEMBER_COLUMNS = ["ref", "source_id", "source", "manifest", "manifest_line", "reject_reason", "minhash", "dedup_quality"]
+
+
+def candidate_groups(plan: GroupingPlan, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None) -> list[list[int]]:
+    """The refs of every key shared by two or more rows: a pair from the counts, larger groups read back."""
+    shared = plan.shared_keys(dataset, explode, extra)
+    counts = shared["count"].to_numpy(zero_copy_only=False)
+    groups = [[a, b] for a, b in zip(shared["min_ref"].to_numpy()[counts == 2].tolist(), shared["max_ref"].to_numpy()[counts == 2].tolist())]
+    big = shared["key"].to_numpy()[counts > 2]
+    if len(big):
+        rows = plan.rows_where(dataset, "key", np.sort(big), ["key", "ref"], explode=explode, extra=extra)
+        by_key: dict[int, list[int]] = {}
+        for key, ref in zip(rows["key"].to_pylist(), rows["ref"].to_pylist()):
+            by_key.setdefault(key, []).append(ref)
+        groups += [sorted(refs) for refs in by_key.values()]
+    return groups
+
+
+def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, duplicate_reject: Callable[[dict, dict], dict]) -> DuplicateDecisions:
+    """The global step over the dataset of signed rows (phase 1 done), bounded by the duplicates, not the sources:
+    rows sharing a key are read back, then, on the driver, sources with one id (the first by ``ref`` stays, the
+    others become ``duplicate_reject(row, first)``) and near-duplicate pairs (checked on their signatures, phase
+    3) resolved into clusters that keep their best copy (phase 4). With ``options.enabled`` false only ids are
+    compared. Evaluation texts (``exclude_texts``) take part as rows with negative refs."""
+    dedup = options if options.enabled else None
+    extra = exclusion_rows(options) if dedup else EXCLUSION_SCHEMA.empty_table()
     if extra.num_rows:
-        extra = compute_signatures(extra, options)
-    edges = plan.group(
-        dataset, lambda batch: band_keys(active_rows(batch), options), "band_key", lambda group: bucket_edges(group, options), extra=extra
-    )
-    pairs = sorted({(e["a"], e["b"]) for e in edges})  # a pair shows up once per band it shares
-    members = {m for pair in pairs for m in pair}
-    quality = plan.lookup(dataset, "source_id", members, "dedup_quality", extra=extra)
-    decisions = resolve_duplicates(pairs, quality)
-    log.info("dedup: %d similar pairs, %d sources are near-duplicates or match evaluation texts", len(pairs), len(decisions))
-    return DuplicateDecisions.from_mapping(decisions, options)
+        extra = compute_signatures(extra, options).append_column("ref", pa.array([-int(i.removeprefix(EVAL_PREFIX)) for i in extra["source_id"].to_pylist()], pa.int64()))
+    explode = functools.partial(key_rows, options=dedup)
+    extra_keys = key_rows(extra, dedup).filter(pc.less(pc.field("ref"), 0)) if extra.num_rows else None  # eval texts: band keys only
+    groups = candidate_groups(plan, dataset, explode, extra_keys)
+    members = np.array(sorted({ref for group in groups for ref in group if ref >= 0}), dtype=np.int64)
+    found = plan.rows_where(dataset, "ref", members, [c for c in MEMBER_COLUMNS if c in dataset_columns(plan, dataset)]) if len(members) else None
+    rows = {r["ref"]: r for r in (found.to_pylist() if found is not None else [])}
+    if extra.num_rows:
+        rows.update({r["ref"]: dict(r, reject_reason=None) for r in extra.to_pylist()})
+
+    same_id: dict[int, dict[str, Any]] = {}  # ref -> its duplicate_source reject row
+    for group in groups:
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for ref in group:
+            if ref in rows:
+                by_id.setdefault(rows[ref]["source_id"], []).append(rows[ref])
+        for copies in by_id.values():
+            copies.sort(key=lambda r: r["ref"])
+            for row in copies[1:]:
+                same_id[row["ref"]] = duplicate_reject(row, copies[0])
+    edges: set[tuple[str, str]] = set()
+    if dedup is not None:
+        for group in groups:
+            signed = [rows[r] for r in group if r in rows and r not in same_id and rows[r].get("reject_reason") is None and rows[r].get("minhash")]
+            if len({r["source_id"] for r in signed}) > 1:
+                table = pa.table({"source_id": [r["source_id"] for r in signed], "minhash": pa.array([r["minhash"] for r in signed], pa.binary())})
+                found_edges = bucket_edges(table, options)
+                edges.update(zip(found_edges["a"].to_pylist(), found_edges["b"].to_pylist()))
+    quality = {r["source_id"]: r.get("dedup_quality") for r in rows.values() if r["ref"] not in same_id}
+    decisions = resolve_duplicates(sorted(edges), quality)
+    log.info("dedup: %d sources share an id with an earlier one; %d similar pairs, %d sources are near-duplicates or match evaluation texts",
+             len(same_id), len(edges), len(decisions))
+    return DuplicateDecisions.from_mapping(decisions, options, same_id)
+
+
+def dataset_columns(plan: Any, dataset: Any) -> list[str]:
+    return plan.columns(dataset) if hasattr(plan, "columns") else MEMBER_COLUMNS
 
 
 # --- evaluation texts --------------------------------------------------------------------------------------
@@ -493,3 +598,21 @@ def mark_duplicates(batch: pa.Table, decisions: DuplicateDecisions) -> pa.Table:
         return Reject(RejectReason.DUPLICATE, f"near-duplicate of {kept} (Jaccard ≥ {decisions.threshold:g})", duplicate_of=kept)
 
     return map_rows(batch, mark)
+
+
+def replace_copies(batch: pa.Table, decisions: DuplicateDecisions) -> pa.Table:
+    """Rows whose source id an earlier row took become that decision's reject (``duplicate_source``, named by their
+    manifest line or their source), whatever stage they reached: what discovery in one process would have made of
+    them. A plain function over every row, rejected or not (not a stage, which sees only active rows)."""
+    copies = decisions.copies
+    if not copies or "ref" not in batch.column_names:
+        return batch
+    refs = batch["ref"].to_pylist()
+    hit = [i for i, ref in enumerate(refs) if ref in copies]
+    if not hit:
+        return batch
+    rows = batch.to_pylist()
+    for i in hit:
+        replacement = copies[refs[i]]
+        rows[i] = {name: None for name in rows[i]} | {"ref": refs[i], **{k: v for k, v in replacement.items() if k in rows[i]}}
+    return pa.Table.from_pylist(rows, schema=batch.schema)

@@ -76,7 +76,7 @@ def test_windows_are_valid_training_examples(built):
     out, _ = built
     table = committed_table(out, "corpus")
     assert table.schema.remove_metadata() == CORPUS_SCHEMA
-    assert table.schema.metadata[b"wspsr.schema_version"] == b"1"
+    assert table.schema.metadata[b"wspsr.schema_version"] == b"2"
     for row in table.to_pylist():
         length = row["end_ms"] - row["start_ms"]
         assert 0 < length <= 30_000

@@ -15,6 +15,7 @@ from datasketch import MinHash
 
 from pipeline.schema import CUE_TYPE, RejectReason, table_from_rows
 from pipeline.stage import Stage, run_stages
+from pipeline.io.sources import duplicate_reject
 from pipeline.text import normalize_for_comparison
 from stages.dedup import find_duplicates as dedup_find_duplicates
 from stages.dedup import (
@@ -48,31 +49,38 @@ def source_table(texts: list[str], ids: list[str] | None = None, cues: list[list
 
 
 class InProcessPlan:
-    """``stages.dedup.GroupingPlan`` without Ray: a dataset is a list of batches, grouped in this process."""
+    """``stages.dedup.GroupingPlan`` without Ray: a dataset is a list of batches, keys counted in this process."""
 
-    def group(self, dataset, explode, key, reduce, extra=None):
-        keyed = pa.concat_tables([explode(batch) for batch in dataset] + ([explode(extra)] if extra is not None and extra.num_rows else []))
-        keyed = keyed.combine_chunks()
-        groups: dict[bytes, list[int]] = defaultdict(list)
-        for i, value in enumerate(keyed[key].to_pylist()):
-            groups[value].append(i)
-        return [row for rows in groups.values() for row in reduce(keyed.take(rows)).to_pylist()]
+    def shared_keys(self, dataset, explode, extra=None):
+        keyed = pa.concat_tables([explode(batch) for batch in dataset] + ([extra] if extra is not None and extra.num_rows else []))
+        groups: dict[int, list[int]] = defaultdict(list)
+        for key, ref in zip(keyed["key"].to_pylist(), keyed["ref"].to_pylist()):
+            groups[key].append(ref)
+        shared = [(k, len(r), min(r), max(r)) for k, r in groups.items() if len(r) > 1]
+        return pa.table({"key": pa.array([s[0] for s in shared], pa.int64()), "count": pa.array([s[1] for s in shared], pa.int64()),
+                         "min_ref": pa.array([s[2] for s in shared], pa.int64()), "max_ref": pa.array([s[3] for s in shared], pa.int64())})
 
-    def lookup(self, dataset, key, keys, column, extra=None):
-        found = {}
-        for batch in [*dataset, *([extra] if extra is not None and extra.num_rows else [])]:
-            found.update((k, v) for k, v in zip(batch[key].to_pylist(), batch[column].to_pylist()) if k in keys)
-        return found
+    def rows_where(self, dataset, column, values, columns, explode=None, extra=None):
+        wanted = set(values.tolist())
+        tables = [explode(b) if explode else b for b in dataset] + ([extra] if extra is not None and extra.num_rows else [])
+        found = [t.filter(pa.array([v in wanted for v in t[column].to_pylist()], pa.bool_())).select(columns) for t in tables if t.num_rows]
+        return pa.concat_tables(found) if found else pa.table({c: [] for c in columns})
+
+    def columns(self, dataset):
+        return dataset[0].column_names if dataset else []
 
 
-def find_duplicates(table: pa.Table, options: DedupOptions = OPTIONS, batch_size: int | None = None, extra: pa.Table | None = None) -> dict[str, str]:
+def with_refs(table: pa.Table) -> pa.Table:
+    return table if "ref" in table.column_names else table.append_column("ref", pa.array(range(table.num_rows), pa.int64()))
+
+
+def find_duplicates(table: pa.Table, options: DedupOptions = OPTIONS, batch_size: int | None = None) -> dict[str, str]:
     """The corpus job's dedup (``stages.dedup.find_duplicates``) on an in-process plan: signatures per batch, then
-    the global step."""
+    the global step (evaluation texts from ``options.exclude_texts``, as the job reads them)."""
+    table = with_refs(table)
     batches = [table] if batch_size is None else [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)]
     signed = [compute_signatures(batch, options) for batch in batches]
-    if extra is not None and extra.num_rows:
-        signed.append(compute_signatures(extra, options))
-    return dict(dedup_find_duplicates(InProcessPlan(), signed, options).duplicate_of)
+    return dict(dedup_find_duplicates(InProcessPlan(), signed, options, duplicate_reject).duplicate_of)
 
 
 def is_duplicate(a: str, b: str, options: DedupOptions = OPTIONS) -> bool:
@@ -384,7 +392,7 @@ def test_eval_overlap(tmp_path, suffix):
         ],
         ["jfk-1", "jfk-2", "fox", "bread"],
     )
-    decisions = find_duplicates(sources, options, extra=extra)
+    decisions = find_duplicates(sources, options)
     assert decisions == {"fox": "eval:3", "jfk-1": "eval:1", "jfk-2": "eval:1"}
 
     signed = compute_signatures(sources, options)

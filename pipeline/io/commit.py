@@ -14,7 +14,9 @@ import json
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,13 +105,21 @@ class OutputDir:
             self.store.delete(name)
 
     def markers(self) -> list[dict[str, Any]]:
-        found = []
+        return list(self.iter_markers())
+
+    def iter_markers(self) -> Iterator[dict[str, Any]]:
+        """The committed markers one at a time (checked against this run's fingerprint): never all in memory."""
         for name in marker_names(self.store):
             marker = self.read_json(f"{MARKERS}/{name}")
             if marker.get("fingerprint") != self.fingerprint:
                 raise OutputError(f"marker {join(self.location, MARKERS, name)} belongs to another config ({marker.get('fingerprint')})")
-            found.append(marker)
-        return found
+            yield marker
+
+    def committed_refs(self) -> np.ndarray:
+        """The refs (``pipeline.io.sources``) of every committed source, sorted: 8 bytes a source, the compact index
+        a rerun skips committed work by."""
+        parts = [np.asarray(marker.get("refs", []), dtype=np.int64) for marker in self.iter_markers()]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
     def remove_uncommitted(self) -> list[str]:
         """Delete temporary files and data files that no marker names (a crash between write and commit)."""
@@ -148,9 +158,10 @@ class OutputDir:
         stats: dict[str, Any],
         options: OutputOptions,
         extra_files: dict[str, str] | None = None,
+        refs: list[int] | None = None,
     ) -> dict[str, Any]:
-        """Write each table's files and the extra files (path under ``file_dir`` -> text), then the marker.
-        Idempotent: the same shard rewrites the same files."""
+        """Write each table's files and the extra files (path under ``file_dir`` -> text), then the marker (with the
+        sources' ``refs`` when given). Idempotent: the same shard rewrites the same files."""
         files: dict[str, list[str]] = {}
         rows: dict[str, int] = {}
         for table_name, parts in tables.items():
@@ -177,6 +188,8 @@ class OutputDir:
             "sources": {kind: sorted(ids) for kind, ids in sources.items()},
             "stats": stats,
         }
+        if refs is not None:
+            marker["refs"] = sorted(refs)
         self.write_json(f"{MARKERS}/{shard}.json", marker)
         return marker
 
@@ -250,6 +263,15 @@ def read_committed(root: str | Path, table: str, columns: list[str] | None = Non
     """The committed rows of ``table`` in a wspsr output folder as one table (None when no shard holds any)."""
     store, markers = _store_with_markers(root)
     return _read(store, _files_of(store, markers, table), schema, columns)
+
+
+def without_refs(batch: pa.Table, refs: np.ndarray) -> pa.Table:
+    """The rows whose ``ref`` is not among the sorted ``refs`` (committed work a rerun skips)."""
+    if len(refs) == 0 or batch.num_rows == 0:
+        return batch
+    data = batch["ref"].to_numpy(zero_copy_only=False)
+    at = np.minimum(np.searchsorted(refs, data), len(refs) - 1)
+    return batch.filter(pa.array(refs[at] != data))
 
 
 def split_by_bytes(table: pa.Table, sizes: list[int], max_bytes: int) -> list[pa.Table]:

@@ -3,24 +3,32 @@
 Every file or line that does not make a usable pair is returned as a reject, so it is counted like any source.
 Ids are derived from paths relative to the root the user named (never from absolute paths, clocks or random
 numbers): the same data gives the same ids on any machine.
+
+At scale discovery is split (``plan_splits``: a split per manifest file, and per top-level sub-folder of a
+folder tree, since pairing never crosses folders) and each split is read by a task (``read_split``), which yields
+its rows in blocks: nothing per source stays with the caller. Every row gets a ``ref``, its split's index and its
+position in the split, the same on every run: it orders rows (the first of two sources with one id wins) and names
+committed work compactly. ``discover_sources`` does the same in this process, for small inputs.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import io
 import json
 import os
 import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
+
+import pyarrow as pa
 
 from pipeline.io import storage
 from pipeline.io.commit import committed_files
 from pipeline.io.transcripts import FORMAT_BY_SUFFIX
-from pipeline.schema import RejectReason, RejectScope
+from pipeline.schema import STREAM_COLUMNS, RejectReason, RejectScope
 
 AUDIO_SUFFIXES = frozenset(
     ".wav .flac .mp3 .ogg .opus .oga .m4a .aac .webm .mp4 .mkv .mka .mov .wma .aif .aiff .w64 .amr".split()
@@ -93,11 +101,10 @@ def _directory_files(root_spelled: str) -> tuple[str, list[str]]:
     return root.resolve().name, [path.relative_to(root).as_posix() for path in _walk(root)]
 
 
-def discover_directory(root_spelled: str, options: SourceOptions, out: Discovery) -> None:
-    """Pairs by file stem in a local folder or under an object-store prefix (``s3://bucket/prefix``); the same
-    files give the same ids in either place."""
+def pair_files(root_spelled: str, label: str, relatives: list[str], options: SourceOptions, out: Discovery) -> None:
+    """Audio and transcripts among ``relatives`` (paths under the root) paired by folder and stem, in a local folder
+    or under an object-store prefix (``s3://bucket/prefix``): the same files give the same ids in either place."""
     remote = storage.is_uri(root_spelled)
-    label, relatives = _directory_files(root_spelled)
     real_roots = [] if remote else [Path(os.path.realpath(root_spelled))]
     audio: dict[tuple[str, str], str] = {}
     transcripts: dict[tuple[str, str], list[tuple[str | None, str]]] = {}
@@ -197,42 +204,72 @@ def _output_name(label: str, relative: str) -> str:
     return f"{label}/{stem}"
 
 
-def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discovery, audio_only: bool = False) -> None:
-    base: Path | str
-    if storage.is_uri(manifest_spelled):
-        label, base, roots = posixpath.basename(manifest_spelled), posixpath.dirname(manifest_spelled), []
-        data = storage.read_bytes(manifest_spelled)
+def manifest_label(spelled: str) -> str:
+    return posixpath.basename(spelled) if storage.is_uri(spelled) else Path(spelled).name
+
+
+def _open_manifest(spelled: str) -> IO[bytes]:
+    """The manifest's bytes as a stream (gunzipped when it ends in ``.gz``): never read whole."""
+    if storage.is_uri(spelled):
+        filesystem, path = storage.resolve(spelled)
+        stream = filesystem.open_input_stream(path)
     else:
-        manifest = Path(manifest_spelled)
-        label, base = manifest.name, manifest.parent
+        stream = open(spelled, "rb")
+    return gzip.open(stream) if spelled.lower().endswith(".gz") else stream
+
+
+def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discovery, audio_only: bool = False) -> None:
+    for row in manifest_rows(manifest_spelled, options, audio_only):
+        (out.rejects.append(_as_reject(row)) if row.get("reject_reason") else out.sources.append(row))
+
+
+def manifest_rows(manifest_spelled: str, options: SourceOptions, audio_only: bool = False) -> Iterator[dict[str, Any]]:
+    """One row per non-blank line: a source (with ``manifest`` and ``manifest_line``) or a discovery reject."""
+    base: Path | str
+    label = manifest_label(manifest_spelled)
+    if storage.is_uri(manifest_spelled):
+        base, roots = posixpath.dirname(manifest_spelled), []
+    else:
+        base = Path(manifest_spelled).parent
         roots = [Path(os.path.realpath(base))] + [Path(os.path.realpath(r)) for r in options.allowed_roots]
-        data = manifest.read_bytes()
-    seen: dict[str, int] = {}
-    for lineno, raw in enumerate(io.BytesIO(data), start=1):  # lines as a file reads them (split at \n only)
-        if not raw.strip():
-            continue
-        where = f"{manifest_spelled}:{lineno}"
-        line_id = stable_id(label, f"line {lineno}")
-        try:
+    with _open_manifest(manifest_spelled) as stream:
+        for lineno, raw in enumerate(stream, start=1):  # lines as a file reads them (split at \n only)
+            if not raw.strip():
+                continue
+            where = f"{manifest_spelled}:{lineno}"
             try:
-                entry = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({exc})") from None
-            if not isinstance(entry, dict):
-                raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
-            row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options, audio_only)
-        except _LineError as err:
-            detail = err.detail if err.detail.startswith("line ") else f"line {lineno}: {err.detail}"
-            out.reject(line_id, where, err.reason, detail)
-            continue
-        if row["source_id"] in seen:
-            out.reject(
-                stable_id(label, f"line {lineno}"), where, RejectReason.DUPLICATE_SOURCE,
-                f"line {lineno}: same source id {row['source_id']!r} as line {seen[row['source_id']]}",
-            )
-            continue
-        seen[row["source_id"]] = lineno
-        out.sources.append(row)
+                try:
+                    entry = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({exc})") from None
+                if not isinstance(entry, dict):
+                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
+                row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options, audio_only)
+            except _LineError as err:
+                detail = err.detail if err.detail.startswith("line ") else f"line {lineno}: {err.detail}"
+                yield _reject_row(stable_id(label, f"line {lineno}"), where, err.reason, detail, manifest_spelled, lineno)
+                continue
+            yield dict(row, manifest=manifest_spelled, manifest_line=lineno)
+
+
+def _reject_row(source_id: str, source: str, reason: RejectReason, detail: str, manifest: str | None = None, line: int | None = None) -> dict[str, Any]:
+    return {"source_id": source_id, "source": source, "reject_stage": "discover_sources", "reject_reason": reason.value,
+            "reject_detail": detail, "manifest": manifest, "manifest_line": line}
+
+
+def _as_reject(row: dict[str, Any]) -> dict[str, Any]:
+    return discovery_reject(row["source_id"], row["source"], RejectReason(row["reject_reason"]), row["reject_detail"])
+
+
+def duplicate_reject(row: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
+    """The reject of a source whose id an earlier one took: a later line of the same manifest is named by its line,
+    anything else by its source."""
+    if row.get("manifest") is not None and row.get("manifest") == first.get("manifest"):
+        lineno, label = row["manifest_line"], manifest_label(row["manifest"])
+        return _reject_row(stable_id(label, f"line {lineno}"), f"{row['manifest']}:{lineno}", RejectReason.DUPLICATE_SOURCE,
+                           f"line {lineno}: same source id {row['source_id']!r} as line {first['manifest_line']}", row["manifest"], lineno)
+    return _reject_row(stable_id(row["source"], "duplicate"), row["source"], RejectReason.DUPLICATE_SOURCE,
+                       f"source id {row['source_id']!r} already used by {first['source']}", row.get("manifest"), row.get("manifest_line"))
 
 
 def _manifest_entry(
@@ -294,17 +331,106 @@ def _kind(spelled: str) -> str | None:
 
 
 def discover_sources(paths: list[str], options: SourceOptions = SourceOptions()) -> Discovery:
-    """All audio-transcript pairs under the given directories and manifests, in a deterministic order."""
+    """All audio-transcript pairs under the given directories and manifests, in a deterministic order, collected in
+    this process (small inputs: transcribe's ``--compare-with``, the report); the corpus job reads the same splits
+    in tasks."""
     out = Discovery()
+    for split in plan_splits(paths):
+        for row in split_rows(split, options):
+            (out.rejects.append(_as_reject(row)) if row.get("reject_reason") else out.sources.append(row))
+    return _finish(out)
+
+
+# --- discovery in splits ----------------------------------------------------------------------------------
+
+REF_POSITION_BITS = 36  # a split holds up to 68 billion rows; 2**27 splits fit an int64
+
+
+@dataclass(frozen=True)
+class SourceSplit:
+    """One unit of discovery: a manifest file, or the files of a folder tree under one top-level sub-folder (or
+    directly in the root). Pairing never crosses folders, so splits pair exactly as the whole tree would."""
+
+    index: int  # place among all splits, in input order: the high bits of its rows' refs
+    kind: str  # "manifest" or "folder"
+    spelled: str  # the manifest, or the root folder as the user named it (ids are relative to it)
+    part: str | None = None  # folder: the top-level sub-folder; None: the files directly in the root
+
+
+def plan_splits(paths: list[str]) -> list[SourceSplit]:
+    """The splits of the given folders (or prefixes) and manifests, in a deterministic order; only the top level
+    of each folder is listed here."""
+    splits: list[SourceSplit] = []
     for spelled in paths:
         kind = _kind(spelled)
-        if kind == "dir":
-            discover_directory(spelled, options, out)
-        elif kind == "file":
-            discover_manifest(spelled, options, out)
+        if kind == "file":
+            splits.append(SourceSplit(len(splits), "manifest", spelled))
+        elif kind == "dir":
+            parts = [None, *_top_level_folders(spelled)]
+            splits += [SourceSplit(len(splits) + k, "folder", spelled, part) for k, part in enumerate(parts)]
         else:
             raise FileNotFoundError(f"source path {spelled!r} is neither a directory (or prefix) nor a manifest file")
-    return _finish(out)
+    return splits
+
+
+def _top_level_folders(root_spelled: str) -> list[str]:
+    if storage.is_uri(root_spelled):
+        filesystem, root = storage.resolve(root_spelled)
+        found = filesystem.get_file_info(storage.pafs.FileSelector(root, recursive=False))
+        return sorted(posixpath.basename(e.path) for e in found if e.type == storage.pafs.FileType.Directory and not posixpath.basename(e.path).startswith("."))
+    return sorted(e.name for e in os.scandir(root_spelled) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))  # os.walk does not follow them either
+
+
+def _split_files(split: SourceSplit) -> tuple[str, list[str]]:
+    """The folder's label and the split's files, relative to the root."""
+    root_spelled = split.spelled
+    if storage.is_uri(root_spelled):
+        label = posixpath.basename(root_spelled.rstrip("/"))
+        if split.part is None:
+            filesystem, root = storage.resolve(root_spelled)
+            found = filesystem.get_file_info(storage.pafs.FileSelector(root, recursive=False))
+            names = sorted(posixpath.basename(e.path) for e in found if e.type == storage.pafs.FileType.File)
+            return label, [n for n in names if not n.startswith(".")]
+        return label, [f"{split.part}/{rel}" for rel in storage.list_files(storage.join(root_spelled, split.part))]
+    root = Path(root_spelled)
+    if split.part is None:
+        names = sorted(e.name for e in os.scandir(root) if e.is_file() and not e.name.startswith("."))
+        return root.resolve().name, names
+    return root.resolve().name, [path.relative_to(root).as_posix() for path in _walk(root / split.part)]
+
+
+def split_rows(split: SourceSplit, options: SourceOptions) -> Iterator[dict[str, Any]]:
+    """The split's rows in order, each with its ``ref``: sources, then (folders) the rejects of unpaired files."""
+    if split.kind == "manifest":
+        rows: Iterator[dict[str, Any]] = manifest_rows(split.spelled, options)
+    else:
+        out = Discovery()
+        label, relatives = _split_files(split)
+        pair_files(split.spelled, label, relatives, options, out)
+        rows = iter([*out.sources, *(_reject_row(r["source_id"], r["source"], RejectReason(r["reason"]), r["detail"]) for r in out.rejects)])
+    base = split.index << REF_POSITION_BITS
+    for position, row in enumerate(rows):
+        row["ref"] = base + position
+        yield row
+
+
+DISCOVERED_COLUMNS = (
+    "source_id", "source", "output_name", "audio_path", "transcript_path", "inline_text", "transcript_encoding",
+    "transcript_origin", "language", "metadata", "ref", "manifest", "manifest_line", "reject_stage", "reject_reason", "reject_detail",
+)
+DISCOVERED_SCHEMA = pa.schema([(name, STREAM_COLUMNS[name]) for name in DISCOVERED_COLUMNS])
+
+
+def read_split(split: SourceSplit, options: SourceOptions, rows_per_block: int) -> Iterator[pa.Table]:
+    """The split's rows as blocks of at most ``rows_per_block`` rows (what a discovery task yields)."""
+    block: list[dict[str, Any]] = []
+    for row in split_rows(split, options):
+        block.append(row)
+        if len(block) >= rows_per_block:
+            yield pa.Table.from_pylist(block, schema=DISCOVERED_SCHEMA)
+            block = []
+    if block:
+        yield pa.Table.from_pylist(block, schema=DISCOVERED_SCHEMA)
 
 
 def discover_audio(paths: list[str], options: SourceOptions = SourceOptions()) -> Discovery:
@@ -383,16 +509,13 @@ def _discover_table(files: list[str | Path], spelled: str, out: Discovery) -> No
 
 
 def _finish(out: Discovery) -> Discovery:
-    ids: dict[str, str] = {}
+    first: dict[str, dict[str, Any]] = {}
     unique = []
     for row in out.sources:
-        if row["source_id"] in ids:
-            out.reject(
-                stable_id(row["source"], "duplicate"), row["source"], RejectReason.DUPLICATE_SOURCE,
-                f"source id {row['source_id']!r} already used by {ids[row['source_id']]}",
-            )
+        if row["source_id"] in first:
+            out.rejects.append(_as_reject(duplicate_reject(row, first[row["source_id"]])))
             continue
-        ids[row["source_id"]] = row["source"]
+        first[row["source_id"]] = row
         unique.append(row)
     names: dict[str, int] = {}
     for row in unique:

@@ -12,6 +12,7 @@ commit yields hold each shard's source ids, and dedup's pairs and clusters are r
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,7 +34,9 @@ log = logging.getLogger("wspsr")
 class RayOptions:
     address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); default $RAY_ADDRESS or local
     num_cpus: int | None = None  # local Ray only: CPUs to use (default: all)
-    sources_per_block: int = 16  # sources per task and per committed shard
+    sources_per_block: int = 16  # sources per task and per committed shard where audio is decoded
+    text_rows_per_block: int = 2000  # sources per block for discovery and the text stages (cheap per source)
+    keys_per_block: int = 2_000_000  # keyed rows per block in the global step's aggregation (16 bytes each)
     model_actors: int = 1  # actors per model stage (on GPUs: one per GPU you want busy)
     model_gpus: float | None = None  # GPUs per model actor; default 1 when the cluster has GPUs, else 0
     model_memory_gb: float = 2.0  # memory reserved per model actor (Whisper base needs about 1 GB on CPU)
@@ -41,8 +45,8 @@ class RayOptions:
     dashboard: bool = False  # local Ray only: start the dashboard (Ray Train's state monitoring needs it)
 
     def __post_init__(self) -> None:
-        if self.sources_per_block <= 0 or self.model_actors <= 0 or self.model_memory_gb <= 0:
-            raise ValueError("sources_per_block, model_actors and model_memory_gb must be positive")
+        if min(self.sources_per_block, self.text_rows_per_block, self.keys_per_block, self.model_actors) <= 0 or self.model_memory_gb <= 0:
+            raise ValueError("sources_per_block, text_rows_per_block, keys_per_block, model_actors and model_memory_gb must be positive")
 
 
 def init_ray(options: RayOptions) -> None:
@@ -89,11 +93,59 @@ def _run_sink(batch: pa.Table, sink: Callable[[pa.Table], dict[str, Any]]) -> pa
         result = timed("stage", "commit", batch.num_rows, sink, batch)
     except OSError as exc:  # sent back as data: Ray would wrap it in an error that loses its type and errno
         result = {"storage_error": [exc.errno, exc.strerror or str(exc), exc.filename and str(exc.filename)]}
+    else:  # what the driver needs of the marker: counts, never the ids it lists
+        result = {"shard": result["shard"], "rows": result["rows"], "counts": {kind: len(ids) for kind, ids in result["sources"].items()},
+                  "stats": result["stats"]}
     return pa.table({"marker": [json.dumps(result)]})
 
 
-def _drop_ids(batch: pa.Table, column: str, ids: pa.Array) -> pa.Table:
-    return batch.filter(pc.invert(pc.is_in(batch[column], value_set=ids)))
+_SHARED_SCHEMA = pa.schema([("key", pa.int64()), ("count", pa.int64()), ("min_ref", pa.int64()), ("max_ref", pa.int64())])
+
+
+def _shared(batch: pa.Table) -> pa.Table:
+    shared = batch.filter(pc.greater(batch["count"], 1))
+    return pa.table([shared[name].cast(field.type) for name, field in zip(_SHARED_SCHEMA.names, _SHARED_SCHEMA)], schema=_SHARED_SCHEMA)
+
+
+def _rows_where(batch: pa.Table, column: str, values: np.ndarray, columns: list[str], explode: Callable[[pa.Table], pa.Table] | None) -> pa.Table:
+    if explode is not None:
+        batch = explode(batch)
+    if batch.num_rows == 0 or len(values) == 0:
+        return batch.select(columns).slice(0, 0)
+    data = batch[column].to_numpy(zero_copy_only=False)
+    at = np.minimum(np.searchsorted(values, data), len(values) - 1)
+    return batch.filter(pa.array(values[at] == data)).select(columns)
+
+
+def _collect(dataset, schema: pa.Schema | None) -> pa.Table:
+    """Every block of a (small) result as one Arrow table on the driver."""
+    import ray
+
+    tables = [t for t in ray.get(dataset.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _splits_datasource(splits: list[Any], read: Callable[[Any], Iterator[pa.Table]], schema: pa.Schema):
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class SplitsDatasource(Datasource):
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:
+            return [ReadTask(functools.partial(_read_one, read, split), BlockMetadata(None, None, None, None), schema=schema) for split in splits]
+
+        def get_name(self) -> str:
+            return "Sources"
+
+    return SplitsDatasource()
+
+
+def _read_one(read: Callable[[Any], Iterator[pa.Table]], split: Any) -> Iterator[pa.Table]:
+    yield from read(split)
 
 
 def _call(batch: pa.Table, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
@@ -102,10 +154,6 @@ def _call(batch: pa.Table, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
 
 def _call_with(batch: pa.Table, fn: Callable[..., pa.Table], *args: Any) -> pa.Table:
     return fn(batch, *args)
-
-
-def _select(batch: pa.Table, column: str, ids: pa.Array, columns: list[str]) -> pa.Table:
-    return batch.filter(pc.is_in(batch[column], value_set=ids)).select(columns)
 
 
 def blocks_of(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
@@ -173,43 +221,52 @@ class Plan:
         """Compute now and keep the blocks (in the object store, spilled to disk if large) for reuse."""
         return timed("phase", "materialize", 0, dataset.materialize)
 
-    def drop(self, dataset, column: str, values: set[str]):
-        if not values:
-            return dataset
-        ids = pa.array(sorted(values), pa.string())
-        return dataset.map_batches(_drop_ids, fn_args=(column, ids), batch_format="pyarrow", batch_size=None)
-
-    def group(
-        self,
-        dataset,
-        explode: Callable[[pa.Table], pa.Table],
-        key: str,
-        reduce: Callable[[pa.Table], pa.Table],
-        extra: pa.Table | None = None,
-    ) -> list[dict[str, Any]]:
-        """Explode rows (plus ``extra`` rows) into keyed rows, group by ``key`` across the cluster, reduce each
-        group, and collect what the reductions return (keep that small: it comes to the driver)."""
+    def read_splits(self, splits: list[Any], read: Callable[[Any], Iterator[pa.Table]], schema: pa.Schema):
+        """A dataset read by one task per split (``read(split)`` yields its blocks): the driver lists splits, never
+        rows."""
         import ray.data
+
+        return ray.data.read_datasource(_splits_datasource(splits, read, schema), override_num_blocks=max(1, len(splits)))
+
+    def rebatch(self, dataset, rows: int):
+        """Blocks of at most ``rows`` rows (streaming, no shuffle): big blocks for cheap per-row work, small ones
+        where each row is expensive, so the work spreads over the workers."""
+        return dataset.repartition(target_num_rows_per_block=rows)
+
+    def count(self, dataset) -> int:
+        return timed("phase", "count", 0, dataset.count)
+
+    def columns(self, dataset) -> list[str]:
+        return list(dataset.schema().names)
+
+    def shared_keys(self, dataset, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None) -> pa.Table:
+        """``key``, ``count``, ``min_ref``, ``max_ref`` of the keys shared by two or more of the exploded rows (plus
+        ``extra`` ones): a vectorised aggregation by key across the cluster, over blocks coalesced to a size that keeps
+        the all-to-all step small whatever the number of input blocks; only the shared keys come to the driver."""
+        import ray.data
+        from ray.data.aggregate import Count, Max, Min
 
         keyed = dataset.map_batches(_call, fn_args=(explode,), batch_format="pyarrow", batch_size=None)
         if extra is not None and extra.num_rows:
-            keyed = keyed.union(ray.data.from_arrow(explode(extra)))
-        reduced = keyed.groupby(key).map_groups(_call, fn_args=(reduce,), batch_format="pyarrow")
-        return timed("phase", f"group_by_{key}", 0, reduced.take_all)
+            keyed = keyed.union(ray.data.from_arrow(extra))
+        keyed = keyed.repartition(target_num_rows_per_block=self.options.keys_per_block)
+        counted = keyed.groupby("key").aggregate(Count(alias_name="count"), Min("ref", alias_name="min_ref"), Max("ref", alias_name="max_ref"))
+        shared = counted.map_batches(_shared, batch_format="pyarrow", batch_size=None)
+        return timed("phase", "shared_keys", 0, _collect, shared, _SHARED_SCHEMA)
 
-    def lookup(self, dataset, key: str, keys: set[str], column: str, extra: pa.Table | None = None) -> dict[str, Any]:
-        """``{key: column}`` for the given keys only (the dataset itself never comes to the driver)."""
-        if not keys:
-            return {}
-        ids = pa.array(sorted(keys), pa.string())
-        selected = dataset.map_batches(_select, fn_args=(key, ids, [key, column]), batch_format="pyarrow", batch_size=None)
-        rows = timed("phase", f"lookup_{column}", 0, selected.take_all)
+    def rows_where(self, dataset, column: str, values: np.ndarray, columns: list[str],
+                   explode: Callable[[pa.Table], pa.Table] | None = None, extra: pa.Table | None = None) -> pa.Table:
+        """The rows whose ``column`` is one of ``values`` (a sorted array: looked up by binary search in each block),
+        of the dataset or of its exploded rows, plus matching ``extra`` rows: only they come to the driver."""
+        selected = dataset.map_batches(_rows_where, fn_args=(column, values, columns, explode), batch_format="pyarrow", batch_size=None)
+        found = timed("phase", f"rows_where_{column}", 0, _collect, selected, None)
         if extra is not None and extra.num_rows:
-            rows += _select(extra, key, ids, [key, column]).to_pylist()
-        return {row[key]: row[column] for row in rows}
+            found = pa.concat_tables([t for t in (found, _rows_where(extra, column, values, columns, None)) if t is not None], promote_options="permissive")
+        return found
 
     def commit(self, dataset, sink: Callable[[pa.Table], dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Run the plan into the sink; yields each shard's marker as it commits."""
+        """Run the plan into the sink; yields each shard's marker as it commits, as counts (``shard``, ``rows``,
+        ``counts`` per kind of id, ``stats``): the ids stay in the marker files."""
         dataset = dataset.map_batches(_run_sink, fn_args=(sink,), batch_format="pyarrow", batch_size=None)
         started, cpu = time.monotonic(), cpu_seconds()
         for row in dataset.iter_rows():
@@ -218,7 +275,7 @@ class Plan:
                 raise SinkWriteError(*marker["storage_error"])
             log.info(
                 "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
-                marker["shard"], sum(len(ids) for ids in marker["sources"].values()), len(marker["sources"].get("kept", [])),
+                marker["shard"], sum(marker["counts"].values()), marker["counts"].get("kept", 0),
                 ", ".join(f"{table} {n}" for table, n in marker["rows"].items()), time.monotonic() - started,
             )
             yield marker

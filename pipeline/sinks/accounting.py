@@ -68,6 +68,23 @@ def check(expected: set[str], named: Iterable[str], kept: int, rejected: int) ->
     }
 
 
+def check_refs(found: int, refs: Any, kept: int, rejected: int) -> dict[str, Any]:
+    """The ``accounting`` block from counts and the committed refs (a NumPy array): no id list of every input is
+    held anywhere. ``found``: the rows discovery gave; every ref committed once, and as many as were found."""
+    import numpy as np
+
+    refs = np.sort(np.asarray(refs, dtype=np.int64))
+    doubled = np.unique(refs[1:][refs[1:] == refs[:-1]]) if len(refs) > 1 else refs[:0]
+    return {
+        "ok": len(doubled) == 0 and len(refs) == found == kept + rejected,
+        "rule": RULE,
+        "found": found,
+        "committed": int(len(refs)),
+        "missing": max(found - len(np.unique(refs)), 0),
+        "counted_twice": [int(r) for r in doubled[:SHOWN]],  # refs: the split's index and the row's position
+    }
+
+
 def named_ids(markers: Iterable[Mapping[str, Any]], kinds: tuple[str, ...] = ("kept", "rejected")) -> Iterable[str]:
     for marker in markers:
         for kind in kinds:

@@ -122,19 +122,29 @@ def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions)
     parts = split_by_bytes(corpus, sizes, int(options.max_shard_mb * 1024 * 1024))
     rejects_table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
     stats = {key: value for key, value in stats.items() if value != {}}
-    return out.commit_shard(shard_id(sources["kept"] + sources["rejected"]), {"corpus": parts, "rejects": [rejects_table]}, sources, stats, options)
+    refs = batch["ref"].to_pylist() if "ref" in batch.column_names else None
+    return out.commit_shard(shard_id(sources["kept"] + sources["rejected"]), {"corpus": parts, "rejects": [rejects_table]}, sources, stats, options,
+                            refs=refs)
 
 
-def summarize(out: OutputDir, expected_ids: set[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``summary.json`` from the committed markers: inputs = kept + rejected (checked), hours, windows."""
-    markers = out.markers()
-    totals = accounting.tally(markers)
+def summarize(out: OutputDir, found: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``summary.json`` from the committed markers, read one at a time: inputs (``found`` by discovery) = kept +
+    rejected, each committed once (checked on the refs), hours, windows."""
+    refs: list[Any] = []
+
+    def markers():
+        for marker in out.iter_markers():
+            refs.append(np.asarray(marker.get("refs", []), dtype=np.int64))
+            yield marker
+
+    totals = accounting.tally(markers())
     kept, rejected = totals.get("sources_kept", 0), totals.get("rejected", {})
     hours = accounting.hours
+    committed = np.concatenate(refs) if refs else np.zeros(0, dtype=np.int64)
     return accounting.summary(
         out.fingerprint,
-        accounting.inputs(len(expected_ids), kept, rejected),
-        accounting.check(expected_ids, accounting.named_ids(markers), kept, sum(rejected.values())),
+        accounting.inputs(found, kept, rejected),
+        accounting.check_refs(found, committed, kept, sum(rejected.values())),
         totals["shards"],
         hours={
             "in": hours(totals.get("ms_in", 0)),
