@@ -25,6 +25,7 @@ from typing import Any, Callable
 from bench.corpus import bench_corpus
 from bench.dedup import bench_dedup
 from bench.machine import REPO, RESULTS, write_result
+from bench.scale import bench_scale
 from bench.summary import write_summary
 from bench.transcribe import bench_transcribe
 
@@ -41,7 +42,7 @@ def bench_all(args: argparse.Namespace) -> dict[str, Any]:
     return {"summary": str(path)}
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "dedup": bench_dedup, "transcribe": bench_transcribe, "corpus": bench_corpus, "all": bench_all,
+    "dedup": bench_dedup, "transcribe": bench_transcribe, "corpus": bench_corpus, "all": bench_all, "scale": bench_scale,
 }
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,6 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     transcribe.add_argument("--compute-type", default="int8", help="CTranslate2 compute type for both faster-whisper systems (default int8)")
     transcribe.add_argument("--only", help="run only the systems whose name contains this")
     transcribe.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/transcribe.json)")
+    scale = commands.add_parser("scale", help="the corpus job over generated manifests of N text-only sources: time, driver memory, dedup recall")
+    scale.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="sources per run (default 100000 1000000)")
+    scale.add_argument("--seed", type=int, default=0, help="of the generated texts")
+    scale.add_argument("--cpus", type=int, help="ray.num_cpus for the runs (default: all)")
+    scale.add_argument("--gzip", action="store_true", help="gzip the generated manifests")
+    scale.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/scale.json)")
     args = parser.parse_args(argv)
     if args.benchmark in ("dedup", "all") and (args.docs < 1 or args.batch_size < 1 or args.cluster_docs < 0):
         parser.error("--docs and --batch-size must be positive")

@@ -57,7 +57,7 @@ class TreeMemory:
         import threading
 
         self.pid, self.interval = pid, interval
-        self.peak_rss_kib = self.peak_pss_kib = self.peak_processes = self.samples = 0
+        self.peak_rss_kib = self.peak_pss_kib = self.peak_processes = self.samples = self.root_peak_rss_kib = 0
         self.cpu_ticks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -70,6 +70,7 @@ class TreeMemory:
             for pid in pids:
                 self.cpu_ticks[pid] = max(self.cpu_ticks.get(pid, 0), _cpu_ticks(pid))
             self.peak_rss_kib = max(self.peak_rss_kib, sum(r for r, _ in sizes))
+            self.root_peak_rss_kib = max(self.root_peak_rss_kib, sizes[0][0] if sizes else 0)  # the driver itself
             self.peak_pss_kib = max(self.peak_pss_kib, sum(p for _, p in sizes))
             self.peak_processes = max(self.peak_processes, len(pids))
             self.samples += 1
@@ -79,4 +80,5 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         return {"peak_pss_mib": round(self.peak_pss_kib / 1024, 1), "peak_rss_sum_mib": round(self.peak_rss_kib / 1024, 1),
+                "root_peak_rss_mib": round(self.root_peak_rss_kib / 1024, 1),
                 "peak_processes": self.peak_processes, "samples": self.samples, "cpu_s": round(sum(self.cpu_ticks.values()) / CLOCK_TICKS, 1)}

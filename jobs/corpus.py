@@ -29,14 +29,14 @@ from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint
 from pipeline.whisper.models import resolve_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.io.sources import DISCOVERED_SCHEMA, SourceOptions, SourceSplit, duplicate_reject, plan_splits, read_split, split_rows
-from pipeline.stage import Stage
+from pipeline.stage import Stage, active_rows, rejected_rows
 from pipeline.io.storage import is_uri
 from pipeline.io.ytdlp import FetchOptions
 from stages.agree_language import agree_language
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
-from stages.decode_audio import DecodeOptions, decode_audio
-from stages.dedup import DedupOptions, DuplicateDecisions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
+from stages.decode_audio import DecodeOptions, decode_audio, find_audio
+from stages.dedup import DedupOptions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
 from stages.detect_audio_language import detect_audio_language, load_language_model
 from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
 from stages.detect_text_language import detect_text_language
@@ -78,9 +78,8 @@ def text_stages(config: dict[str, Any], verdicts: PseudoLabelVerdicts | None = N
     return stages
 
 
-def audio_stages(config: dict[str, Any], decisions: DuplicateDecisions) -> list[Stage]:
-    stages = [Stage("remove_duplicates", mark_duplicates, decisions)]
-    stages.append(Stage("decode_audio", decode_audio, config["decode"]))
+def audio_stages(config: dict[str, Any]) -> list[Stage]:
+    stages = [Stage("decode_audio", decode_audio, config["decode"])]
     if config["speaking_rate"].enabled:
         stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"]))
     stages.append(Stage("segment_into_windows", segment_into_windows, config["segment"]))
@@ -190,7 +189,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     if config["language"].enabled:
         check_engine(config["language"])
-    splits = plan_splits(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]))
+    splits = plan_splits(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]), config["sources"])
     out.prepare({"job": "corpus", "sources": source_paths, "config": plain}, args.overwrite)
     committed = out.committed_refs()
     ray_options, output_options = config["ray"], config["output"]
@@ -202,11 +201,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         text = plan.materialize(plan.apply(plan.read_splits(splits, read, DISCOVERED_SCHEMA), text_stages(config, verdicts)))
         found = plan.count(text)
         log.info("%d sources found in %d splits, %d already committed, %d to process", found, len(splits), len(committed), found - len(committed))
-        decisions = find_duplicates(plan, text, config["dedup"], duplicate_reject)
-        # Small blocks for the audio work (straight after the materialised text rows: Ray would fold a rebatch that
-        # follows a map into that map), then committed work skipped and sources whose id an earlier one took replaced.
-        dataset = plan.map(plan.map(plan.rebatch(text, ray_options.sources_per_block), without_refs, committed), replace_copies, decisions)
-        dataset = plan.apply(dataset, audio_stages(config, decisions))
+        decisions = find_duplicates(plan, text, config["dedup"], duplicate_reject, rows_hint=found)
+        # Committed work skipped, sources whose id an earlier one took replaced, near-duplicates marked; then what is
+        # rejected goes to the sink in the big blocks it is in, and what is left is rebatched for the audio work.
+        dataset = plan.map(plan.map(text, without_refs, committed), replace_copies, decisions)
+        # Missing, empty or oversized audio is refused with a metadata call while the rows are still in big blocks.
+        dataset = plan.apply(dataset, [Stage("remove_duplicates", mark_duplicates, decisions), Stage("find_audio", find_audio, config["decode"])])
+        audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config))
+        dataset = plan.union(plan.map(dataset, rejected_rows), audio)
         for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options)):
             pass
     else:

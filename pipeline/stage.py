@@ -71,6 +71,12 @@ def active_rows(batch: pa.Table) -> pa.Table:
     return batch if mask is None else batch.filter(mask)
 
 
+def rejected_rows(batch: pa.Table) -> pa.Table:
+    """The rows some stage has rejected."""
+    mask = active_mask(batch)
+    return batch.slice(0, 0) if mask is None else batch.filter(pc.invert(mask))
+
+
 def apply_stage(stage: Stage, batch: pa.Table, state: Any = None) -> pa.Table:
     """Run one stage on the still-active rows of a batch; rejected rows pass through untouched."""
     mask = active_mask(batch)

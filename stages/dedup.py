@@ -417,8 +417,8 @@ def resolve_duplicates(edges: Iterable[tuple[str, str]], quality: dict[str, Any]
 class GroupingPlan(Protocol):
     """What the global step needs from a runner (the Ray plan, or an in-process one in tests)."""
 
-    def shared_keys(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None) -> pa.Table:
-        """``key``, ``count``, ``min_ref``, ``max_ref`` of the keys that two or more exploded rows share."""
+    def shared_keys(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
+        """``key`` and ``ref`` of the exploded rows whose key two or more of them share."""
         ...
 
     def rows_where(self, dataset: Any, column: str, values: np.ndarray, columns: list[str],
@@ -475,34 +475,30 @@ def key_rows(batch: pa.Table, options: DedupOptions | None) -> pa.Table:
 MEMBER_COLUMNS = ["ref", "source_id", "source", "manifest", "manifest_line", "reject_reason", "minhash", "dedup_quality"]
 
 
-def candidate_groups(plan: GroupingPlan, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None) -> list[list[int]]:
-    """The refs of every key shared by two or more rows: a pair from the counts, larger groups read back."""
-    shared = plan.shared_keys(dataset, explode, extra)
-    counts = shared["count"].to_numpy(zero_copy_only=False)
-    groups = [[a, b] for a, b in zip(shared["min_ref"].to_numpy()[counts == 2].tolist(), shared["max_ref"].to_numpy()[counts == 2].tolist())]
-    big = shared["key"].to_numpy()[counts > 2]
-    if len(big):
-        rows = plan.rows_where(dataset, "key", np.sort(big), ["key", "ref"], explode=explode, extra=extra)
-        by_key: dict[int, list[int]] = {}
-        for key, ref in zip(rows["key"].to_pylist(), rows["ref"].to_pylist()):
-            by_key.setdefault(key, []).append(ref)
-        groups += [sorted(refs) for refs in by_key.values()]
-    return groups
+def candidate_groups(plan: GroupingPlan, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None, expected_rows: int) -> list[list[int]]:
+    """The refs of every key that two or more rows share (rows of one source id, or of one LSH band value)."""
+    shared = plan.shared_keys(dataset, explode, extra, expected_rows)
+    by_key: dict[int, list[int]] = {}
+    for key, ref in zip(shared["key"].to_pylist(), shared["ref"].to_pylist()):
+        by_key.setdefault(key, []).append(ref)
+    return [sorted(refs) for refs in by_key.values() if len(refs) > 1]
 
 
-def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, duplicate_reject: Callable[[dict, dict], dict]) -> DuplicateDecisions:
+def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, duplicate_reject: Callable[[dict, dict], dict], rows_hint: int = 0) -> DuplicateDecisions:
     """The global step over the dataset of signed rows (phase 1 done), bounded by the duplicates, not the sources:
     rows sharing a key are read back, then, on the driver, sources with one id (the first by ``ref`` stays, the
     others become ``duplicate_reject(row, first)``) and near-duplicate pairs (checked on their signatures, phase
     3) resolved into clusters that keep their best copy (phase 4). With ``options.enabled`` false only ids are
-    compared. Evaluation texts (``exclude_texts``) take part as rows with negative refs."""
+    compared. Evaluation texts (``exclude_texts``) take part as rows with negative refs. ``rows_hint``: the number
+    of rows, which sizes the all-to-all step."""
     dedup = options if options.enabled else None
     extra = exclusion_rows(options) if dedup else EXCLUSION_SCHEMA.empty_table()
     if extra.num_rows:
         extra = compute_signatures(extra, options).append_column("ref", pa.array([-int(i.removeprefix(EVAL_PREFIX)) for i in extra["source_id"].to_pylist()], pa.int64()))
     explode = functools.partial(key_rows, options=dedup)
     extra_keys = key_rows(extra, dedup).filter(pc.less(pc.field("ref"), 0)) if extra.num_rows else None  # eval texts: band keys only
-    groups = candidate_groups(plan, dataset, explode, extra_keys)
+    bands = lsh_params(options)[0] if dedup else 0
+    groups = candidate_groups(plan, dataset, explode, extra_keys, rows_hint * (1 + bands))
     members = np.array(sorted({ref for group in groups for ref in group if ref >= 0}), dtype=np.int64)
     found = plan.rows_where(dataset, "ref", members, [c for c in MEMBER_COLUMNS if c in dataset_columns(plan, dataset)]) if len(members) else None
     rows = {r["ref"]: r for r in (found.to_pylist() if found is not None else [])}

@@ -51,14 +51,13 @@ def source_table(texts: list[str], ids: list[str] | None = None, cues: list[list
 class InProcessPlan:
     """``stages.dedup.GroupingPlan`` without Ray: a dataset is a list of batches, keys counted in this process."""
 
-    def shared_keys(self, dataset, explode, extra=None):
+    def shared_keys(self, dataset, explode, extra=None, expected_rows=0):
         keyed = pa.concat_tables([explode(batch) for batch in dataset] + ([extra] if extra is not None and extra.num_rows else []))
         groups: dict[int, list[int]] = defaultdict(list)
         for key, ref in zip(keyed["key"].to_pylist(), keyed["ref"].to_pylist()):
             groups[key].append(ref)
-        shared = [(k, len(r), min(r), max(r)) for k, r in groups.items() if len(r) > 1]
-        return pa.table({"key": pa.array([s[0] for s in shared], pa.int64()), "count": pa.array([s[1] for s in shared], pa.int64()),
-                         "min_ref": pa.array([s[2] for s in shared], pa.int64()), "max_ref": pa.array([s[3] for s in shared], pa.int64())})
+        shared = [(k, r) for k, refs in groups.items() if len(refs) > 1 for r in refs]
+        return pa.table({"key": pa.array([k for k, _ in shared], pa.int64()), "ref": pa.array([r for _, r in shared], pa.int64())})
 
     def rows_where(self, dataset, column, values, columns, explode=None, extra=None):
         wanted = set(values.tolist())

@@ -83,20 +83,16 @@ def decode_command(path: Path, limits: DecodeLimits) -> list[str]:
     return [command[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", *command[1:]]
 
 
-def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Decode to int16 16 kHz mono; raise ``DecodeError`` with a reject reason for anything unusable. A URI
-    (``s3://...``) is copied to a local temporary file first: ffmpeg only ever reads local files."""
+def check_audio_file(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> None:
+    """What can be told of an audio file without decoding it (there, a regular file, not empty, within the size
+    limit); ``DecodeError`` with the reject reason otherwise. Costs one metadata call."""
     if storage.is_uri(path):
         found = storage.info(str(path))
         if found.type != pafs.FileType.File:
             raise DecodeError(RejectReason.AUDIO_NOT_FOUND, "no such object" if found.type == pafs.FileType.NotFound else "not a file")
         if found.size > limits.max_file_mb * 1024 * 1024:  # refused before downloading it
             raise DecodeError(RejectReason.FILE_TOO_LARGE, f"{found.size} bytes > limit of {limits.max_file_mb:g} MB")
-        try:
-            with storage.local_copy(str(path)) as local:
-                return decode_audio(local, limits)
-        except OSError as exc:
-            raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
+        return
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -108,6 +104,19 @@ def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> np.
         raise DecodeError(RejectReason.FILE_TOO_LARGE, f"{size} bytes > limit of {limits.max_file_mb:g} MB")
     if size == 0:
         raise DecodeError(RejectReason.BAD_AUDIO, "empty file (0 bytes)")
+
+
+def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Decode to int16 16 kHz mono; raise ``DecodeError`` with a reject reason for anything unusable. A URI
+    (``s3://...``) is copied to a local temporary file first: ffmpeg only ever reads local files."""
+    check_audio_file(path, limits)
+    if storage.is_uri(path):
+        try:
+            with storage.local_copy(str(path)) as local:
+                return decode_audio(local, limits)
+        except OSError as exc:
+            raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
+    path = Path(path)
     command = decode_command(path.resolve(), limits)
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=limits.timeout_s, check=False)

@@ -46,6 +46,11 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 class SourceOptions:
     default_language: str | None = None  # for sources whose language nothing else declares
     allowed_roots: tuple[str, ...] = ()  # extra folders that manifest paths may point into
+    manifest_split_mb: float = 8.0  # a plain manifest is read by one task per this many MB (gzip: one task per file)
+
+    def __post_init__(self) -> None:
+        if self.manifest_split_mb <= 0:
+            raise ValueError("manifest_split_mb must be positive")
 
 
 @dataclass
@@ -223,8 +228,11 @@ def discover_manifest(manifest_spelled: str, options: SourceOptions, out: Discov
         (out.rejects.append(_as_reject(row)) if row.get("reject_reason") else out.sources.append(row))
 
 
-def manifest_rows(manifest_spelled: str, options: SourceOptions, audio_only: bool = False) -> Iterator[dict[str, Any]]:
-    """One row per non-blank line: a source (with ``manifest`` and ``manifest_line``) or a discovery reject."""
+def manifest_rows(
+    manifest_spelled: str, options: SourceOptions, audio_only: bool = False, start: int = 0, end: int | None = None, first_line: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """One row per non-blank line (of the lines starting in bytes ``start``..``end``, the first of them numbered
+    ``first_line``): a source (with ``manifest`` and ``manifest_line``) or a discovery reject."""
     base: Path | str
     label = manifest_label(manifest_spelled)
     if storage.is_uri(manifest_spelled):
@@ -233,7 +241,13 @@ def manifest_rows(manifest_spelled: str, options: SourceOptions, audio_only: boo
         base = Path(manifest_spelled).parent
         roots = [Path(os.path.realpath(base))] + [Path(os.path.realpath(r)) for r in options.allowed_roots]
     with _open_manifest(manifest_spelled) as stream:
-        for lineno, raw in enumerate(stream, start=1):  # lines as a file reads them (split at \n only)
+        if start:
+            stream.seek(start)
+        offset = start
+        for lineno, raw in enumerate(stream, start=first_line):  # lines as a file reads them (split at \n only)
+            if end is not None and offset >= end:
+                break
+            offset += len(raw)
             if not raw.strip():
                 continue
             where = f"{manifest_spelled}:{lineno}"
@@ -335,7 +349,7 @@ def discover_sources(paths: list[str], options: SourceOptions = SourceOptions())
     this process (small inputs: transcribe's ``--compare-with``, the report); the corpus job reads the same splits
     in tasks."""
     out = Discovery()
-    for split in plan_splits(paths):
+    for split in plan_splits(paths, options):
         for row in split_rows(split, options):
             (out.rejects.append(_as_reject(row)) if row.get("reject_reason") else out.sources.append(row))
     return _finish(out)
@@ -355,22 +369,51 @@ class SourceSplit:
     kind: str  # "manifest" or "folder"
     spelled: str  # the manifest, or the root folder as the user named it (ids are relative to it)
     part: str | None = None  # folder: the top-level sub-folder; None: the files directly in the root
+    start: int = 0  # manifest: the bytes whose lines this split reads ...
+    end: int | None = None  # ... (None: to the end)
+    first_line: int = 1  # ... and the number of the first of them
 
 
-def plan_splits(paths: list[str]) -> list[SourceSplit]:
+def plan_splits(paths: list[str], options: SourceOptions = SourceOptions()) -> list[SourceSplit]:
     """The splits of the given folders (or prefixes) and manifests, in a deterministic order; only the top level
-    of each folder is listed here."""
+    of each folder is listed here, and a plain manifest is cut into line-aligned pieces of ``manifest_split_mb``
+    (one pass counting its lines: the driver never holds them)."""
     splits: list[SourceSplit] = []
     for spelled in paths:
         kind = _kind(spelled)
         if kind == "file":
-            splits.append(SourceSplit(len(splits), "manifest", spelled))
+            for start, end, first_line in _manifest_pieces(spelled, int(options.manifest_split_mb * 2**20)):
+                splits.append(SourceSplit(len(splits), "manifest", spelled, start=start, end=end, first_line=first_line))
         elif kind == "dir":
             parts = [None, *_top_level_folders(spelled)]
             splits += [SourceSplit(len(splits) + k, "folder", spelled, part) for k, part in enumerate(parts)]
         else:
             raise FileNotFoundError(f"source path {spelled!r} is neither a directory (or prefix) nor a manifest file")
     return splits
+
+
+def _manifest_pieces(spelled: str, piece_bytes: int) -> list[tuple[int, int | None, int]]:
+    """(start, end, first line number) of line-aligned pieces of about ``piece_bytes``; a gzip manifest is one piece."""
+    if spelled.lower().endswith(".gz"):
+        return [(0, None, 1)]
+    pieces: list[tuple[int, int | None, int]] = []
+    start, first_line, boundary = 0, 1, piece_bytes
+    offset = newlines = 0  # bytes before the current chunk, and the newlines among them
+    with _open_manifest(spelled) as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            searched = 0
+            while offset + len(chunk) > boundary:  # a piece ends with the first newline at or past its boundary
+                cut = chunk.find(b"\n", max(boundary - offset, searched))
+                if cut < 0:
+                    break
+                end = offset + cut + 1
+                pieces.append((start, end, first_line))
+                first_line = 1 + newlines + chunk.count(b"\n", 0, cut + 1)
+                start, boundary, searched = end, end + piece_bytes, cut + 1
+            newlines += chunk.count(b"\n")
+            offset += len(chunk)
+    pieces.append((start, None, first_line))
+    return pieces
 
 
 def _top_level_folders(root_spelled: str) -> list[str]:
@@ -402,7 +445,7 @@ def _split_files(split: SourceSplit) -> tuple[str, list[str]]:
 def split_rows(split: SourceSplit, options: SourceOptions) -> Iterator[dict[str, Any]]:
     """The split's rows in order, each with its ``ref``: sources, then (folders) the rejects of unpaired files."""
     if split.kind == "manifest":
-        rows: Iterator[dict[str, Any]] = manifest_rows(split.spelled, options)
+        rows: Iterator[dict[str, Any]] = manifest_rows(split.spelled, options, start=split.start, end=split.end, first_line=split.first_line)
     else:
         out = Discovery()
         label, relatives = _split_files(split)

@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.run.timing import STAGE_TIMES_ENV, cpu_seconds, record_time, timed
 from pipeline.stage import Stage, apply_stage
@@ -64,9 +63,9 @@ def init_ray(options: RayOptions) -> None:
     context.enable_progress_bars = options.progress
     context.print_on_execution_start = False
     context.execution_options.preserve_order = options.preserve_order
-    # Global groupbys (dedup) as pull-based sort shuffles: plain tasks, retried like any other, and about 0.4 s on a
-    # small input, where Ray 2.60's default hash shuffle starts aggregator actors (seconds; not retried on failure).
-    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # The one all-to-all step (dedup's shared keys) hash-partitions by key: partitions sized by the data. (Sort-based
+    # aggregation there ran a Python call per key: 170 s for 2 million keys against 5 s.)
+    context.shuffle_strategy = ray.data.context.ShuffleStrategy.HASH_SHUFFLE
 
 
 def _run_task_stage(batch: pa.Table, stage: Stage) -> pa.Table:
@@ -99,12 +98,19 @@ def _run_sink(batch: pa.Table, sink: Callable[[pa.Table], dict[str, Any]]) -> pa
     return pa.table({"marker": [json.dumps(result)]})
 
 
-_SHARED_SCHEMA = pa.schema([("key", pa.int64()), ("count", pa.int64()), ("min_ref", pa.int64()), ("max_ref", pa.int64())])
+_SHARED_SCHEMA = pa.schema([("key", pa.int64()), ("ref", pa.int64())])
 
 
 def _shared(batch: pa.Table) -> pa.Table:
-    shared = batch.filter(pc.greater(batch["count"], 1))
-    return pa.table([shared[name].cast(field.type) for name, field in zip(_SHARED_SCHEMA.names, _SHARED_SCHEMA)], schema=_SHARED_SCHEMA)
+    """The rows of one hash partition whose key another row of it has (all rows of a key share a partition)."""
+    if batch.num_rows < 2:
+        return _SHARED_SCHEMA.empty_table()
+    keys, refs = batch["key"].to_numpy(zero_copy_only=False), batch["ref"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((refs, keys))
+    keys, refs = keys[order], refs[order]
+    repeated = np.r_[False, keys[1:] == keys[:-1]]
+    shared = repeated | np.r_[repeated[1:], False]
+    return pa.table([pa.array(keys[shared]), pa.array(refs[shared])], schema=_SHARED_SCHEMA)
 
 
 def _rows_where(batch: pa.Table, column: str, values: np.ndarray, columns: list[str], explode: Callable[[pa.Table], pa.Table] | None) -> pa.Table:
@@ -146,6 +152,10 @@ def _splits_datasource(splits: list[Any], read: Callable[[Any], Iterator[pa.Tabl
 
 def _read_one(read: Callable[[Any], Iterator[pa.Table]], split: Any) -> Iterator[pa.Table]:
     yield from read(split)
+
+
+def _identity(batch: pa.Table) -> pa.Table:
+    return batch
 
 
 def _call(batch: pa.Table, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
@@ -229,9 +239,14 @@ class Plan:
         return ray.data.read_datasource(_splits_datasource(splits, read, schema), override_num_blocks=max(1, len(splits)))
 
     def rebatch(self, dataset, rows: int):
-        """Blocks of at most ``rows`` rows (streaming, no shuffle): big blocks for cheap per-row work, small ones
-        where each row is expensive, so the work spreads over the workers."""
-        return dataset.repartition(target_num_rows_per_block=rows)
+        """Blocks of at most ``rows`` rows (streaming, no shuffle; a block is cut the same way on every run): big
+        blocks for cheap per-row work, small ones where each row is expensive, so the work spreads over the workers.
+        The step before is kept apart (a fractional CPU): fused into it, the cut would be merged back into one block."""
+        separate = dataset.map_batches(_call, fn_args=(_identity,), batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        return separate.repartition(target_num_rows_per_block=rows)
+
+    def union(self, first, second):
+        return first.union(second)
 
     def count(self, dataset) -> int:
         return timed("phase", "count", 0, dataset.count)
@@ -239,19 +254,18 @@ class Plan:
     def columns(self, dataset) -> list[str]:
         return list(dataset.schema().names)
 
-    def shared_keys(self, dataset, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None) -> pa.Table:
-        """``key``, ``count``, ``min_ref``, ``max_ref`` of the keys shared by two or more of the exploded rows (plus
-        ``extra`` ones): a vectorised aggregation by key across the cluster, over blocks coalesced to a size that keeps
-        the all-to-all step small whatever the number of input blocks; only the shared keys come to the driver."""
+    def shared_keys(self, dataset, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
+        """``key``, ``ref`` of every exploded row (plus ``extra`` ones) whose key two or more rows share, and nothing of
+        the others: the rows hash-partitioned by key across the cluster into partitions of about ``keys_per_block``
+        rows (so the all-to-all step is sized by the data, not by a count of input blocks), then each partition
+        sorted and its runs of equal keys found with NumPy. Only the shared keys come to the driver."""
         import ray.data
-        from ray.data.aggregate import Count, Max, Min
 
         keyed = dataset.map_batches(_call, fn_args=(explode,), batch_format="pyarrow", batch_size=None)
         if extra is not None and extra.num_rows:
             keyed = keyed.union(ray.data.from_arrow(extra))
-        keyed = keyed.repartition(target_num_rows_per_block=self.options.keys_per_block)
-        counted = keyed.groupby("key").aggregate(Count(alias_name="count"), Min("ref", alias_name="min_ref"), Max("ref", alias_name="max_ref"))
-        shared = counted.map_batches(_shared, batch_format="pyarrow", batch_size=None)
+        partitions = max(1, -(-expected_rows // self.options.keys_per_block))
+        shared = keyed.repartition(partitions, keys=["key"]).map_batches(_shared, batch_format="pyarrow", batch_size=None)
         return timed("phase", "shared_keys", 0, _collect, shared, _SHARED_SCHEMA)
 
     def rows_where(self, dataset, column: str, values: np.ndarray, columns: list[str],
