@@ -79,10 +79,11 @@ def bench_dedup(args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_dedup_cluster(sizes: list[int], seed: int, sources_per_block: int) -> dict[str, Any]:
     """The corpus job's global dedup step on a local Ray (Ray already started, not timed): signatures as a stage,
-    then band keys grouped with Ray's groupby, candidate pairs checked, quality looked up, clusters resolved by
-    union-find on the driver: ``stages.dedup.find_duplicates``, the code the corpus job runs."""
+    then ``stages.dedup.find_duplicates``, the code the corpus job runs (keys shared by two or more rows found on
+    the cluster, their rows read back, pairs checked and clusters resolved on the driver)."""
     from pipeline.run.runner import Plan, RayOptions
     from pipeline.stage import Stage
+    from pipeline.io.sources import duplicate_reject
     from stages.dedup import DedupOptions, compute_signatures, find_duplicates
 
     options = DedupOptions()
@@ -92,7 +93,7 @@ def bench_dedup_cluster(sizes: list[int], seed: int, sources_per_block: int) -> 
         table = near_duplicate_corpus(count, seed)
         sign_s, dataset = _timed(lambda: plan.materialize(plan.apply(plan.source(table), [Stage("compute_signatures", compute_signatures, options)])))
 
-        cluster_s, decisions = _timed(lambda: find_duplicates(plan, dataset, options).keeper)
+        cluster_s, decisions = _timed(lambda: find_duplicates(plan, dataset, options, duplicate_reject, rows_hint=count).keeper)
         return {"docs": count, "blocks": dataset.num_blocks(), "signatures_s": round(sign_s, 2), "cluster_s": round(cluster_s, 2),
                 "duplicates_found": len(decisions), "duplicates_planted": len(range(9, count, 10))}
 

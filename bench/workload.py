@@ -53,7 +53,7 @@ def near_duplicate_corpus(count: int, seed: int) -> "Any":
         words[rng.randrange(len(words))] = "swapped"
         texts[i] = " ".join(words)
     return pa.table({"source_id": pa.array([f"doc{i:07d}" for i in range(count)]), "transcript_text": pa.array(texts, pa.string()),
-                     "transcript_format": pa.array(["txt"] * count)})
+                     "transcript_format": pa.array(["txt"] * count), "ref": pa.array(range(count), pa.int64())})
 
 def srt_time(seconds: float) -> str:
     ms = int(round(seconds * 1000))

@@ -196,7 +196,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     found = count_sources(splits, config["sources"]) if len(committed) else None  # a rerun: anything left?
     if found is None or found > len(committed):
         plan = Plan(ray_options)
-        read = functools.partial(read_split, options=config["sources"], rows_per_block=ray_options.text_rows_per_block)
+        read = functools.partial(read_split, options=config["sources"])
         # Every source through the text stages, committed ones too: the global step decides exactly as a whole run would.
         text = plan.materialize(plan.apply(plan.read_splits(splits, read, DISCOVERED_SCHEMA), text_stages(config, verdicts)))
         found = plan.count(text)

@@ -22,12 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.io.commit import OutputError, committed_files, write_json_atomically
 from pipeline.io.storage import atomic_file
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.run.runner import Plan, RayOptions
-from pipeline.eval.splits import held_out_threshold, select_split, source_position
+from pipeline.eval.splits import select_split, threshold_of_positions, window_positions
 from pipeline.stage import Stage
 from pipeline.io.storage import is_uri
 from pipeline.run.train import TrainingFailed, fit
@@ -147,15 +149,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                          "config": to_plain(config)}, args.resume, args.overwrite)
     started = time.monotonic()
 
-    import pyarrow.parquet as pq
-
     data = config["data"]
     ordered = list(files)
     random.Random(data.file_seed).shuffle(ordered)
-    source_ids = [s for f in ordered for s in pq.read_table(f, columns=["source_id"])["source_id"].to_pylist()]
-    if data.max_windows:
-        source_ids = source_ids[: data.max_windows]
-    threshold = held_out_threshold(source_ids, data.held_out_fraction, data.split_seed)
+    positions = read_positions(ordered, data.max_windows, data.split_seed)
+    threshold = threshold_of_positions(positions, data.held_out_fraction)
 
     plan = Plan(config["ray"])
     corpus_rows = plan.read_parquet(ordered, CORPUS_COLUMNS)
@@ -174,8 +172,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if data.cache_examples:
         train_ds = plan.materialize(train_ds)
         eval_ds = plan.materialize(eval_ds) if eval_ds is not None else None
-    held = {s for s in set(source_ids) if source_position(s, data.split_seed) < threshold}
-    log.info("training on %s (%d files, %d windows, %d sources; %d held out)", corpus, len(files), len(source_ids), len(set(source_ids)), len(held))
+    split = split_counts(positions, threshold)
+    log.info("training on %s (%d files, %d windows, %d sources; %d held out)", corpus, len(files), len(positions),
+             split["train_sources"] + split["held_out_sources"], split["held_out_sources"])
 
     ray_options = config["ray"]
     try:
@@ -188,7 +187,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     with result.checkpoint.as_directory() as folder:  # (a resumed run with nothing left to do reports no metrics)
         state = load_trainer_state(Path(folder))["state"]
     checkpoint = Path(result.checkpoint.path) / MODEL_FILE
-    metrics = training_metrics(state, config, args.model, corpus, checkpoint, source_ids, held)
+    metrics = training_metrics(state, config, args.model, corpus, checkpoint, split)
     write_json_atomically(out / "metrics.json", metrics)
     plot_loss_curve(metrics, out / "loss_curve.png")
     summary = {
@@ -200,8 +199,30 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+def read_positions(files: list[str], max_windows: int, seed: int) -> np.ndarray:
+    """The source position of every window to train on, file by file (only the source_id column is read)."""
+    import pyarrow.parquet as pq
+
+    parts, left = [], max_windows or None
+    for file in files:
+        if left is not None and left <= 0:
+            break
+        ids = pq.read_table(file, columns=["source_id"])["source_id"]
+        if left is not None:
+            ids = ids.slice(0, left)
+            left -= len(ids)
+        parts.append(window_positions(ids, seed))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def split_counts(positions: np.ndarray, threshold: float) -> dict[str, int]:
+    held, sources = positions < threshold, np.unique(positions)
+    return {"train_sources": int((sources >= threshold).sum()), "held_out_sources": int((sources < threshold).sum()),
+            "train_windows": int((~held).sum()), "held_out_windows": int(held.sum())}
+
+
 def training_metrics(state: dict[str, Any], config: dict[str, Any], model: str, corpus: str, checkpoint: Path,
-                     source_ids: list[str], held: set[str]) -> dict[str, Any]:
+                     split: dict[str, int]) -> dict[str, Any]:
     evals = state["evals"]
     return {
         "model": model,
@@ -213,8 +234,7 @@ def training_metrics(state: dict[str, Any], config: dict[str, Any], model: str, 
         "skipped_examples": state.get("skipped", {}),
         "seconds": round(state["seconds"], 1),
         "examples_per_second": round(state["examples"] / max(state["seconds"], 1e-9), 3),
-        "split": {"train_sources": len(set(source_ids)) - len(held), "held_out_sources": len(held),
-                  "train_windows": sum(1 for s in source_ids if s not in held), "held_out_windows": sum(1 for s in source_ids if s in held)},
+        "split": split,
         "eval": {
             "before": next((e for e in evals if e["when"] == "before"), None),
             "after": next((e for e in reversed(evals) if e["when"] == "after"), None),

@@ -1,18 +1,20 @@
 """Fuzzy transcript deduplication with MinHash LSH (Whisper paper §2.1: "fuzzy de-duping of transcript texts").
 
 All four phases live here (as DataTrove splits them), each a plain function; ``find_duplicates`` composes 2-4
-on whatever plan it is given (the job passes the Ray runner's, which groups rows across the cluster):
+on whatever plan it is given (the job passes the Ray runner's, which partitions rows by key across the cluster),
+and the same step finds sources that share an id:
 
 1. ``compute_signatures`` (a stage, per block): normalised text -> shingles -> a MinHash signature of ``num_perm``
    uint32 values, the same values ``datasketch.MinHash(num_perm, seed)`` gives for the same shingles, computed for
    a whole block at once with numpy; plus ``dedup_quality``, a sortable key that says which copy to keep.
-2. ``band_keys`` (per block): one row per (source, LSH band); rows with equal ``band_key`` are candidates.
-3. ``bucket_edges`` (per group of equal band keys): candidate pairs whose estimated Jaccard similarity (share
-   of equal signature values) reaches the threshold become edges.
-4. ``resolve_duplicates`` (on the driver, global): union-find over the edges; each cluster keeps its best copy.
+2. ``key_rows`` (per block): 16-byte (key, ref) rows, one per LSH band of each signed row and one for its id; the
+   plan brings back only keys two or more rows share, and ``candidate_pairs`` turns them into ref pairs.
+3. ``_verified`` (on the driver, over the candidates' signatures read back): pairs whose estimated Jaccard
+   similarity (share of equal signature values) reaches the threshold become edges.
+4. ``resolve_duplicates`` (on the driver): union-find over the edges; each cluster keeps its best copy.
    ``mark_duplicates`` (a stage) then rejects the others as ``duplicate``, or as ``eval_overlap`` when their
    cluster holds an evaluation text (``exclusion_rows`` turns the evaluation file into rows that go through
-   phases 1-3 like sources).
+   phases 1-3 like sources). ``replace_copies`` turns the later of two sources with one id into its reject.
 
 Text is compared after NFKC, case folding and removal of punctuation and symbols, so copies that differ only in
 punctuation or case are the same text. Scripts written with spaces are shingled into word n-grams (Korean too),
@@ -27,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import struct
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -282,82 +283,6 @@ def _signatures_of(values: list[bytes], num_perm: int) -> np.ndarray:
     return np.frombuffer(b"".join(values), dtype=SIGNATURE_DTYPE).reshape(len(values), num_perm)
 
 
-def band_keys(batch: pa.Table, options: DedupOptions) -> pa.Table:
-    """One row per (row with a signature, band): ``band_key`` = 2-byte band index + the band's hash values,
-    with ``source_id``, ``minhash``, ``dedup_quality``."""
-    bands, rows = lsh_params(options)
-    if batch.num_rows:
-        batch = batch.filter(pc.is_valid(batch["minhash"]))
-    n = batch.num_rows
-    signatures = _signature_matrix(batch["minhash"], options.num_perm) if n else np.zeros((0, options.num_perm), SIGNATURE_DTYPE)
-    band_bytes = rows * SIGNATURE_DTYPE.itemsize
-    keys = np.empty((n, bands, 2 + band_bytes), dtype=np.uint8)
-    keys[:, :, :2] = np.frombuffer(b"".join(struct.pack(">H", i) for i in range(bands)), dtype=np.uint8).reshape(bands, 2)
-    keys[:, :, 2:] = signatures[:, : bands * rows].view(np.uint8).reshape(n, bands, band_bytes)
-    band_key = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(2 + band_bytes), n * bands, [None, pa.py_buffer(keys.tobytes())]
-    ).cast(pa.binary())
-    take = pa.array(np.repeat(np.arange(n, dtype=np.int64), bands))
-    return pa.table(
-        {
-            "band_key": band_key,
-            "source_id": batch["source_id"].take(take),
-            "minhash": batch["minhash"].take(take),
-            "dedup_quality": batch["dedup_quality"].take(take),
-        }
-    )
-
-
-# --- phase 3: candidate pairs in one bucket ----------------------------------------------------------------
-
-EDGE_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string())])
-
-
-def bucket_edges(group: pa.Table, options: DedupOptions) -> pa.Table:
-    """Pairs (a < b) of one bucket whose estimated Jaccard similarity (share of equal signature values) is at
-    least the threshold, sorted. Buckets of at most 64 members compare every pair; larger ones compare each
-    member with the first 16 (by source id). Rows of several band keys may come together (e.g. a sorted block):
-    each key is then its own bucket."""
-    if group.num_rows < 2:
-        return EDGE_SCHEMA.empty_table()
-    ids = group["source_id"].to_pylist()
-    values = group["minhash"].to_pylist()
-    buckets: list[list[int]] = [list(range(len(ids)))]
-    if "band_key" in group.column_names:
-        by_key: dict[bytes, list[int]] = {}
-        for i, key in enumerate(group["band_key"].to_pylist()):
-            by_key.setdefault(key, []).append(i)
-        buckets = [rows for rows in by_key.values() if len(rows) > 1]
-    pairs: set[tuple[str, str]] = set()
-    for rows in buckets:
-        pairs.update(_bucket_pairs({ids[i]: values[i] for i in reversed(rows)}, options))
-    ordered = sorted(pairs)
-    return pa.table({"a": pa.array([a for a, _ in ordered], pa.string()), "b": pa.array([b for _, b in ordered], pa.string())})
-
-
-def _bucket_pairs(signature_of: dict[str, bytes], options: DedupOptions) -> list[tuple[str, str]]:
-    order = sorted(signature_of)
-    n = len(order)
-    if n < 2:
-        return []
-    signatures = _signatures_of([signature_of[s] for s in order], options.num_perm)
-    needed = math.ceil(options.threshold * options.num_perm - 1e-9)  # equal values for estimated J >= threshold
-    if n <= _ALL_PAIRS_MAX:
-        equal = (signatures[:, None, :] == signatures[None, :, :]).sum(axis=2)
-        i, j = np.nonzero(equal >= needed)
-        keep = i < j
-        return [(order[a], order[b]) for a, b in zip(i[keep].tolist(), j[keep].tolist())]
-    heads = signatures[:_HEADS]
-    found = []
-    for start in range(0, n, 4096):
-        equal = (signatures[start : start + 4096, None, :] == heads[None, :, :]).sum(axis=2)
-        member, head = np.nonzero(equal >= needed)
-        member = member + start
-        keep = head < member
-        found += [(order[a], order[b]) for a, b in zip(head[keep].tolist(), member[keep].tolist())]
-    return found
-
-
 # --- phase 4: clusters (driver) ----------------------------------------------------------------------------
 
 
@@ -475,22 +400,60 @@ def key_rows(batch: pa.Table, options: DedupOptions | None) -> pa.Table:
 MEMBER_COLUMNS = ["ref", "source_id", "source", "manifest", "manifest_line", "reject_reason", "minhash", "dedup_quality"]
 
 
-def candidate_groups(plan: GroupingPlan, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None, expected_rows: int) -> list[list[int]]:
-    """The refs of every key that two or more rows share (rows of one source id, or of one LSH band value)."""
-    shared = plan.shared_keys(dataset, explode, extra, expected_rows)
-    by_key: dict[int, list[int]] = {}
-    for key, ref in zip(shared["key"].to_pylist(), shared["ref"].to_pylist()):
-        by_key.setdefault(key, []).append(ref)
-    return [sorted(refs) for refs in by_key.values() if len(refs) > 1]
+def candidate_pairs(shared: pa.Table) -> np.ndarray:
+    """(a, b) ref pairs (a < b, each pair once) of rows sharing a key: the pair of a two-row key straight from the
+    sorted keys; a larger group all its pairs up to 64 members, else each member with the first 16 (by ref)."""
+    if shared.num_rows == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    keys, refs = shared["key"].to_numpy(zero_copy_only=False), shared["ref"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((refs, keys))
+    keys, refs = keys[order], refs[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    sizes = np.diff(np.r_[starts, len(keys)])
+    twos = starts[sizes == 2]
+    pairs = [np.stack([refs[twos], refs[twos + 1]], axis=1)]
+    for start, size in zip(starts[sizes > 2].tolist(), sizes[sizes > 2].tolist()):
+        members = refs[start : start + size]
+        if size <= _ALL_PAIRS_MAX:
+            a, b = np.triu_indices(size, 1)
+        else:
+            a = np.concatenate([np.full(size - h - 1, h) for h in range(_HEADS)])
+            b = np.concatenate([np.arange(h + 1, size) for h in range(_HEADS)])
+        pairs.append(np.stack([members[a], members[b]], axis=1))
+    found = np.concatenate(pairs)
+    return np.unique(found[found[:, 0] != found[:, 1]], axis=0)
+
+
+def _signature_rows(column: pa.ChunkedArray | pa.Array, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix of every row's signature, which rows have one), without a Python object per row."""
+    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    width = num_perm * SIGNATURE_DTYPE.itemsize
+    fixed = values.cast(pa.binary(width))
+    valid = fixed.is_valid().to_numpy(zero_copy_only=False)
+    if not valid.any():
+        return np.zeros((len(fixed), num_perm), dtype=SIGNATURE_DTYPE), valid
+    data = np.frombuffer(fixed.buffers()[1], dtype=SIGNATURE_DTYPE, count=(fixed.offset + len(fixed)) * num_perm)
+    return data[fixed.offset * num_perm :].reshape(len(fixed), num_perm), valid
+
+
+def _verified(signatures: np.ndarray, a: np.ndarray, b: np.ndarray, options: DedupOptions, chunk: int = 16_384) -> np.ndarray:
+    """Which (row a, row b) pairs reach the threshold on their signatures (share of equal values), in chunks."""
+    needed = math.ceil(options.threshold * options.num_perm - 1e-9)
+    keep = np.zeros(len(a), dtype=bool)
+    for start in range(0, len(a), chunk):
+        part = slice(start, start + chunk)
+        keep[part] = (signatures[a[part]] == signatures[b[part]]).sum(axis=1) >= needed
+    return keep
 
 
 def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, duplicate_reject: Callable[[dict, dict], dict], rows_hint: int = 0) -> DuplicateDecisions:
     """The global step over the dataset of signed rows (phase 1 done), bounded by the duplicates, not the sources:
-    rows sharing a key are read back, then, on the driver, sources with one id (the first by ``ref`` stays, the
-    others become ``duplicate_reject(row, first)``) and near-duplicate pairs (checked on their signatures, phase
-    3) resolved into clusters that keep their best copy (phase 4). With ``options.enabled`` false only ids are
-    compared. Evaluation texts (``exclude_texts``) take part as rows with negative refs. ``rows_hint``: the number
-    of rows, which sizes the all-to-all step."""
+    rows sharing a key come back as (key, ref) and become candidate pairs; the pairs' rows are read back; sources with
+    one id (the first by ``ref`` stays, the others become ``duplicate_reject(row, first)``) and near-duplicate pairs
+    (checked on their signatures, phase 3) are resolved into clusters that keep their best copy (phase 4), with
+    NumPy arrays, not a Python object per candidate. With ``options.enabled`` false only ids are compared.
+    Evaluation texts (``exclude_texts``) take part as rows with negative refs. ``rows_hint``: the number of rows,
+    which sizes the all-to-all step."""
     dedup = options if options.enabled else None
     extra = exclusion_rows(options) if dedup else EXCLUSION_SCHEMA.empty_table()
     if extra.num_rows:
@@ -498,36 +461,57 @@ def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, dup
     explode = functools.partial(key_rows, options=dedup)
     extra_keys = key_rows(extra, dedup).filter(pc.less(pc.field("ref"), 0)) if extra.num_rows else None  # eval texts: band keys only
     bands = lsh_params(options)[0] if dedup else 0
-    groups = candidate_groups(plan, dataset, explode, extra_keys, rows_hint * (1 + bands))
-    members = np.array(sorted({ref for group in groups for ref in group if ref >= 0}), dtype=np.int64)
-    found = plan.rows_where(dataset, "ref", members, [c for c in MEMBER_COLUMNS if c in dataset_columns(plan, dataset)]) if len(members) else None
-    rows = {r["ref"]: r for r in (found.to_pylist() if found is not None else [])}
-    if extra.num_rows:
-        rows.update({r["ref"]: dict(r, reject_reason=None) for r in extra.to_pylist()})
+    pairs = candidate_pairs(plan.shared_keys(dataset, explode, extra_keys, rows_hint * (1 + bands)))
+    refs = np.unique(pairs)
+    columns = [c for c in MEMBER_COLUMNS if c in dataset_columns(plan, dataset)]
+    members = plan.rows_where(dataset, "ref", refs[refs >= 0], columns) if (refs >= 0).any() else pa.table({c: pa.array([], MEMBER_TYPES[c]) for c in columns})
+    members = _member_table(members, extra)
+    at = np.searchsorted(members["ref"].to_numpy(zero_copy_only=False), pairs) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
+    ids = members["source_id"]
+    same = np.asarray(pc.equal(ids.take(pa.array(at[:, 0])), ids.take(pa.array(at[:, 1]))).to_numpy(zero_copy_only=False), dtype=bool) if len(at) else np.zeros(0, bool)
 
     same_id: dict[int, dict[str, Any]] = {}  # ref -> its duplicate_source reject row
-    for group in groups:
-        by_id: dict[str, list[dict[str, Any]]] = {}
-        for ref in group:
-            if ref in rows:
-                by_id.setdefault(rows[ref]["source_id"], []).append(rows[ref])
-        for copies in by_id.values():
-            copies.sort(key=lambda r: r["ref"])
-            for row in copies[1:]:
-                same_id[row["ref"]] = duplicate_reject(row, copies[0])
-    edges: set[tuple[str, str]] = set()
-    if dedup is not None:
-        for group in groups:
-            signed = [rows[r] for r in group if r in rows and r not in same_id and rows[r].get("reject_reason") is None and rows[r].get("minhash")]
-            if len({r["source_id"] for r in signed}) > 1:
-                table = pa.table({"source_id": [r["source_id"] for r in signed], "minhash": pa.array([r["minhash"] for r in signed], pa.binary())})
-                found_edges = bucket_edges(table, options)
-                edges.update(zip(found_edges["a"].to_pylist(), found_edges["b"].to_pylist()))
-    quality = {r["source_id"]: r.get("dedup_quality") for r in rows.values() if r["ref"] not in same_id}
-    decisions = resolve_duplicates(sorted(edges), quality)
+    if same.any():
+        copies: dict[str, list[dict[str, Any]]] = {}
+        for row in members.take(pa.array(np.unique(at[same]))).to_pylist():
+            copies.setdefault(row["source_id"], []).append(row)
+        for rows in copies.values():
+            rows.sort(key=lambda r: r["ref"])
+            for row in rows[1:]:
+                same_id[row["ref"]] = duplicate_reject(row, rows[0])
+    decisions: dict[str, str] = {}
+    edges = 0
+    if dedup is not None and len(at):
+        signatures, signed = _signature_rows(members["minhash"], options.num_perm)
+        usable = signed & pc.is_null(members["reject_reason"]).to_numpy(zero_copy_only=False)
+        usable &= ~np.isin(members["ref"].to_numpy(zero_copy_only=False), np.array(sorted(same_id), dtype=np.int64))
+        candidates = at[~same & usable[at[:, 0]] & usable[at[:, 1]]]
+        found = candidates[_verified(signatures, candidates[:, 0], candidates[:, 1], options)]
+        edges = len(found)
+        if edges:
+            a, b = ids.take(pa.array(found[:, 0])).to_pylist(), ids.take(pa.array(found[:, 1])).to_pylist()
+            involved = np.unique(found)
+            quality = dict(zip(ids.take(pa.array(involved)).to_pylist(), members["dedup_quality"].take(pa.array(involved)).to_pylist()))
+            decisions = resolve_duplicates(sorted((min(x, y), max(x, y)) for x, y in zip(a, b)), quality)
     log.info("dedup: %d sources share an id with an earlier one; %d similar pairs, %d sources are near-duplicates or match evaluation texts",
-             len(same_id), len(edges), len(decisions))
+             len(same_id), edges, len(decisions))
     return DuplicateDecisions.from_mapping(decisions, options, same_id)
+
+
+MEMBER_TYPES = {"ref": pa.int64(), "source_id": pa.string(), "source": pa.string(), "manifest": pa.string(), "manifest_line": pa.int64(),
+                "reject_reason": pa.string(), "minhash": pa.binary(), "dedup_quality": pa.string()}
+
+
+def _member_table(found: pa.Table, extra: pa.Table) -> pa.Table:
+    """The candidates' rows (and the evaluation texts'), every member column present, sorted by ref."""
+    parts = [found]
+    if extra.num_rows:
+        parts.append(pa.table({c: extra[c] if c in extra.column_names else pa.nulls(extra.num_rows, t) for c, t in MEMBER_TYPES.items() if c in found.column_names or c in extra.column_names}))
+    table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else found
+    for name, type_ in MEMBER_TYPES.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, type_))
+    return table.sort_by("ref")
 
 
 def dataset_columns(plan: Any, dataset: Any) -> list[str]:

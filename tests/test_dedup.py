@@ -9,7 +9,6 @@ from itertools import permutations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from datasketch import MinHash
 
@@ -18,11 +17,10 @@ from pipeline.stage import Stage, run_stages
 from pipeline.io.sources import duplicate_reject
 from pipeline.text import normalize_for_comparison
 from stages.dedup import find_duplicates as dedup_find_duplicates
+from stages.dedup import key_rows
 from stages.dedup import (
     DedupOptions,
     DuplicateDecisions,
-    band_keys,
-    bucket_edges,
     compute_signatures,
     exclusion_rows,
     lsh_params,
@@ -222,35 +220,33 @@ def test_long_transcripts_span_several_hash_slices():
         assert np.array_equal(np.frombuffer(value, dtype="<u4"), reference.hashvalues)
 
 
-def test_band_keys_and_bucket_edges():
-    signed = compute_signatures(source_table([SENTENCE_20, SENTENCE_20.upper(), "too short"], ids=["b", "a", "c"]), OPTIONS)
-    keys = band_keys(signed, OPTIONS)
-    bands, rows = lsh_params(OPTIONS)
-    assert keys.num_rows == 2 * bands  # the short text has no signature
-    assert keys.column_names == ["band_key", "source_id", "minhash", "dedup_quality"]
-    assert {len(k) for k in keys["band_key"].to_pylist()} == {2 + 4 * rows}
-    assert len(set(keys["band_key"].to_pylist())) == bands  # identical texts share every band, bands never collide
-    edges = bucket_edges(keys.filter(pc.equal(keys["band_key"], keys["band_key"][0])), OPTIONS)
-    assert edges.to_pylist() == [{"a": "a", "b": "b"}]
-    # rows of several band keys at once (a sorted block): each key is its own bucket, pairs reported once
-    assert bucket_edges(keys, OPTIONS).to_pylist() == [{"a": "a", "b": "b"}]
-    assert bucket_edges(keys.drop_columns(["band_key"]), OPTIONS).to_pylist() == [{"a": "a", "b": "b"}]
+def test_key_rows_and_candidate_pairs():
+    from stages.dedup import _signature_rows, _verified, candidate_pairs, key_rows
+
+    signed = with_refs(compute_signatures(source_table([SENTENCE_20, SENTENCE_20.upper(), "too short"], ids=["b", "a", "c"]), OPTIONS))
+    keys = key_rows(signed, OPTIONS)
+    bands, _ = lsh_params(OPTIONS)
+    assert keys.num_rows == 3 + 2 * bands  # an id key per row, band keys for the two with a signature (not the short text)
+    assert keys.column_names == ["key", "ref"] and keys.schema.field("key").type == pa.int64()
+    assert len(set(keys["key"].to_pylist())) == 3 + bands  # identical texts share every band key; bands never collide
+    assert key_rows(signed, None).num_rows == 3  # dedup off: ids only
+    assert candidate_pairs(keys).tolist() == [[0, 1]]  # shared by 20 band keys, one pair
+    signatures, valid = _signature_rows(signed["minhash"], OPTIONS.num_perm)
+    assert valid.tolist() == [True, True, False] and _verified(signatures, np.array([0]), np.array([1]), OPTIONS).tolist() == [True]
 
 
-def test_bucket_edges_is_bounded_and_deterministic():
-    signature = compute_signatures(source_table([SENTENCE_20]), OPTIONS)["minhash"][0].as_py()
-    ids = [f"x{i:03d}" for i in range(200)]
-    group = pa.table({"source_id": ids, "minhash": [signature] * 200})
-    edges = bucket_edges(group, OPTIONS)
-    # beyond 64 members: each member against the first 16 by id (120 head pairs + 184 x 16)
-    assert edges.num_rows == 16 * 15 // 2 + 184 * 16
+def test_candidate_pairs_are_bounded_and_deterministic():
+    from stages.dedup import candidate_pairs
+
+    group = pa.table({"key": pa.array([7] * 200, pa.int64()), "ref": pa.array(range(200), pa.int64())})
+    pairs = candidate_pairs(group)
+    # beyond 64 members: each member against the first 16 by ref (120 head pairs + 184 x 16)
+    assert len(pairs) == 16 * 15 // 2 + 184 * 16 and (pairs[:, 0] < pairs[:, 1]).all()
     shuffled = group.take(np.random.default_rng(0).permutation(200))
-    assert sorted(bucket_edges(shuffled, OPTIONS).to_pylist(), key=str) == sorted(edges.to_pylist(), key=str)
-    small = bucket_edges(group.slice(0, 10), OPTIONS)
-    assert small.num_rows == 45
-    assert bucket_edges(group.slice(0, 1), OPTIONS).num_rows == 0
-    repeated = pa.table({"source_id": ["x", "x"], "minhash": [signature] * 2})  # one source twice: no self-pair
-    assert bucket_edges(repeated, OPTIONS).num_rows == 0
+    assert candidate_pairs(shuffled).tolist() == pairs.tolist()
+    assert len(candidate_pairs(group.slice(0, 10))) == 45 and len(candidate_pairs(group.slice(0, 1))) == 0
+    repeated = pa.table({"key": pa.array([1, 1, 2, 2], pa.int64()), "ref": pa.array([3, 4, 4, 3], pa.int64())})
+    assert candidate_pairs(repeated).tolist() == [[3, 4]]  # one pair, however many keys it shares
 
 
 def test_recall_at_the_threshold():
@@ -409,7 +405,7 @@ def test_exclusion_rows_without_file_and_bad_jsonl(tmp_path):
     empty = exclusion_rows(OPTIONS)
     assert empty.num_rows == 0 and empty.column_names == ["source_id", "transcript_text", "transcript_format", "cues"]
     assert compute_signatures(empty, OPTIONS).num_rows == 0
-    assert band_keys(compute_signatures(empty, OPTIONS), OPTIONS).num_rows == 0
+    assert key_rows(with_refs(compute_signatures(empty, OPTIONS)), OPTIONS).num_rows == 0
     bad = tmp_path / "eval.jsonl"
     bad.write_text('{"sentence": "no text key"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="eval.jsonl:1"):
@@ -432,3 +428,40 @@ def test_mark_duplicates():
     assert rows[0]["language"] == "en"
     untouched = mark_duplicates(signed, DuplicateDecisions.from_mapping({"zz": "a"}, OPTIONS))
     assert untouched.equals(signed.drop_columns(["minhash"]))
+
+
+def test_sources_sharing_an_id_keep_the_first_and_become_duplicate_source_rows():
+    """Two manifest lines (or two inputs) that give one id: the global step keeps the first by ref and turns the
+    others into the reject rows discovery in one process makes (``replace_copies``), wherever they are."""
+    from stages.dedup import replace_copies
+
+    texts = ["A talk about rivers and the boats that sail on them, every day of the year.", "Something else entirely, said once."]
+    table = source_table([texts[0], texts[1], texts[1]], ["same", "other", "same"])
+    table = table.append_column("ref", pa.array([5, 7, 9], pa.int64()))
+    table = table.append_column("manifest", pa.array(["m.jsonl", "m.jsonl", "m.jsonl"]))
+    table = table.append_column("manifest_line", pa.array([1, 2, 3], pa.int64()))
+    table = table.append_column("source", pa.array(["a", "b", "c"]))
+    for name in ("reject_stage", "reject_reason", "reject_detail"):
+        table = table.append_column(name, pa.nulls(3, pa.string()))
+    decisions = dedup_find_duplicates(InProcessPlan(), [compute_signatures(table, OPTIONS)], OPTIONS, duplicate_reject)
+    assert [ref for ref, _ in decisions.same_id] == [9]  # the later line with id "same"
+    assert decisions.keeper == {}  # text near-duplicates of each other among distinct ids only: none here
+    replaced = {r["ref"]: r for r in replace_copies(table, decisions).to_pylist()}
+    assert replaced[5]["source_id"] == "same" and replaced[5]["reject_reason"] is None
+    copy = replaced[9]
+    assert copy["reject_reason"] == "duplicate_source" and copy["reject_stage"] == "discover_sources"
+    assert copy["reject_detail"] == "line 3: same source id 'same' as line 1" and copy["source"] == "m.jsonl:3"
+    assert copy["source_id"] != "same" and copy["transcript_text"] is None
+
+
+def test_accounting_from_refs():
+    from pipeline.io.commit import without_refs
+    from pipeline.sinks.accounting import check_refs
+
+    assert check_refs(4, np.array([3, 1, 2, 0]), kept=3, rejected=1)["ok"]
+    doubled = check_refs(4, np.array([3, 1, 1, 0]), kept=3, rejected=1)
+    assert not doubled["ok"] and doubled["counted_twice"] == [1] and doubled["missing"] == 1
+    assert not check_refs(5, np.array([0, 1, 2, 3]), kept=3, rejected=1)["ok"]  # one found, never committed
+    batch = pa.table({"ref": pa.array([1, 2, 3, 4], pa.int64())})
+    assert without_refs(batch, np.array([2, 4], np.int64))["ref"].to_pylist() == [1, 3]
+    assert without_refs(batch, np.zeros(0, np.int64)).num_rows == 4

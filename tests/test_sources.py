@@ -116,3 +116,57 @@ def test_discovery_is_deterministic(tmp_path):
     shutil.copytree(tmp_path / "d", tmp_path / "copy" / "d")
     second = discover_sources([str(tmp_path / "copy" / "d")])
     assert [r["source_id"] for r in first.sources] == [r["source_id"] for r in second.sources]
+
+
+# --- discovery in splits (what the corpus job's tasks do) ---------------------------------------------------
+
+def test_manifest_pieces_read_back_every_line_once_with_its_number(tmp_path):
+    """A plain manifest cut into line-aligned pieces gives the rows (ids, line numbers, rejects) of one whole read."""
+    import gzip
+    import random
+
+    from pipeline.io.sources import _manifest_pieces, manifest_rows
+
+    rng = random.Random(0)
+    lines = []
+    for i in range(1500):
+        kind = rng.random()
+        lines.append("" if kind < 0.03 else "{broken" if kind < 0.06 else json.dumps({"audio": f"a/{i}.wav", "text": "x" * rng.randint(1, 200)}))
+    manifest = touch(tmp_path / "m.jsonl", "\n".join(lines) + "\n")
+    whole = [(r["manifest_line"], r["source_id"], r.get("reject_reason")) for r in manifest_rows(str(manifest), SourceOptions())]
+    assert len(whole) == sum(1 for line in lines if line.strip())
+    for size in (64, 700, 5000, 10**7):
+        pieces = _manifest_pieces(str(manifest), size)
+        assert pieces[0][0] == 0 and pieces[-1][1] is None and all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+        read = [(r["manifest_line"], r["source_id"], r.get("reject_reason"))
+                for start, end, first in pieces for r in manifest_rows(str(manifest), SourceOptions(), start=start, end=end, first_line=first)]
+        assert read == whole, size
+    packed = tmp_path / "m.jsonl.gz"
+    packed.write_bytes(gzip.compress(manifest.read_bytes()))
+    assert _manifest_pieces(str(packed), 64) == [(0, None, 1)]  # gzip cannot be cut: one task
+    assert [r["manifest_line"] for r in manifest_rows(str(packed), SourceOptions())] == [w[0] for w in whole]
+
+
+def test_splits_find_what_one_pass_finds_with_stable_refs(tmp_path):
+    from pipeline.io.sources import plan_splits, split_rows
+
+    root = tmp_path / "data"
+    touch(root / "top.mp3")
+    touch(root / "top.srt")
+    touch(root / "en" / "talk.mp3")
+    touch(root / "en" / "deeper" / "talk.en.srt")  # another folder: does not pair with en/talk.mp3
+    touch(root / "en" / "deeper" / "talk.mp3")
+    touch(root / "de" / "rede.opus")
+    touch(root / ".hidden" / "x.mp3")
+    manifest = touch(tmp_path / "list.jsonl", "\n".join(json.dumps({"audio": "data/top.mp3", "text": f"line {i}"}) for i in range(5)) + "\n")
+    options = SourceOptions(manifest_split_mb=0.0001)  # 100-byte pieces
+    splits = plan_splits([str(root), str(manifest)], options)
+    assert [(s.kind, s.part) for s in splits[:3]] == [("folder", None), ("folder", "de"), ("folder", "en")]
+    assert len(splits) > 4  # the manifest in several pieces
+    rows = [r for split in splits for r in split_rows(split, options)]
+    refs = [r["ref"] for r in rows]
+    assert len(set(refs)) == len(refs) and refs == [r["ref"] for split in plan_splits([str(root), str(manifest)], options) for r in split_rows(split, options)]
+    found = discover_sources([str(root), str(manifest)], options)  # the same splits, collected in this process
+    assert sorted(r["source_id"] for r in rows if not r.get("reject_reason")) == sorted(r["source_id"] for r in found.sources)
+    assert sorted(r["source"].removeprefix(f"{root}/") for r in found.sources if r.get("manifest") is None) == ["en/deeper/talk.mp3", "top.mp3"]
+    assert sorted(r["source"].removeprefix(f"{root}/") for r in found.rejects) == ["de/rede.opus", "en/talk.mp3"]  # no transcript beside them

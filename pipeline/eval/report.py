@@ -1,8 +1,10 @@
 """A corpus run as one self-contained HTML page: what is in it, what was dropped and why, and examples to look at.
 
-Reads only the committed shards (``corpus/`` without its audio column, ``rejects/``), ``summary.json`` and
-``run.json``; rejected transcripts are quoted from the run's inputs when they are still where the run found them.
-Plots are PNG images embedded in the page, so the file can be mailed or attached to a review as it is.
+Built from the statistics each committed shard's marker holds (hours per language and task, histograms of window
+lengths and characters per second, rejects per stage and reason), plus bounded scans: examples (a few per reason)
+and the largest duplicate clusters are found by streaming the rejects table, never holding it; rejected
+transcripts are quoted from the run's inputs when they are still where the run found them. Memory stays flat at
+any corpus size. Plots are PNG images embedded in the page, so the file can be mailed or attached as it is.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import base64
 import html
 import io
 import json
+import bisect
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-
-from pipeline.io.commit import read_committed
+from pipeline.io.commit import committed_markers, iter_committed
 from pipeline.io.storage import write_atomically
+from pipeline.sinks.accounting import tally
 
 REPORT_FILE = "report.html"
 SECTIONS = (
@@ -28,7 +31,8 @@ SECTIONS = (
     ("examples", "Examples of rejected transcripts"),
     ("duplicates", "Top duplicate clusters"),
 )
-CORPUS_COLUMNS = ["segment_id", "source_id", "source", "start_ms", "end_ms", "text", "language", "task", "has_speech"]
+REJECT_COLUMNS = ["source_id", "source", "reason", "detail", "start_ms", "duplicate_of"]
+TOP_CLUSTERS = 10
 EXAMPLES_PER_REASON = 3
 EXCERPT_CHARS = 400
 
@@ -62,10 +66,8 @@ def _hours(ms: float) -> str:
     return f"{ms / 3_600_000:.3f}"
 
 
-def hours_section(windows: list[dict[str, Any]]) -> str:
-    per: dict[tuple[str, str], float] = defaultdict(float)
-    for w in windows:
-        per[(w["language"] or "?", w["task"] or "transcribe")] += w["end_ms"] - w["start_ms"]
+def hours_section(totals: dict[str, Any]) -> str:
+    per = {tuple(key.split("\t")): ms for key, ms in totals.get("ms_per_language_task", {}).items()}
     if not per:
         return "<p>No windows were kept.</p>"
     languages = sorted({lang for lang, _ in per}, key=lambda lang: -sum(v for (l2, _), v in per.items() if l2 == lang))
@@ -82,97 +84,123 @@ def hours_section(windows: list[dict[str, Any]]) -> str:
     return _png(figure) + _table(["language", "task", "hours"], rows)
 
 
-def durations_section(windows: list[dict[str, Any]]) -> str:
-    seconds = [(w["end_ms"] - w["start_ms"]) / 1000 for w in windows]
-    if not seconds:
+def _histogram(counts: dict[str, int]) -> tuple[list[int], list[int]]:
+    bins = sorted(int(k) for k in counts)
+    return bins, [counts[str(b)] for b in bins]
+
+
+def durations_section(totals: dict[str, Any]) -> str:
+    bins, counts = _histogram(totals.get("window_seconds", {}))
+    if not bins:
         return "<p>No windows were kept.</p>"
     figure, axis = _figure()
-    axis.hist(seconds, bins=[i for i in range(0, 31)], color="#4477aa")
+    axis.bar([b + 0.5 for b in bins], counts, width=1.0, color="#4477aa")
+    axis.set_xlim(0, 31)
     axis.set_xlabel("window length (s)")
     axis.set_ylabel("windows")
-    mean = sum(seconds) / len(seconds)
-    return _png(figure) + f"<p>{len(seconds)} windows; mean {mean:.1f} s, longest {max(seconds):.1f} s.</p>"
+    windows = totals.get("windows", sum(counts))
+    mean = totals.get("ms_out", 0) / 1000 / max(windows, 1)
+    return _png(figure) + f"<p>{windows} windows; mean {mean:.1f} s, longest in the {bins[-1]}–{bins[-1] + 1} s bin.</p>"
 
 
-def rejects_section(rejects: list[dict[str, Any]]) -> str:
-    if not rejects:
+def rejects_section(totals: dict[str, Any]) -> str:
+    entries = {tuple(key.split("\t")): value for key, value in totals.get("rejects", {}).items()}
+    if not entries:
         return "<p>Nothing was rejected.</p>"
-    counts: Counter = Counter()
-    ms: dict[tuple[str, str, str], int] = defaultdict(int)
-    unknown: Counter = Counter()
-    for r in rejects:
-        key = (r["stage"] or "?", r["reason"], r["scope"])
-        counts[key] += 1
-        if r["duration_ms"] is None:
-            unknown[key] += 1
-        else:
-            ms[key] += r["duration_ms"]
     by_reason: Counter = Counter()
-    for (_, reason, _), n in counts.items():
-        by_reason[reason] += n
+    for (_, reason, _), value in entries.items():
+        by_reason[reason] += value["rows"]
     figure, axis = _figure(7.0, 0.3 * len(by_reason) + 1.2)
     reasons = [reason for reason, _ in by_reason.most_common()][::-1]
     axis.barh(reasons, [by_reason[r] for r in reasons], color="#cc6677")
     axis.set_xlabel("rows")
-    rows = [[stage, reason, scope, n, _hours(ms[(stage, reason, scope)]), unknown[(stage, reason, scope)] or ""]
-            for (stage, reason, scope), n in sorted(counts.items(), key=lambda kv: -kv[1])]
-    note = "<p>Hours are the audio each reject dropped; sources refused before decoding have no known duration.</p>"
+    rows = [[stage, reason, scope, v["rows"], _hours(v["ms"]), v["unknown"] or ""]
+            for (stage, reason, scope), v in sorted(entries.items(), key=lambda kv: (-kv[1]["rows"], kv[0]))]
+    note = ("<p>Hours are the audio each reject dropped (a source's length, a stretch's span); sources refused before "
+            "decoding have no known duration.</p>")
     return _png(figure) + _table(["stage", "reason", "scope", "rows", "hours", "of unknown duration"], rows) + note
 
 
-def char_rate_section(windows: list[dict[str, Any]]) -> str:
-    rates = [len((w["text"] or "").strip()) / ((w["end_ms"] - w["start_ms"]) / 1000)
-             for w in windows if w["has_speech"] and w["end_ms"] > w["start_ms"]]
-    if not rates:
+def char_rate_section(totals: dict[str, Any]) -> str:
+    bins, counts = _histogram(totals.get("chars_per_second", {}))
+    if not bins:
         return "<p>No speech windows.</p>"
     figure, axis = _figure()
-    axis.hist(rates, bins=30, color="#228833")
-    axis.set_xlabel("characters per second of the window's transcript")
+    axis.bar([b + 0.5 for b in bins], counts, width=1.0, color="#228833")
+    axis.set_xlabel("characters per second of the window's transcript (60: 60 or more)")
     axis.set_ylabel("windows")
-    ordered = sorted(rates)
-    median = ordered[len(ordered) // 2]
-    return _png(figure) + f"<p>Median {median:.1f} characters/s (lowest {ordered[0]:.1f}, highest {ordered[-1]:.1f}).</p>"
+    total, seen, median = sum(counts), 0, bins[0]
+    for b, n in zip(bins, counts):
+        seen += n
+        if seen * 2 >= total:
+            median = b
+            break
+    return _png(figure) + f"<p>Median {median}–{median + 1} characters/s (lowest bin {bins[0]}, highest {bins[-1]}).</p>"
 
 
 def _transcripts_of(run: dict[str, Any], source_ids: set[str]) -> dict[str, str]:
-    """Excerpts of the named sources' transcripts, re-read from the run's inputs where they still are."""
-    from pipeline.io.sources import discover_sources
+    """Excerpts of the named sources' transcripts, re-read from the run's inputs where they still are: discovery
+    streamed split by split, only the named sources kept."""
+    from pipeline.io.sources import SourceOptions, plan_splits, split_rows
 
     paths = [p for p in run.get("sources") or [] if Path(p).exists()]
     if not paths or not source_ids:
         return {}
+    texts: dict[str, str] = {}
     try:
-        found = discover_sources(paths)
+        for split in plan_splits(paths, SourceOptions()):
+            for row in split_rows(split, SourceOptions()):
+                if row["source_id"] not in source_ids or row["source_id"] in texts or row.get("reject_reason"):
+                    continue
+                text = row.get("inline_text")
+                if text is None and row.get("transcript_path"):
+                    try:
+                        raw = Path(row["transcript_path"]).read_bytes()[: EXCERPT_CHARS * 4]
+                    except OSError:
+                        continue
+                    text = raw.decode(row.get("transcript_encoding") or "utf-8", errors="replace")
+                if text:
+                    texts[row["source_id"]] = text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
+            if len(texts) == len(source_ids):
+                break
     except (OSError, ValueError):
-        return {}
-    texts = {}
-    for row in found.sources:
-        if row["source_id"] not in source_ids:
-            continue
-        text = row.get("inline_text")
-        if text is None and row.get("transcript_path"):
-            try:
-                raw = Path(row["transcript_path"]).read_bytes()[: EXCERPT_CHARS * 4]
-            except OSError:
-                continue
-            text = raw.decode(row.get("transcript_encoding") or "utf-8", errors="replace")
-        if text:
-            texts[row["source_id"]] = text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
+        return texts
     return texts
 
 
-def examples_section(rejects: list[dict[str, Any]], run: dict[str, Any]) -> str:
-    chosen: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in sorted(rejects, key=lambda r: (r["reason"], r["source_id"], r["start_ms"] or 0)):
-        if len(chosen[r["reason"]]) < EXAMPLES_PER_REASON:
-            chosen[r["reason"]].append(r)
-    if not chosen:
+def scan_rejects(root: Path) -> tuple[dict[str, list[dict[str, Any]]], Counter, dict[str, list[str]]]:
+    """Streaming passes over the rejects table: the first examples per reason (by source id and start), the size
+    of every duplicate cluster, and the members of the largest ones; memory bounded by the duplicates."""
+    chosen: dict[str, list[tuple]] = defaultdict(list)  # per reason: the smallest keys so far, sorted
+    clusters: Counter = Counter()
+    for batch in iter_committed(root, "rejects", REJECT_COLUMNS):
+        for r in batch.to_pylist():
+            key = (r["source_id"], r["start_ms"] or 0, r["source"] or "", r["detail"] or "")
+            smallest = chosen[r["reason"]]
+            if len(smallest) < EXAMPLES_PER_REASON or key < smallest[-1]:
+                bisect.insort(smallest, key)
+                del smallest[EXAMPLES_PER_REASON:]
+            if r["reason"] in ("duplicate", "eval_overlap") and r["duplicate_of"]:
+                clusters[r["duplicate_of"]] += 1
+    examples = {reason: [dict(zip(("source_id", "start_ms", "source", "detail"), key)) for key in keys] for reason, keys in chosen.items()}
+    top = {kept for kept, _ in sorted(clusters.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CLUSTERS]}
+    members: dict[str, list[str]] = defaultdict(list)
+    if top:
+        for batch in iter_committed(root, "rejects", ["source_id", "duplicate_of"]):
+            for r in batch.to_pylist():
+                if r["duplicate_of"] in top:
+                    members[r["duplicate_of"]].append(r["source_id"])
+    return examples, clusters, members
+
+
+def examples_section(examples: dict[str, list[dict[str, Any]]], run: dict[str, Any]) -> str:
+    if not examples:
         return "<p>Nothing was rejected.</p>"
-    texts = _transcripts_of(run, {r["source_id"] for rows in chosen.values() for r in rows})
+    texts = _transcripts_of(run, {r["source_id"] for rows in examples.values() for r in rows})
     parts = []
-    for reason in sorted(chosen):
+    for reason in sorted(examples):
         items = []
-        for r in chosen[reason]:
+        for r in examples[reason]:
             quote = texts.get(r["source_id"])
             items.append(
                 f"<li><code>{html.escape(r['source'] or r['source_id'])}</code>: {html.escape(r['detail'] or '')}"
@@ -182,19 +210,17 @@ def examples_section(rejects: list[dict[str, Any]], run: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def duplicates_section(rejects: list[dict[str, Any]], windows: list[dict[str, Any]]) -> str:
-    clusters: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rejects:
-        if r["reason"] in ("duplicate", "eval_overlap") and r["duplicate_of"]:
-            clusters[r["duplicate_of"]].append(r)
+def duplicates_section(root: Path, clusters: Counter, members: dict[str, list[str]]) -> str:
     if not clusters:
         return "<p>No near-duplicates were found.</p>"
-    first_text = {}
-    for w in sorted(windows, key=lambda w: w["segment_id"]):
-        first_text.setdefault(w["source_id"], w["text"] or "")
-    rows = []
-    for kept, members in sorted(clusters.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:10]:
-        rows.append([kept, len(members) + 1, ", ".join(sorted(m["source_id"] for m in members)), (first_text.get(kept) or "")[:120]])
+    top = sorted(clusters.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CLUSTERS]
+    wanted = {kept for kept, _ in top}
+    first_text: dict[str, tuple[str, str]] = {}
+    for batch in iter_committed(root, "corpus", ["segment_id", "source_id", "text"]):
+        for w in batch.to_pylist():
+            if w["source_id"] in wanted and (w["source_id"] not in first_text or w["segment_id"] < first_text[w["source_id"]][0]):
+                first_text[w["source_id"]] = (w["segment_id"], w["text"] or "")
+    rows = [[kept, n + 1, ", ".join(sorted(members.get(kept, []))), first_text.get(kept, ("", ""))[1][:120]] for kept, n in top]
     return _table(["kept (or evaluation text)", "size", "dropped as its duplicates", "kept text (first window)"], rows)
 
 
@@ -209,22 +235,20 @@ def render_report(root: str | Path) -> Path:
     root = Path(root)
     summary = json.loads((root / "summary.json").read_text(encoding="utf-8")) if (root / "summary.json").exists() else {}
     run = json.loads((root / "run.json").read_text(encoding="utf-8")) if (root / "run.json").exists() else {}
-    corpus = read_committed(root, "corpus", CORPUS_COLUMNS)
-    windows = corpus.to_pylist() if corpus is not None else []
-    rejected = read_committed(root, "rejects")
-    rejects = rejected.to_pylist() if rejected is not None else []
+    totals = tally(committed_markers(root))  # (FileNotFoundError for a folder without committed shards)
+    examples, clusters, members = scan_rejects(root)
     bodies = {
-        "hours": hours_section(windows),
-        "durations": durations_section(windows),
-        "rejects": rejects_section(rejects),
-        "char-rate": char_rate_section(windows),
-        "examples": examples_section(rejects, run),
-        "duplicates": duplicates_section(rejects, windows),
+        "hours": hours_section(totals),
+        "durations": durations_section(totals),
+        "rejects": rejects_section(totals),
+        "char-rate": char_rate_section(totals),
+        "examples": examples_section(examples, run),
+        "duplicates": duplicates_section(root, clusters, members),
     }
     sources = summary.get("inputs", {})
     overview = _table(
         ["sources in", "kept", "rejected", "windows", "hours in", "hours out", "accounting"],
-        [[sources.get("in", "?"), sources.get("kept", "?"), sources.get("rejected", "?"), len(windows),
+        [[sources.get("in", "?"), sources.get("kept", "?"), sources.get("rejected", "?"), totals.get("windows", 0),
           summary.get("hours", {}).get("in", "?"), summary.get("hours", {}).get("out", "?"),
           "ok" if summary.get("accounting", {}).get("ok") else "see summary.json"]],
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,7 +20,20 @@ def source_position(source_id: str, seed: int = 0) -> float:
 def held_out_threshold(source_ids: Iterable[str], fraction: float, seed: int = 0) -> float:
     """Sources whose position is below the threshold are held out: about ``fraction`` of them, at least one
     (when there are two or more) and never all."""
-    positions = sorted(source_position(s, seed) for s in set(source_ids))
+    return threshold_of_positions(np.array([source_position(s, seed) for s in set(source_ids)]), fraction)
+
+
+def window_positions(source_ids: pa.ChunkedArray | pa.Array, seed: int = 0) -> np.ndarray:
+    """Each window's source position (one hash per distinct source): 8 bytes a window, what a corpus of millions of
+    windows is split by without a set of its ids."""
+    encoded = pc.dictionary_encode(source_ids).combine_chunks() if isinstance(source_ids, pa.ChunkedArray) else pc.dictionary_encode(source_ids)
+    positions = np.array([source_position(s, seed) for s in encoded.dictionary.to_pylist()], dtype=np.float64)
+    return positions[encoded.indices.to_numpy(zero_copy_only=False)] if len(positions) else np.zeros(0)
+
+
+def threshold_of_positions(positions: np.ndarray, fraction: float) -> float:
+    """``held_out_threshold`` from the sources' positions (duplicates, one per window, allowed)."""
+    positions = np.unique(positions)
     if fraction <= 0 or len(positions) < 2:
         return 0.0
     count = min(max(1, round(fraction * len(positions))), len(positions) - 1)

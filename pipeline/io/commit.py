@@ -243,12 +243,28 @@ def _read(store: Store, files: list[str], schema: pa.Schema | None, columns: lis
     return pq.read_table(paths, filesystem=store.fs, schema=schema, columns=columns)
 
 
-def _store_with_markers(root: str | Path) -> tuple[Store, list[dict[str, Any]]]:
+def _store_with_markers(root: str | Path) -> tuple[Store, Iterator[dict[str, Any]]]:
+    """The folder and its markers, read one at a time as the caller goes (only file names are kept)."""
     store = Store(root)
     names = marker_names(store)
     if not names:
         raise FileNotFoundError(f"{store.uri()} is not a wspsr output folder with committed shards (no {MARKERS}/*.json)")
-    return store, [json.loads(store.read_bytes(f"{MARKERS}/{name}").decode("utf-8")) for name in names]
+    return store, (json.loads(store.read_bytes(f"{MARKERS}/{name}").decode("utf-8")) for name in names)
+
+
+def committed_markers(root: str | Path) -> Iterator[dict[str, Any]]:
+    """The markers of a wspsr output folder, read one at a time (``FileNotFoundError`` when it has none)."""
+    return _store_with_markers(root)[1]
+
+
+def iter_committed(root: str | Path, table: str, columns: list[str] | None = None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """The committed rows of ``table`` in record batches, one file at a time: for scans that must not hold the
+    table (a report over millions of rows)."""
+    store, markers = _store_with_markers(root)
+    for file in _files_of(store, markers, table):
+        path = file if store.local else resolve(file)[1]
+        with store.fs.open_input_file(path) as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def committed_files(root: str | Path, table: str) -> list[str]:

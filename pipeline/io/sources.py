@@ -464,8 +464,9 @@ DISCOVERED_COLUMNS = (
 DISCOVERED_SCHEMA = pa.schema([(name, STREAM_COLUMNS[name]) for name in DISCOVERED_COLUMNS])
 
 
-def read_split(split: SourceSplit, options: SourceOptions, rows_per_block: int) -> Iterator[pa.Table]:
-    """The split's rows as blocks of at most ``rows_per_block`` rows (what a discovery task yields)."""
+def read_split(split: SourceSplit, options: SourceOptions, rows_per_block: int = 5000) -> Iterator[pa.Table]:
+    """The split's rows in tables of at most ``rows_per_block`` rows (what a discovery task yields; Ray makes one
+    block of a split's tables while they fit its block size)."""
     block: list[dict[str, Any]] = []
     for row in split_rows(split, options):
         block.append(row)

@@ -34,8 +34,7 @@ class RayOptions:
     address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); default $RAY_ADDRESS or local
     num_cpus: int | None = None  # local Ray only: CPUs to use (default: all)
     sources_per_block: int = 16  # sources per task and per committed shard where audio is decoded
-    text_rows_per_block: int = 2000  # sources per block for discovery and the text stages (cheap per source)
-    keys_per_block: int = 2_000_000  # keyed rows per block in the global step's aggregation (16 bytes each)
+    keys_per_block: int = 2_000_000  # rows (16 bytes each) per partition of the corpus job's global dedup step
     model_actors: int = 1  # actors per model stage (on GPUs: one per GPU you want busy)
     model_gpus: float | None = None  # GPUs per model actor; default 1 when the cluster has GPUs, else 0
     model_memory_gb: float = 2.0  # memory reserved per model actor (Whisper base needs about 1 GB on CPU)
@@ -44,8 +43,8 @@ class RayOptions:
     dashboard: bool = False  # local Ray only: start the dashboard (Ray Train's state monitoring needs it)
 
     def __post_init__(self) -> None:
-        if min(self.sources_per_block, self.text_rows_per_block, self.keys_per_block, self.model_actors) <= 0 or self.model_memory_gb <= 0:
-            raise ValueError("sources_per_block, text_rows_per_block, keys_per_block, model_actors and model_memory_gb must be positive")
+        if min(self.sources_per_block, self.keys_per_block, self.model_actors) <= 0 or self.model_memory_gb <= 0:
+            raise ValueError("sources_per_block, keys_per_block, model_actors and model_memory_gb must be positive")
 
 
 def init_ray(options: RayOptions) -> None:

@@ -71,6 +71,15 @@ def window_stats(kept: pa.Table, stats: dict[str, Any]) -> None:
     for ms, language, task in zip(per_source.tolist(), languages, tasks):
         count(stats["ms_per_language"], str(language), ms)
         count(stats["ms_per_task"], task or "transcribe", ms)
+        count(stats["ms_per_language_task"], f"{language or '?'}\t{task or 'transcribe'}", ms)
+    # Histograms for the report (whole seconds; characters per second of speech windows, 60 = 60 or more).
+    for second, n in zip(*np.unique(np.minimum(length // 1000, 30), return_counts=True)):
+        count(stats["window_seconds"], str(int(second)), int(n))
+    chars = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(flat.field("text"), ""))).to_numpy(zero_copy_only=False)
+    spoken = speech & (length > 0)
+    rates = np.minimum(chars[spoken] * 1000 // length[spoken], 60)
+    for rate, n in zip(*np.unique(rates, return_counts=True)):
+        count(stats["chars_per_second"], str(int(rate)), int(n))
 
 
 def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
@@ -90,6 +99,7 @@ def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, 
             # Rejected before decoding: the transcript's last cue tells roughly how much audio was dropped.
             count(stats["ms_rejected"], reason, duration or max((c["end_ms"] for c in row.get("cues") or []), default=0))
             rejects.append(accounting.source_reject(row))
+            _reject_stats(stats, row.get("reject_stage"), reason, RejectScope.SOURCE.value, duration)
             continue
         sources["kept"].append(row["source_id"])
         stats["sources_kept"] += 1
@@ -98,6 +108,7 @@ def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, 
             entry = stats["stretches_dropped"].setdefault(dropped["reason"], {"count": 0, "ms": 0})
             entry["count"] += 1
             entry["ms"] += stretch
+            _reject_stats(stats, dropped["stage"], dropped["reason"], RejectScope.STRETCH.value, stretch if dropped["start_ms"] is not None else None)
             rejects.append(
                 {
                     "source_id": row["source_id"], "source": row["source"], "scope": RejectScope.STRETCH.value,
@@ -109,9 +120,20 @@ def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, 
     return rejects, sources
 
 
+def _reject_stats(stats: dict[str, Any], stage: str | None, reason: str, scope: str, ms: int | None) -> None:
+    """Rows and audio per (stage, reason, scope), for the report's table of rejects."""
+    entry = stats["rejects"].setdefault(f"{stage or '?'}\t{reason}\t{scope}", {"rows": 0, "ms": 0, "unknown": 0})
+    entry["rows"] += 1
+    if ms is None:
+        entry["unknown"] += 1
+    else:
+        entry["ms"] += ms
+
+
 def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) -> dict[str, Any]:
     stats: dict[str, Any] = {"sources_kept": 0, "ms_in": 0, "ms_out": 0, "ms_out_speech": 0, "windows": 0, "windows_speech": 0,
-                             "rejected": {}, "ms_rejected": {}, "ms_per_language": {}, "ms_per_task": {}, "stretches_dropped": {}}
+                             "rejected": {}, "ms_rejected": {}, "ms_per_language": {}, "ms_per_task": {}, "stretches_dropped": {},
+                             "ms_per_language_task": {}, "window_seconds": {}, "chars_per_second": {}, "rejects": {}}
     rejects, sources = reject_rows(batch, stats)
     kept = batch.filter(pc.is_null(batch["reject_reason"])) if "reject_reason" in batch.column_names else batch
     if kept.num_rows and pc.any(pc.equal(pc.fill_null(pc.list_value_length(kept["windows"]), 0), 0)).as_py():
