@@ -205,8 +205,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         # Committed work skipped, sources whose id an earlier one took replaced, near-duplicates marked; then what is
         # rejected goes to the sink in the big blocks it is in, and what is left is rebatched for the audio work.
         dataset = plan.map(plan.map(text, without_refs, committed), replace_copies, decisions)
-        # Missing, empty or oversized audio is refused with a metadata call while the rows are still in big blocks.
+        # Missing, empty or oversized audio is refused with a metadata call while the rows are still in big blocks;
+        # kept (the two branches below read it: Ray would compute it twice), and the text rows let go.
         dataset = plan.apply(dataset, [Stage("remove_duplicates", mark_duplicates, decisions), Stage("find_audio", find_audio, config["decode"])])
+        dataset = plan.materialize(dataset)
+        del text
         audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config))
         dataset = plan.union(plan.map(dataset, rejected_rows), audio)
         for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options)):

@@ -342,13 +342,13 @@ def resolve_duplicates(edges: Iterable[tuple[str, str]], quality: dict[str, Any]
 class GroupingPlan(Protocol):
     """What the global step needs from a runner (the Ray plan, or an in-process one in tests)."""
 
-    def shared_keys(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
-        """``key`` and ``ref`` of the exploded rows whose key two or more of them share."""
+    def by_key(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], reduce: Callable[[pa.Table], pa.Table],
+               extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
+        """``reduce`` over each partition of the exploded rows (all rows of a key in one partition), collected."""
         ...
 
-    def rows_where(self, dataset: Any, column: str, values: np.ndarray, columns: list[str],
-                   explode: Callable[[pa.Table], pa.Table] | None = None, extra: pa.Table | None = None) -> pa.Table:
-        """The rows (of the dataset, or of its exploded rows) whose ``column`` is one of ``values``."""
+    def gather(self, dataset: Any, column: str, values: np.ndarray, columns: list[str], reduce: Callable[..., pa.Table], *args: Any) -> pa.Table:
+        """``reduce(rows, *args)`` over the rows whose ``column`` is one of ``values``, all in one task, collected."""
         ...
 
 
@@ -400,16 +400,27 @@ def key_rows(batch: pa.Table, options: DedupOptions | None) -> pa.Table:
 MEMBER_COLUMNS = ["ref", "source_id", "source", "manifest", "manifest_line", "reject_reason", "minhash", "dedup_quality"]
 
 
+PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+
+
+def partition_pairs(keyed: pa.Table) -> pa.Table:
+    """Phase 2's reducer, per partition of (key, ref) rows: the candidate pairs it holds, as a table."""
+    pairs = candidate_pairs(keyed)
+    return pa.table([pa.array(pairs[:, 0]), pa.array(pairs[:, 1])], schema=PAIR_SCHEMA)
+
+
 def candidate_pairs(shared: pa.Table) -> np.ndarray:
     """(a, b) ref pairs (a < b, each pair once) of rows sharing a key: the pair of a two-row key straight from the
     sorted keys; a larger group all its pairs up to 64 members, else each member with the first 16 (by ref)."""
-    if shared.num_rows == 0:
+    if shared.num_rows < 2:
         return np.zeros((0, 2), dtype=np.int64)
     keys, refs = shared["key"].to_numpy(zero_copy_only=False), shared["ref"].to_numpy(zero_copy_only=False)
     order = np.lexsort((refs, keys))
     keys, refs = keys[order], refs[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     sizes = np.diff(np.r_[starts, len(keys)])
+    if not (sizes > 1).any():
+        return np.zeros((0, 2), dtype=np.int64)
     twos = starts[sizes == 2]
     pairs = [np.stack([refs[twos], refs[twos + 1]], axis=1)]
     for start, size in zip(starts[sizes > 2].tolist(), sizes[sizes > 2].tolist()):
@@ -446,14 +457,53 @@ def _verified(signatures: np.ndarray, a: np.ndarray, b: np.ndarray, options: Ded
     return keep
 
 
+JUDGED_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("same_id", pa.bool_()), ("a_id", pa.string()), ("b_id", pa.string()),
+                           ("a_quality", pa.string()), ("b_quality", pa.string())])
+
+
+def judge_pairs(found: pa.Table, pairs: np.ndarray, extra: pa.Table, options: DedupOptions | None) -> pa.Table:
+    """Phase 3, in one worker over the candidates' rows: the pairs whose rows share a source id, and (with
+    ``options``) the pairs of distinct ids whose signatures reach the threshold, both rows usable (no stage rejected
+    them, both signed, neither the later copy of an id); with what phase 4 needs (ids, quality keys)."""
+    members = _member_table(found, extra)
+    refs = members["ref"].to_numpy(zero_copy_only=False)
+    keep = np.isin(pairs[:, 0], refs) & np.isin(pairs[:, 1], refs)
+    pairs, at = pairs[keep], np.searchsorted(refs, pairs[keep])
+    ids = members["source_id"]
+    if len(at) == 0:
+        return JUDGED_SCHEMA.empty_table()
+    same = pc.equal(ids.take(pa.array(at[:, 0])), ids.take(pa.array(at[:, 1]))).to_numpy(zero_copy_only=False).astype(bool)
+    chosen = np.flatnonzero(same)
+    if options is not None:
+        involved = np.unique(at[same])  # later copies of an id (and their firsts) take no part as near-duplicates
+        first_of = {}
+        for index, ref in zip(involved.tolist(), refs[involved].tolist()):
+            first_of.setdefault(ids[index].as_py(), ref)
+        later = np.array(sorted(refs[i] for i in involved.tolist() if refs[i] != first_of[ids[i].as_py()]), dtype=np.int64)
+        signatures, signed = _signature_rows(members["minhash"], options.num_perm)
+        usable = signed & pc.is_null(members["reject_reason"]).to_numpy(zero_copy_only=False) & ~np.isin(refs, later)
+        candidates = np.flatnonzero(~same & usable[at[:, 0]] & usable[at[:, 1]])
+        near = candidates[_verified(signatures, at[candidates, 0], at[candidates, 1], options)]
+        chosen = np.concatenate([chosen, near])
+    take_a, take_b = pa.array(at[chosen, 0]), pa.array(at[chosen, 1])
+    return pa.table([pa.array(pairs[chosen, 0]), pa.array(pairs[chosen, 1]), pa.array(same[chosen]), ids.take(take_a), ids.take(take_b),
+                     members["dedup_quality"].take(take_a), members["dedup_quality"].take(take_b)], schema=JUDGED_SCHEMA)
+
+
+def copy_rows(found: pa.Table) -> pa.Table:
+    """The rows of the sources that share an id (what ``duplicate_reject`` names them by)."""
+    return found
+
+
 def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, duplicate_reject: Callable[[dict, dict], dict], rows_hint: int = 0) -> DuplicateDecisions:
-    """The global step over the dataset of signed rows (phase 1 done), bounded by the duplicates, not the sources:
-    rows sharing a key come back as (key, ref) and become candidate pairs; the pairs' rows are read back; sources with
-    one id (the first by ``ref`` stays, the others become ``duplicate_reject(row, first)``) and near-duplicate pairs
-    (checked on their signatures, phase 3) are resolved into clusters that keep their best copy (phase 4), with
-    NumPy arrays, not a Python object per candidate. With ``options.enabled`` false only ids are compared.
-    Evaluation texts (``exclude_texts``) take part as rows with negative refs. ``rows_hint``: the number of rows,
-    which sizes the all-to-all step."""
+    """The global step over the dataset of signed rows (phase 1 done), on the driver only what is bounded by the
+    duplicates, and there only as arrays: (key, ref) rows partitioned by key across the cluster become candidate
+    pairs in each partition; the driver keeps each pair once; one worker reads the candidates' rows and judges the
+    pairs (same source id, or near-duplicate on the signatures: phase 3); the driver resolves the verdicts: of
+    sources with one id the first by ``ref`` stays and the others become ``duplicate_reject(row, first)``, and
+    near-duplicate edges form clusters that keep their best copy (phase 4). With ``options.enabled`` false only
+    ids are compared. Evaluation texts (``exclude_texts``) take part as rows with negative refs. ``rows_hint``: the
+    number of rows, which sizes the all-to-all step."""
     dedup = options if options.enabled else None
     extra = exclusion_rows(options) if dedup else EXCLUSION_SCHEMA.empty_table()
     if extra.num_rows:
@@ -461,40 +511,32 @@ def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, dup
     explode = functools.partial(key_rows, options=dedup)
     extra_keys = key_rows(extra, dedup).filter(pc.less(pc.field("ref"), 0)) if extra.num_rows else None  # eval texts: band keys only
     bands = lsh_params(options)[0] if dedup else 0
-    pairs = candidate_pairs(plan.shared_keys(dataset, explode, extra_keys, rows_hint * (1 + bands)))
+    found_pairs = plan.by_key(dataset, explode, partition_pairs, extra_keys, rows_hint * (1 + bands))
+    pairs = np.unique(np.stack([found_pairs["a"].to_numpy(zero_copy_only=False), found_pairs["b"].to_numpy(zero_copy_only=False)], axis=1), axis=0) \
+        if found_pairs.num_rows else np.zeros((0, 2), dtype=np.int64)
+    del found_pairs
     refs = np.unique(pairs)
     columns = [c for c in MEMBER_COLUMNS if c in dataset_columns(plan, dataset)]
-    members = plan.rows_where(dataset, "ref", refs[refs >= 0], columns) if (refs >= 0).any() else pa.table({c: pa.array([], MEMBER_TYPES[c]) for c in columns})
-    members = _member_table(members, extra)
-    at = np.searchsorted(members["ref"].to_numpy(zero_copy_only=False), pairs) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
-    ids = members["source_id"]
-    same = np.asarray(pc.equal(ids.take(pa.array(at[:, 0])), ids.take(pa.array(at[:, 1]))).to_numpy(zero_copy_only=False), dtype=bool) if len(at) else np.zeros(0, bool)
+    judged = plan.gather(dataset, "ref", refs[refs >= 0], columns, judge_pairs, pairs, extra, dedup) if len(pairs) else None
+    judged = judged if judged is not None and judged.num_rows else JUDGED_SCHEMA.empty_table()
 
     same_id: dict[int, dict[str, Any]] = {}  # ref -> its duplicate_source reject row
-    if same.any():
-        copies: dict[str, list[dict[str, Any]]] = {}
-        for row in members.take(pa.array(np.unique(at[same]))).to_pylist():
-            copies.setdefault(row["source_id"], []).append(row)
-        for rows in copies.values():
-            rows.sort(key=lambda r: r["ref"])
-            for row in rows[1:]:
-                same_id[row["ref"]] = duplicate_reject(row, rows[0])
-    decisions: dict[str, str] = {}
-    edges = 0
-    if dedup is not None and len(at):
-        signatures, signed = _signature_rows(members["minhash"], options.num_perm)
-        usable = signed & pc.is_null(members["reject_reason"]).to_numpy(zero_copy_only=False)
-        usable &= ~np.isin(members["ref"].to_numpy(zero_copy_only=False), np.array(sorted(same_id), dtype=np.int64))
-        candidates = at[~same & usable[at[:, 0]] & usable[at[:, 1]]]
-        found = candidates[_verified(signatures, candidates[:, 0], candidates[:, 1], options)]
-        edges = len(found)
-        if edges:
-            a, b = ids.take(pa.array(found[:, 0])).to_pylist(), ids.take(pa.array(found[:, 1])).to_pylist()
-            involved = np.unique(found)
-            quality = dict(zip(ids.take(pa.array(involved)).to_pylist(), members["dedup_quality"].take(pa.array(involved)).to_pylist()))
-            decisions = resolve_duplicates(sorted((min(x, y), max(x, y)) for x, y in zip(a, b)), quality)
+    copies = judged.filter(judged["same_id"])
+    if copies.num_rows:
+        involved = np.unique(np.concatenate([copies["a"].to_numpy(), copies["b"].to_numpy()]))
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for row in plan.gather(dataset, "ref", involved, [c for c in ("ref", "source_id", "source", "manifest", "manifest_line") if c in columns], copy_rows).to_pylist():
+            rows.setdefault(row["source_id"], []).append(row)
+        for group in rows.values():
+            group.sort(key=lambda r: r["ref"])
+            for row in group[1:]:
+                same_id[row["ref"]] = duplicate_reject(row, group[0])
+    near = judged.filter(pc.invert(judged["same_id"]))
+    quality = dict(zip(near["a_id"].to_pylist() + near["b_id"].to_pylist(), near["a_quality"].to_pylist() + near["b_quality"].to_pylist()))
+    edges = sorted({(min(a, b), max(a, b)) for a, b in zip(near["a_id"].to_pylist(), near["b_id"].to_pylist())})
+    decisions = resolve_duplicates(edges, quality)
     log.info("dedup: %d sources share an id with an earlier one; %d similar pairs, %d sources are near-duplicates or match evaluation texts",
-             len(same_id), edges, len(decisions))
+             len(same_id), len(edges), len(decisions))
     return DuplicateDecisions.from_mapping(decisions, options, same_id)
 
 

@@ -49,19 +49,14 @@ def source_table(texts: list[str], ids: list[str] | None = None, cues: list[list
 class InProcessPlan:
     """``stages.dedup.GroupingPlan`` without Ray: a dataset is a list of batches, keys counted in this process."""
 
-    def shared_keys(self, dataset, explode, extra=None, expected_rows=0):
+    def by_key(self, dataset, explode, reduce, extra=None, expected_rows=0):
         keyed = pa.concat_tables([explode(batch) for batch in dataset] + ([extra] if extra is not None and extra.num_rows else []))
-        groups: dict[int, list[int]] = defaultdict(list)
-        for key, ref in zip(keyed["key"].to_pylist(), keyed["ref"].to_pylist()):
-            groups[key].append(ref)
-        shared = [(k, r) for k, refs in groups.items() if len(refs) > 1 for r in refs]
-        return pa.table({"key": pa.array([k for k, _ in shared], pa.int64()), "ref": pa.array([r for _, r in shared], pa.int64())})
+        return reduce(keyed)  # one partition: every row of a key in it
 
-    def rows_where(self, dataset, column, values, columns, explode=None, extra=None):
+    def gather(self, dataset, column, values, columns, reduce, *args):
         wanted = set(values.tolist())
-        tables = [explode(b) if explode else b for b in dataset] + ([extra] if extra is not None and extra.num_rows else [])
-        found = [t.filter(pa.array([v in wanted for v in t[column].to_pylist()], pa.bool_())).select(columns) for t in tables if t.num_rows]
-        return pa.concat_tables(found) if found else pa.table({c: [] for c in columns})
+        found = [t.filter(pa.array([v in wanted for v in t[column].to_pylist()], pa.bool_())).select(columns) for t in dataset if t.num_rows]
+        return reduce(pa.concat_tables(found) if found else pa.table({c: [] for c in columns}), *args)
 
     def columns(self, dataset):
         return dataset[0].column_names if dataset else []

@@ -124,7 +124,7 @@ class OutputDir:
     def remove_uncommitted(self) -> list[str]:
         """Delete temporary files and data files that no marker names (a crash between write and commit)."""
         committed = {
-            f"{table}/{name}" for marker in self.markers() for table, names in marker["files"].items() for name in names
+            f"{table}/{name}" for marker in self.iter_markers() for table, names in marker["files"].items() for name in names
         }
         removed = []
         for directory in ("", MARKERS, *self.tables):
@@ -145,7 +145,7 @@ class OutputDir:
 
     def committed_sources(self) -> set[str]:
         done: set[str] = set()
-        for marker in self.markers():
+        for marker in self.iter_markers():
             for ids in marker["sources"].values():
                 done.update(ids)
         return done
@@ -226,7 +226,7 @@ class OutputDir:
 
     def committed_files(self, table: str) -> list[str]:
         """The committed files of ``table``, spelled like the folder (checked against this run's fingerprint)."""
-        return _files_of(self.store, self.markers(), table)
+        return _files_of(self.store, self.iter_markers(), table)
 
     def read_committed(self, table: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table | None:
         return _read(self.store, self.committed_files(table), schema, columns)

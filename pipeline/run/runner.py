@@ -97,21 +97,6 @@ def _run_sink(batch: pa.Table, sink: Callable[[pa.Table], dict[str, Any]]) -> pa
     return pa.table({"marker": [json.dumps(result)]})
 
 
-_SHARED_SCHEMA = pa.schema([("key", pa.int64()), ("ref", pa.int64())])
-
-
-def _shared(batch: pa.Table) -> pa.Table:
-    """The rows of one hash partition whose key another row of it has (all rows of a key share a partition)."""
-    if batch.num_rows < 2:
-        return _SHARED_SCHEMA.empty_table()
-    keys, refs = batch["key"].to_numpy(zero_copy_only=False), batch["ref"].to_numpy(zero_copy_only=False)
-    order = np.lexsort((refs, keys))
-    keys, refs = keys[order], refs[order]
-    repeated = np.r_[False, keys[1:] == keys[:-1]]
-    shared = repeated | np.r_[repeated[1:], False]
-    return pa.table([pa.array(keys[shared]), pa.array(refs[shared])], schema=_SHARED_SCHEMA)
-
-
 def _rows_where(batch: pa.Table, column: str, values: np.ndarray, columns: list[str], explode: Callable[[pa.Table], pa.Table] | None) -> pa.Table:
     if explode is not None:
         batch = explode(batch)
@@ -126,10 +111,11 @@ def _collect(dataset, schema: pa.Schema | None) -> pa.Table:
     """Every block of a (small) result as one Arrow table on the driver."""
     import ray
 
-    tables = [t for t in ray.get(dataset.to_arrow_refs()) if t.num_rows]
-    if not tables:
-        return schema.empty_table() if schema is not None else pa.table({})
-    return pa.concat_tables(tables, promote_options="permissive")
+    tables = ray.get(dataset.to_arrow_refs())
+    filled = [t for t in tables if t.num_rows]
+    if not filled:
+        return schema.empty_table() if schema is not None else (tables[0].slice(0, 0) if tables else pa.table({}))
+    return pa.concat_tables(filled, promote_options="permissive")
 
 
 def _splits_datasource(splits: list[Any], read: Callable[[Any], Iterator[pa.Table]], schema: pa.Schema):
@@ -253,29 +239,28 @@ class Plan:
     def columns(self, dataset) -> list[str]:
         return list(dataset.schema().names)
 
-    def shared_keys(self, dataset, explode: Callable[[pa.Table], pa.Table], extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
-        """``key``, ``ref`` of every exploded row (plus ``extra`` ones) whose key two or more rows share, and nothing of
-        the others: the rows hash-partitioned by key across the cluster into partitions of about ``keys_per_block``
-        rows (so the all-to-all step is sized by the data, not by a count of input blocks), then each partition
-        sorted and its runs of equal keys found with NumPy. Only the shared keys come to the driver."""
+    def by_key(self, dataset, explode: Callable[[pa.Table], pa.Table], reduce: Callable[[pa.Table], pa.Table],
+               extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
+        """``reduce`` over each partition of the exploded rows (plus ``extra`` ones), collected: the rows are hash-
+        partitioned by their ``key`` column across the cluster into partitions of about ``keys_per_block`` rows (so
+        the all-to-all step is sized by the data, not by a count of input blocks); every row of a key lands in one
+        partition. Keep the reductions small: they come to the driver."""
         import ray.data
 
         keyed = dataset.map_batches(_call, fn_args=(explode,), batch_format="pyarrow", batch_size=None)
         if extra is not None and extra.num_rows:
             keyed = keyed.union(ray.data.from_arrow(extra))
         partitions = max(1, -(-expected_rows // self.options.keys_per_block))
-        shared = keyed.repartition(partitions, keys=["key"]).map_batches(_shared, batch_format="pyarrow", batch_size=None)
-        return timed("phase", "shared_keys", 0, _collect, shared, _SHARED_SCHEMA)
+        reduced = keyed.repartition(partitions, keys=["key"]).map_batches(_call, fn_args=(reduce,), batch_format="pyarrow", batch_size=None)
+        return timed("phase", "by_key", 0, _collect, reduced, None)
 
-    def rows_where(self, dataset, column: str, values: np.ndarray, columns: list[str],
-                   explode: Callable[[pa.Table], pa.Table] | None = None, extra: pa.Table | None = None) -> pa.Table:
-        """The rows whose ``column`` is one of ``values`` (a sorted array: looked up by binary search in each block),
-        of the dataset or of its exploded rows, plus matching ``extra`` rows: only they come to the driver."""
-        selected = dataset.map_batches(_rows_where, fn_args=(column, values, columns, explode), batch_format="pyarrow", batch_size=None)
-        found = timed("phase", f"rows_where_{column}", 0, _collect, selected, None)
-        if extra is not None and extra.num_rows:
-            found = pa.concat_tables([t for t in (found, _rows_where(extra, column, values, columns, None)) if t is not None], promote_options="permissive")
-        return found
+    def gather(self, dataset, column: str, values: np.ndarray, columns: list[str], reduce: Callable[..., pa.Table], *args: Any) -> pa.Table:
+        """``reduce(rows, *args)`` in one task over the rows whose ``column`` is one of ``values`` (a sorted array,
+        looked up by binary search in each block): the rows go from the workers to that task, never to the driver;
+        only what ``reduce`` returns does."""
+        selected = dataset.map_batches(_rows_where, fn_args=(column, values, columns, None), batch_format="pyarrow", batch_size=None)
+        reduced = selected.repartition(1).map_batches(_call_with, fn_args=(reduce, *args), batch_format="pyarrow", batch_size=None)
+        return timed("phase", f"gather_{column}", 0, _collect, reduced, None)
 
     def commit(self, dataset, sink: Callable[[pa.Table], dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run the plan into the sink; yields each shard's marker as it commits, as counts (``shard``, ``rows``,
