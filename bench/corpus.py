@@ -123,9 +123,9 @@ def bench_corpus(args: argparse.Namespace) -> dict[str, Any]:
         scaling[f"{k}x"] = {"audio_hours": run["hours_in"], "sources": run["sources_in"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
                             "peak_pss_mib": run["memory"]["peak_pss_mib"], "peak_rss_sum_mib": run["memory"]["peak_rss_sum_mib"],
                             "load_before": run["load_before"],
-                            # where the time goes: Ray's start and the dedup groupby cost about the same at any size here
+                            # where the time goes: Ray's start and the dedup step (by key) cost about the same at any size here
                             "ray_init_s": run["phases"].get("ray_init", {}).get("wall_s"),
-                            "dedup_group_s": run["phases"].get("group_by_band_key", {}).get("wall_s"),
+                            "dedup_group_s": run["phases"].get("by_key", {}).get("wall_s"),
                             "stage_task_s": round(sum(v["wall_s"] for v in run["stages"].values()), 2),
                             "decode_task_s": run["stages"].get("decode_audio", {}).get("wall_s"),
                             "decode_cpu_s": run["stages"].get("decode_audio", {}).get("cpu_s")}

@@ -114,7 +114,7 @@ def run_scale(count: int, seed: int, sets: list[str], compress: bool) -> dict[st
         "accounting_ok": summary["accounting"]["ok"], "inputs": summary["inputs"]["in"],
         "kept_plus_rejected": summary["inputs"]["kept"] + summary["inputs"]["rejected"],
         "planted_copies": planted, "duplicates_found": found, "recall": round(found / planted, 4) if planted else None,
-        "global_step_s": round(sum(v["wall_s"] for k, v in phases.items() if k in ("shared_keys", "rows_where_key", "rows_where_ref")), 1),
+        "global_step_s": round(sum(v["wall_s"] for k, v in phases.items() if k in ("by_key", "gather_ref")), 1),
         "phases": phases, "cpu_s": peak["cpu_s"],
     }
 

@@ -50,7 +50,7 @@ def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
         lines += ["## Scaling", "", f"`{' '.join('--set ' + x for x in corpus['scaling_set'])}`", ""]
         rows = [[k, e["audio_hours"], e["sources"], e["wall_s"], e["time_vs_1x"], e.get("ray_init_s"), e.get("dedup_group_s"), e.get("stage_task_s"),
                  e.get("decode_task_s"), e["peak_pss_mib"], e["peak_pss_vs_1x"], e["peak_rss_sum_mib"], m] for k, e in corpus["scaling"].items()]
-        lines += _table(["input", "audio h", "sources", "wall s", "time vs 1x", "Ray start s", "dedup groupby s", "stage task s (sum)", "decode task s",
+        lines += _table(["input", "audio h", "sources", "wall s", "time vs 1x", "Ray start s", "dedup by-key s", "stage task s (sum)", "decode task s",
                          "peak PSS MiB", "PSS vs 1x", "peak RSS sum MiB", "machine"], rows)
     dedup = results.get("dedup")
     if dedup:
