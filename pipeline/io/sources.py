@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -217,7 +218,8 @@ def _open_manifest(spelled: str) -> IO[bytes]:
     """The manifest's bytes as a stream (gunzipped when it ends in ``.gz``): never read whole."""
     if storage.is_uri(spelled):
         filesystem, path = storage.resolve(spelled)
-        stream = filesystem.open_input_stream(path)
+        # Arrow's remote files read and seek but have no readline: a buffered reader gives lines (and a seek for a piece).
+        stream = io.BufferedReader(filesystem.open_input_file(path), buffer_size=1 << 20)
     else:
         stream = open(spelled, "rb")
     return gzip.open(stream) if spelled.lower().endswith(".gz") else stream

@@ -65,6 +65,9 @@ def init_ray(options: RayOptions) -> None:
     # The one all-to-all step (dedup's shared keys) hash-partitions by key: partitions sized by the data. (Sort-based
     # aggregation there ran a Python call per key: 170 s for 2 million keys against 5 s.)
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.HASH_SHUFFLE
+    # Its aggregator actors hold slim (key, ref) rows and reserve no CPU: reserving a share of one deadlocked a
+    # one-CPU run (the aggregator's 0.25 CPU plus the shuffle's map task's 1 CPU never fit).
+    context.hash_shuffle_operator_actor_num_cpus_override = 0.0
 
 
 def _run_task_stage(batch: pa.Table, stage: Stage) -> pa.Table:
