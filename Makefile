@@ -29,7 +29,7 @@ corpus: models
 	$(PY) -m jobs.report $(OUT)
 
 test: models
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -11,7 +11,7 @@ and the same step finds sources that share an id:
    plan brings back only keys two or more rows share, and ``candidate_pairs`` turns them into ref pairs.
 3. ``_verified`` (on the driver, over the candidates' signatures read back): pairs whose estimated Jaccard
    similarity (share of equal signature values) reaches the threshold become edges.
-4. ``resolve_duplicates`` (on the driver): union-find over the edges; each cluster keeps its best copy.
+4. ``resolve_arrays`` (on the driver, in NumPy over the edges only): connected components; each keeps its best copy.
    ``mark_duplicates`` (a stage) then rejects the others as ``duplicate``, or as ``eval_overlap`` when their
    cluster holds an evaluation text (``exclusion_rows`` turns the evaluation file into rows that go through
    phases 1-3 like sources). ``replace_copies`` turns the later of two sources with one id into its reject.
@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
@@ -83,24 +83,44 @@ class DedupOptions:
             raise ValueError("false_negative_weight must be in (0, 1)")
 
 
-@dataclass(frozen=True)
-class DuplicateDecisions:
-    """What the global step decided, as ``mark_duplicates``' options: (duplicate, keeper) pairs of source ids, and the
-    sources whose id an earlier one took (ref, their reject row as JSON); sorted."""
+_NO_IDS = pa.array([], pa.string())
 
-    duplicate_of: tuple[tuple[str, str], ...]
+
+@dataclass(frozen=True, eq=False)
+class DuplicateDecisions:
+    """What the global step decided, as ``mark_duplicates``' options: the duplicate source ids (sorted) and their
+    keepers, as Arrow arrays (a few bytes an id, no Python object per duplicate), and the sources whose id an earlier
+    one took (ref, their reject row as JSON)."""
+
+    duplicates: pa.Array = field(default_factory=lambda: _NO_IDS)
+    keepers: pa.Array = field(default_factory=lambda: _NO_IDS)
     threshold: float = 0.7  # for the reject detail
     exclude_texts: str | None = None  # the evaluation file, named in eval_overlap details
     same_id: tuple[tuple[int, str], ...] = ()
 
     @classmethod
-    def from_mapping(cls, duplicate_of: dict[str, str], options: DedupOptions, same_id: dict[int, dict[str, Any]] | None = None) -> DuplicateDecisions:
+    def from_arrays(cls, duplicates: pa.Array, keepers: pa.Array, options: DedupOptions, same_id: dict[int, dict[str, Any]] | None = None) -> DuplicateDecisions:
+        order = pc.sort_indices(duplicates)
         copies = tuple(sorted((ref, json.dumps(row, sort_keys=True)) for ref, row in (same_id or {}).items()))
-        return cls(tuple(sorted(duplicate_of.items())), options.threshold, options.exclude_texts, copies)
+        return cls(duplicates.take(order), keepers.take(order), options.threshold, options.exclude_texts, copies)
+
+    @classmethod
+    def from_mapping(cls, duplicate_of: dict[str, str], options: DedupOptions, same_id: dict[int, dict[str, Any]] | None = None) -> DuplicateDecisions:
+        return cls.from_arrays(pa.array(list(duplicate_of), pa.string()), pa.array(list(duplicate_of.values()), pa.string()), options, same_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DuplicateDecisions):
+            return NotImplemented
+        return (self.duplicates.equals(other.duplicates) and self.keepers.equals(other.keepers)
+                and (self.threshold, self.exclude_texts, self.same_id) == (other.threshold, other.exclude_texts, other.same_id))
+
+    def __len__(self) -> int:
+        return len(self.duplicates)
 
     @functools.cached_property
     def keeper(self) -> dict[str, str]:
-        return dict(self.duplicate_of)
+        """duplicate -> keeper as a dict (for tests and reports; the stage looks ids up in the arrays)."""
+        return dict(zip(self.duplicates.to_pylist(), self.keepers.to_pylist()))
 
     @functools.cached_property
     def copies(self) -> dict[int, dict[str, Any]]:
@@ -292,48 +312,68 @@ def _eval_order(source_id: str) -> tuple[int, str]:
 
 
 def resolve_duplicates(edges: Iterable[tuple[str, str]], quality: dict[str, Any]) -> dict[str, str]:
-    """Union-find over the edges; returns duplicate -> keeper for every corpus source that is not kept.
+    """``resolve_arrays`` over Python edges and a quality dict: duplicate -> keeper, sorted by duplicate."""
+    edges = list(edges)
+    a = pa.array([e[0] for e in edges], pa.string())
+    b = pa.array([e[1] for e in edges], pa.string())
+    qa = pa.array([quality.get(e[0]) for e in edges], pa.string())
+    qb = pa.array([quality.get(e[1]) for e in edges], pa.string())
+    duplicates, keepers = resolve_arrays(a, b, qa, qb)
+    return dict(sorted(zip(duplicates.to_pylist(), keepers.to_pylist())))
 
-    A cluster keeps its member with the greatest quality (ties: the smallest source id; unknown quality ranks
-    last). A cluster with an evaluation member ("eval:..." ids) keeps none: each of its sources maps to the
-    first evaluation member (by line). Evaluation members themselves are never in the result. The result
-    depends on the set of edges only, not on their order.
+
+def resolve_arrays(a_ids: pa.Array, b_ids: pa.Array, a_quality: pa.Array, b_quality: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Clusters of the edges (a_ids[i], b_ids[i]) and who each keeps: (duplicates, their keepers), in NumPy over
+    integer codes, so the driver holds a few integers per member and no Python object per edge.
+
+    Clusters are connected components. A cluster keeps its member with the greatest quality key (unknown quality
+    ranks last; ties: the smallest source id). A cluster with an evaluation member ("eval:..." ids) keeps none: each
+    of its sources maps to the first evaluation member by line. Evaluation members are never in the result. The
+    result depends on the set of edges only, not on their order (a member's quality is the same on every edge).
     """
-    parent: dict[str, str] = {}
+    ids = pa.concat_arrays([_plain(a_ids), _plain(b_ids)])
+    if len(ids) == 0:
+        return _NO_IDS, _NO_IDS
+    encoded = pc.dictionary_encode(ids)
+    names = encoded.dictionary
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n, half = len(names), len(a_ids)
+    u, v = codes[:half], codes[half:]
+    labels = np.arange(n, dtype=np.int64)
+    while True:  # every edge pulls both ends down to the smaller label; then labels jump to their label's label
+        before = labels
+        low = np.minimum(labels[u], labels[v])
+        labels = labels.copy()
+        np.minimum.at(labels, u, low)
+        np.minimum.at(labels, v, low)
+        labels = labels[labels]
+        if np.array_equal(labels, before):
+            break
+    first = np.unique(codes, return_index=True)[1]  # each member's first edge end, for its quality
+    quality_of = pa.concat_arrays([_plain(a_quality), _plain(b_quality)]).take(pa.array(first))
+    known = quality_of.is_valid().to_numpy(zero_copy_only=False).astype(bool)
+    quality_rank = np.zeros(n, dtype=np.int64)
+    if known.any():
+        quality_rank[known] = pc.rank(quality_of.filter(pa.array(known)), sort_keys="ascending", tiebreaker="dense").to_numpy()
+    id_rank = pc.rank(names, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64)
+    is_eval = pc.starts_with(names, EVAL_PREFIX).to_numpy(zero_copy_only=False).astype(bool)
+    eval_line = np.full(n, 2**62, dtype=np.int64)
+    for code in np.flatnonzero(is_eval).tolist():  # evaluation texts: as many as its lines, not sources
+        eval_line[code] = _eval_order(names[code].as_py())[0]
+    # Per cluster (label, the primary key, last), the keeper first: evaluation members by line, then known quality,
+    # greatest quality, smallest id.
+    order = np.lexsort((id_rank, -quality_rank, ~known, eval_line, ~is_eval, labels))
+    sorted_labels = labels[order]
+    heads = order[np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]]
+    keeper_of_label = np.empty(n, dtype=np.int64)
+    keeper_of_label[labels[heads]] = heads
+    keeper = keeper_of_label[labels]
+    dropped = np.flatnonzero((keeper != np.arange(n)) & ~is_eval)
+    return names.take(pa.array(dropped)), names.take(pa.array(keeper[dropped]))
 
-    def find(x: str) -> str:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
 
-    for a, b in edges:
-        parent.setdefault(a, a)
-        parent.setdefault(b, b)
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            if rb < ra:
-                ra, rb = rb, ra
-            parent[rb] = ra
-    clusters: dict[str, list[str]] = {}
-    for node in parent:
-        clusters.setdefault(find(node), []).append(node)
-
-    def rank(source_id: str) -> tuple[int, Any]:
-        value = quality.get(source_id)
-        return (0, "") if value is None else (1, value)
-
-    duplicate_of: dict[str, str] = {}
-    for members in clusters.values():
-        members.sort()
-        evals = [m for m in members if m.startswith(EVAL_PREFIX)]
-        keeper = min(evals, key=_eval_order) if evals else max(members, key=rank)  # max: first of equals
-        for member in members:
-            if member != keeper and not member.startswith(EVAL_PREFIX):
-                duplicate_of[member] = keeper
-    return dict(sorted(duplicate_of.items()))
+def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 # --- phases 2-4 over a whole dataset -------------------------------------------------------------------------
@@ -532,12 +572,10 @@ def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, dup
             for row in group[1:]:
                 same_id[row["ref"]] = duplicate_reject(row, group[0])
     near = judged.filter(pc.invert(judged["same_id"]))
-    quality = dict(zip(near["a_id"].to_pylist() + near["b_id"].to_pylist(), near["a_quality"].to_pylist() + near["b_quality"].to_pylist()))
-    edges = sorted({(min(a, b), max(a, b)) for a, b in zip(near["a_id"].to_pylist(), near["b_id"].to_pylist())})
-    decisions = resolve_duplicates(edges, quality)
+    duplicates, keepers = resolve_arrays(near["a_id"], near["b_id"], near["a_quality"], near["b_quality"])
     log.info("dedup: %d sources share an id with an earlier one; %d similar pairs, %d sources are near-duplicates or match evaluation texts",
-             len(same_id), len(edges), len(decisions))
-    return DuplicateDecisions.from_mapping(decisions, options, same_id)
+             len(same_id), near.num_rows, len(duplicates))
+    return DuplicateDecisions.from_arrays(duplicates, keepers, options, same_id)
 
 
 MEMBER_TYPES = {"ref": pa.int64(), "source_id": pa.string(), "source": pa.string(), "manifest": pa.string(), "manifest_line": pa.int64(),
@@ -604,9 +642,13 @@ def mark_duplicates(batch: pa.Table, decisions: DuplicateDecisions) -> pa.Table:
     cluster holds an evaluation text), with ``duplicate_of``; drops the ``minhash`` column."""
     if "minhash" in batch.column_names:
         batch = batch.drop_columns(["minhash"])
-    keeper = decisions.keeper
-    if not keeper or not any(source_id in keeper for source_id in batch["source_id"].to_pylist()):
+    if not len(decisions) or batch.num_rows == 0:
         return batch
+    at = pc.index_in(batch["source_id"], value_set=decisions.duplicates)
+    if at.null_count == batch.num_rows:
+        return batch
+    hits = pc.is_valid(at)
+    keeper = dict(zip(pc.filter(batch["source_id"], hits).to_pylist(), decisions.keepers.take(pc.filter(at, hits)).to_pylist()))  # this batch's only
     where = f" of {Path(decisions.exclude_texts).name}" if decisions.exclude_texts else ""
 
     def mark(row: dict[str, Any]) -> dict[str, Any] | Reject:

@@ -72,7 +72,7 @@ def find_duplicates(table: pa.Table, options: DedupOptions = OPTIONS, batch_size
     table = with_refs(table)
     batches = [table] if batch_size is None else [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)]
     signed = [compute_signatures(batch, options) for batch in batches]
-    return dict(dedup_find_duplicates(InProcessPlan(), signed, options, duplicate_reject).duplicate_of)
+    return dict(dedup_find_duplicates(InProcessPlan(), signed, options, duplicate_reject).keeper)
 
 
 def is_duplicate(a: str, b: str, options: DedupOptions = OPTIONS) -> bool:
@@ -289,13 +289,39 @@ def test_keeper_preference():
 
 def test_resolve_duplicates_is_order_independent():
     edges = [("a", "b"), ("c", "d"), ("b", "c"), ("e", "f"), ("g", "eval:2"), ("h", "eval:10"), ("g", "h"), ("eval:2", "eval:10")]
-    quality = {"a": "1", "b": "3", "c": "3", "d": "2", "e": 0.5, "f": 0.25, "g": "9", "h": "9"}
+    quality = {"a": "1", "b": "3", "c": "3", "d": "2", "e": "0.5", "f": "0.25", "g": "9", "h": "9"}
     expected = {"a": "b", "c": "b", "d": "b", "f": "e", "g": "eval:2", "h": "eval:2"}
     for order in list(permutations(edges))[::997]:
         assert resolve_duplicates(order, quality) == expected
         assert resolve_duplicates([(b, a) for a, b in order], quality) == expected
     assert resolve_duplicates([("p", "q")], {}) == {"q": "p"}  # no quality known: the smallest id
     assert resolve_duplicates([], {}) == {}
+
+
+def _reference_clusters(edges, quality):
+    """The rule written plainly (clusters by repeated merging, keeper by sorting): what resolve_arrays must equal."""
+    clusters = []
+    for a, b in edges:
+        joined = [c for c in clusters if a in c or b in c]
+        clusters = [c for c in clusters if c not in joined] + [set().union({a, b}, *joined)]
+    result = {}
+    for members in clusters:
+        evals = sorted((int(m[5:]), m) for m in members if m.startswith("eval:"))
+        ranked = sorted(members)  # then greatest quality first, unknown last (stable sorts keep the smaller id first)
+        ranked.sort(key=lambda m: quality.get(m) or "", reverse=True)
+        ranked.sort(key=lambda m: quality.get(m) is None)
+        keeper = evals[0][1] if evals else ranked[0]
+        result.update({m: keeper for m in members if m != keeper and not m.startswith("eval:")})
+    return dict(sorted(result.items()))
+
+
+def test_resolve_arrays_matches_the_rule_on_random_graphs():
+    rng = random.Random(7)
+    for _ in range(200):
+        nodes = [f"s{i:02d}" for i in range(rng.randint(2, 30))] + [f"eval:{i}" for i in range(rng.randint(0, 2))]
+        edges = [tuple(rng.sample(nodes, 2)) for _ in range(rng.randint(1, 40))]
+        quality = {n: rng.choice(["1", "2", "3", "10"]) for n in nodes if rng.random() < 0.8}
+        assert resolve_duplicates(edges, quality) == _reference_clusters(edges, quality)
 
 
 def generated_corpus(seed: int = 7) -> tuple[list[str], list[str], list[set[str]]]:
@@ -414,7 +440,7 @@ def test_mark_duplicates():
     )
     signed = compute_signatures(batch, OPTIONS)
     decisions = DuplicateDecisions.from_mapping({"b": "a", "zz": "a"}, OPTIONS)
-    assert decisions == DuplicateDecisions((("b", "a"), ("zz", "a")), 0.7) and hash(decisions) == hash(decisions)
+    assert decisions == DuplicateDecisions(pa.array(["b", "zz"]), pa.array(["a", "a"]), 0.7) and len(decisions) == 2
     marked = mark_duplicates(signed, decisions)
     assert "minhash" not in marked.column_names and "dedup_quality" in marked.column_names
     rows = marked.to_pylist()

@@ -23,5 +23,5 @@ def test_ray_plan_finds_the_same_clusters_whatever_the_parallelism(local_ray, so
     dataset = plan.materialize(plan.apply(plan.source(table), [Stage("compute_signatures", compute_signatures, options)]))
     assert dataset.num_blocks() == -(-len(ids) // sources_per_block)
     decisions = find_duplicates_on_ray(plan, dataset, options, duplicate_reject)
-    assert dict(decisions.duplicate_of) == find_duplicates(table)  # the same as the plain-Python path
-    assert clusters(dict(decisions.duplicate_of), ids) == {frozenset(g) for g in groups}
+    assert decisions.keeper == find_duplicates(table)  # the same as the plain-Python path
+    assert clusters(decisions.keeper, ids) == {frozenset(g) for g in groups}
