@@ -44,6 +44,7 @@ class RejectReason(str, enum.Enum):
     NO_SPEECH_NOT_SAMPLED = "no_speech_not_sampled"
     # machine-generated or low-quality transcripts
     MACHINE_GENERATED_CAPTIONS = "machine_generated_captions"
+    ASR_TRANSCRIPT = "asr_transcript"  # timed the way a speech recogniser (Whisper) times its output
     ALL_UPPERCASE = "all_uppercase"
     ALL_LOWERCASE = "all_lowercase"
     MISSING_PUNCTUATION = "missing_punctuation"

@@ -383,8 +383,9 @@ class GroupingPlan(Protocol):
     """What the global step needs from a runner (the Ray plan, or an in-process one in tests)."""
 
     def by_key(self, dataset: Any, explode: Callable[[pa.Table], pa.Table], reduce: Callable[[pa.Table], pa.Table],
-               extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
-        """``reduce`` over each partition of the exploded rows (all rows of a key in one partition), collected."""
+               extra: pa.Table | None = None, expected_rows: int = 0, distinct_by: str | None = None) -> pa.Table:
+        """``reduce`` over each partition of the exploded rows (all rows of a key in one partition), collected
+        (with ``distinct_by``: each distinct row once)."""
         ...
 
     def gather(self, dataset: Any, column: str, values: np.ndarray, columns: list[str], reduce: Callable[..., pa.Table], *args: Any) -> pa.Table:
@@ -551,7 +552,7 @@ def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, dup
     explode = functools.partial(key_rows, options=dedup)
     extra_keys = key_rows(extra, dedup).filter(pc.less(pc.field("ref"), 0)) if extra.num_rows else None  # eval texts: band keys only
     bands = lsh_params(options)[0] if dedup else 0
-    found_pairs = plan.by_key(dataset, explode, partition_pairs, extra_keys, rows_hint * (1 + bands))
+    found_pairs = plan.by_key(dataset, explode, partition_pairs, extra_keys, rows_hint * (1 + bands), distinct_by="a")
     pairs = np.unique(np.stack([found_pairs["a"].to_numpy(zero_copy_only=False), found_pairs["b"].to_numpy(zero_copy_only=False)], axis=1), axis=0) \
         if found_pairs.num_rows else np.zeros((0, 2), dtype=np.int64)
     del found_pairs

@@ -49,7 +49,7 @@ def source_table(texts: list[str], ids: list[str] | None = None, cues: list[list
 class InProcessPlan:
     """``stages.dedup.GroupingPlan`` without Ray: a dataset is a list of batches, keys counted in this process."""
 
-    def by_key(self, dataset, explode, reduce, extra=None, expected_rows=0):
+    def by_key(self, dataset, explode, reduce, extra=None, expected_rows=0, distinct_by=None):
         keyed = pa.concat_tables([explode(batch) for batch in dataset] + ([extra] if extra is not None and extra.num_rows else []))
         return reduce(keyed)  # one partition: every row of a key in it
 

@@ -197,6 +197,25 @@ def _timed(fmt: str, cues: list[Cue], invalid: int, language: str | None = None)
     return Transcript(fmt, joined, tuple(cues), invalid, language)
 
 
+_WHISPER_CLI_LINE = re.compile(rf"^\s*\[{_TIME}\s*-->\s*{_TIME}\]\s?(.*)$")
+
+
+def parse_whisper_cli(text: str) -> Transcript | None:
+    """The Whisper command line's own output (``[00:00:04.920 --> 00:00:07.480]   Thanks for ...`` per line) as
+    timed cues, format ``whisper_cli``; None when not every non-blank line is such a line (plain text stays text)."""
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines:
+        return None
+    cues: list[Cue] = []
+    for line in lines:
+        match = _WHISPER_CLI_LINE.match(line)
+        if match is None:
+            return None
+        g = match.groups()
+        cues.append(Cue(_to_ms(*g[:4]), _to_ms(*g[4:8]), clean_cue_text(g[8])))
+    return _timed("whisper_cli", cues, 0)
+
+
 def parse_transcript(text: str, fmt: str) -> Transcript:
     if fmt == "srt":
         return parse_srt(text)
@@ -207,7 +226,7 @@ def parse_transcript(text: str, fmt: str) -> Transcript:
     if fmt in ("txt", "inline"):
         if not text.strip():
             raise TranscriptError(RejectReason.EMPTY_TRANSCRIPT, "transcript is empty or whitespace only")
-        return Transcript(fmt, text.strip(), None)
+        return parse_whisper_cli(text) or Transcript(fmt, text.strip(), None)
     raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"unknown transcript format {fmt!r}")
 
 

@@ -110,6 +110,10 @@ def _rows_where(batch: pa.Table, column: str, values: np.ndarray, columns: list[
     return batch.filter(pa.array(values[at] == data)).select(columns)
 
 
+def _distinct(table: pa.Table) -> pa.Table:
+    return table.group_by(table.column_names, use_threads=False).aggregate([]) if table.num_rows else table
+
+
 def _collect(dataset, schema: pa.Schema | None) -> pa.Table:
     """Every block of a (small) result as one Arrow table on the driver."""
     import ray
@@ -243,11 +247,13 @@ class Plan:
         return list(dataset.schema().names)
 
     def by_key(self, dataset, explode: Callable[[pa.Table], pa.Table], reduce: Callable[[pa.Table], pa.Table],
-               extra: pa.Table | None = None, expected_rows: int = 0) -> pa.Table:
+               extra: pa.Table | None = None, expected_rows: int = 0, distinct_by: str | None = None) -> pa.Table:
         """``reduce`` over each partition of the exploded rows (plus ``extra`` ones), collected: the rows are hash-
         partitioned by their ``key`` column across the cluster into partitions of about ``keys_per_block`` rows (so
         the all-to-all step is sized by the data, not by a count of input blocks); every row of a key lands in one
-        partition. Keep the reductions small: they come to the driver."""
+        partition. With ``distinct_by`` the reductions are partitioned again by that column and made distinct there,
+        so a row that several partitions produce (a pair sharing keys in many) comes to the driver once. Keep the
+        reductions small: they come to the driver."""
         import ray.data
 
         keyed = dataset.map_batches(_call, fn_args=(explode,), batch_format="pyarrow", batch_size=None)
@@ -255,6 +261,8 @@ class Plan:
             keyed = keyed.union(ray.data.from_arrow(extra))
         partitions = max(1, -(-expected_rows // self.options.keys_per_block))
         reduced = keyed.repartition(partitions, keys=["key"]).map_batches(_call, fn_args=(reduce,), batch_format="pyarrow", batch_size=None)
+        if distinct_by is not None:
+            reduced = reduced.repartition(partitions, keys=[distinct_by]).map_batches(_call, fn_args=(_distinct,), batch_format="pyarrow", batch_size=None)
         return timed("phase", "by_key", 0, _collect, reduced, None)
 
     def gather(self, dataset, column: str, values: np.ndarray, columns: list[str], reduce: Callable[..., pa.Table], *args: Any) -> pa.Table:
