@@ -6,7 +6,8 @@ The rules (docs/corpus.md, "Segmentation"):
    start) and cues the parser could not time at all (unreadable) are dropped and counted, and cues starting after the audio ends (or ending more than ``beyond_audio_tolerance_ms``
    after it) are dropped and counted; a cue ending within the tolerance is clipped to the audio's end. Cues are
    sorted by start. Two cues overlapping by at most ``overlap_trim_ms`` are separated by ending the first where
-   the second starts; cues overlapping more are merged into one (text in order).
+   the second starts; cues overlapping more are merged into one cue (text in order, one span: timestamps never go
+   backwards).
 2. A cue longer than the window cannot be a training example: its stretch is dropped and counted, and no window
    reaches into it.
 3. Windows are packed greedily: a window starts just before a cue (``boundary_pad_ms`` of lead-in where the
@@ -125,8 +126,9 @@ def clean_cues(cues: list[dict[str, Any]], duration_ms: int, options: SegmentOpt
             if 0 < overlap <= options.overlap_trim_ms and start > last.start_ms:
                 trimmed = tuple((s, min(e, start), t) for s, e, t in last.texts)
                 units[-1] = Unit(last.start_ms, start, trimmed)
-            elif overlap > 0:
-                units[-1] = Unit(last.start_ms, max(last.end_ms, end), last.texts + ((start, end, text),))
+            elif overlap > 0:  # one span for the merged text: its own times would make timestamps go backwards
+                merged_end = max(last.end_ms, end)
+                units[-1] = Unit(last.start_ms, merged_end, ((last.start_ms, merged_end, join_texts([last.text, text])),))
                 continue
         if end <= start:
             continue
@@ -231,11 +233,12 @@ def _sampled(source_id: str, start_ms: int, rate: float) -> bool:
 def timestamped_text(window: PlannedWindow) -> str:
     """``<|0.00|> Hello.<|1.84|><|2.00|> Next.<|3.00|>``, times relative to the window on the 20 ms grid."""
     last_step = (window.end_ms - window.start_ms) // TIMESTAMP_RESOLUTION_MS * TIMESTAMP_RESOLUTION_MS
-    parts = []
+    parts, previous = [], 0
     for unit in window.units:
-        for start, end, text in unit.texts:
-            t0 = min(snap_to_timestamp_grid(start - window.start_ms), last_step)
+        for start, end, text in unit.texts:  # never backwards: a trainer learns the order of time from these
+            t0 = min(max(snap_to_timestamp_grid(start - window.start_ms), previous), last_step)
             t1 = min(max(snap_to_timestamp_grid(end - window.start_ms), t0), last_step)
+            previous = t1
             parts.append(f"{timestamp_token(t0)}{leading_space(text)}{text}{timestamp_token(t1)}")
     return "".join(parts)
 

@@ -91,7 +91,10 @@ def test_overlaps_are_trimmed_or_merged_and_bad_cues_counted():
     ]
     plan = plan_windows(cues, "", 10_000, "s", SegmentOptions())
     assert spoken(plan) == ["One. Two. Three. Inside three. Clipped at the end."]
-    assert timestamped_text(plan.windows[0]).startswith("<|0.00|> One.<|2.00|><|2.00|> Two.<|4.00|>")
+    stamped = timestamped_text(plan.windows[0])
+    assert stamped.startswith("<|0.00|> One.<|2.00|><|2.00|> Two.<|4.00|><|5.00|> Three. Inside three.<|9.00|>"), stamped
+    times = [float(t) for t in re.findall(r"<\|(\d+\.\d\d)\|>", stamped)]
+    assert times == sorted(times)  # never backwards
     assert sorted(d["reason"] for d in plan.dropped) == ["cue_beyond_audio", "invalid_cue_timing"]
     assert plan.windows[0].end_ms == 10_000
 

@@ -69,10 +69,36 @@ class WindowTranscript:
         return not self.text
 
 
+@dataclass(frozen=True)
+class WindowScore:
+    """What one encoder pass over a window says about it and its transcript (``Engine.score``): the audio's
+    language probabilities, the no-speech probability, and how well the given transcript agrees with the speech:
+    the mean log-probability of its text tokens under teacher forcing (in the transcript's language) and the share
+    of those tokens the model finds very unlikely."""
+
+    language_probs: dict[str, float]
+    no_speech_prob: float
+    mean_logprob: float | None  # None: no text tokens to score
+    unlikely_share: float | None  # of text tokens with probability below UNLIKELY_TOKEN_PROB
+    tokens: int
+
+
+UNLIKELY_TOKEN_PROB = 0.01
+
+
+def _agreement(token_logprobs: Sequence[float]) -> tuple[float | None, float | None]:
+    if not len(token_logprobs):
+        return None, None
+    values = np.asarray(token_logprobs, dtype=np.float64)
+    return float(values.mean()), float((values < np.log(UNLIKELY_TOKEN_PROB)).mean())
+
+
 class Engine(Protocol):
     name: str
 
     def detect_language(self, audios: Sequence[np.ndarray]) -> list[dict[str, float]]: ...
+
+    def score(self, audios: Sequence[np.ndarray], texts: Sequence[str], languages: Sequence[str | None]) -> list[WindowScore]: ...
 
     def transcribe(self, audios: Sequence[np.ndarray], options: DecodingOptions) -> list[WindowTranscript]: ...
 
@@ -251,6 +277,37 @@ class OpenAIWhisperEngine:
             _, probs = self.model.detect_language(self._mel(audios), self._tokenizer())
         return [dict(p) for p in probs]
 
+    def score(self, audios: Sequence[np.ndarray], texts: Sequence[str], languages: Sequence[str | None]) -> list[WindowScore]:
+        """One encoder pass per window; language ID and a decoder forward over the given tokens reuse it. A window's
+        text is scored in its ``languages[i]`` (None: the detected one), without timestamps."""
+        import torch
+
+        if not audios:
+            return []
+        with torch.no_grad():
+            features = self.model.embed_audio(self._mel(audios))
+            tokenizer = self._tokenizer()
+            _, probs = self.model.detect_language(features, tokenizer)  # takes encoded features as they are
+            probs = [dict(p) for p in probs]
+            rows = []
+            for i, text in enumerate(texts):
+                language = languages[i] or max(probs[i], key=probs[i].get)
+                prompt = list(self._tokenizer(language if self.model.is_multilingual else None).sot_sequence_including_notimestamps)
+                rows.append((prompt, tokenizer.encode(" " + text.strip()) if text and text.strip() else []))
+            width = max(len(p) + len(t) for p, t in rows)
+            tokens = torch.full((len(rows), width), tokenizer.eot, dtype=torch.long)
+            for i, (prompt, text_tokens) in enumerate(rows):
+                tokens[i, : len(prompt) + len(text_tokens)] = torch.tensor(prompt + text_tokens)
+            logprobs = torch.log_softmax(self.model.logits(tokens.to(self.device), features).float(), dim=-1)
+        scores = []
+        for i, (prompt, text_tokens) in enumerate(rows):
+            # no speech: the <|nospeech|> token's probability right after <|startoftranscript|>, as Whisper reads it
+            no_speech = float(logprobs[i, prompt.index(tokenizer.sot), tokenizer.no_speech].exp())
+            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(text_tokens))
+            given = logprobs[i, positions, torch.tensor(text_tokens, dtype=torch.long)].tolist() if text_tokens else []
+            scores.append(WindowScore(probs[i], no_speech, *_agreement(given), len(text_tokens)))
+        return scores
+
     def transcribe(self, audios: Sequence[np.ndarray], options: DecodingOptions) -> list[WindowTranscript]:
         import torch
         import whisper
@@ -324,6 +381,34 @@ class FasterWhisperEngine:
         if not audios:
             return []
         return self._language_probs(self.model.encode(self._features(audios)))
+
+    def score(self, audios: Sequence[np.ndarray], texts: Sequence[str], languages: Sequence[str | None]) -> list[WindowScore]:
+        """One encoder pass per window; language ID, the no-speech probability (one decoder step) and CTranslate2's
+        forced alignment (``Whisper.align``'s text-token probabilities) reuse it. A window's text is scored in its
+        ``languages[i]`` (None: the detected one), without timestamps."""
+        import ctranslate2
+
+        if not audios:
+            return []
+        features = self._features(audios)
+        encoded = self.model.encode(features)
+        probs = self._language_probs(encoded)
+        chosen = [languages[i] or max(probs[i], key=probs[i].get) for i in range(len(audios))]
+        no_timestamps = DecodingOptions(without_timestamps=True)
+        prompts = [self._prompt(language, no_timestamps) for language in chosen]
+        no_speech = [r.no_speech_prob for r in self.model.model.generate(encoded, [p[:1] for p in prompts], max_length=2, return_no_speech_prob=True)]
+        text_tokens = [self.tokenizer.encode(" " + t.strip()) if t and t.strip() else [] for t in texts]
+        frames = [min(len(a), N_SAMPLES) // 160 for a in audios]
+        given: list[list[float]] = [[] for _ in audios]
+        for language in sorted(set(chosen)):  # align takes one start sequence per call
+            batch = [i for i, c in enumerate(chosen) if c == language and text_tokens[i]]
+            if not batch:
+                continue
+            subset = encoded if len(batch) == len(audios) else ctranslate2.StorageView.from_array(np.asarray(encoded)[batch])
+            results = self.model.model.align(subset, prompts[batch[0]], [text_tokens[i] for i in batch], [frames[i] for i in batch])
+            for i, result in zip(batch, results):
+                given[i] = [float(np.log(max(p, 1e-30))) for p in result.text_token_probs]
+        return [WindowScore(probs[i], float(no_speech[i]), *_agreement(given[i]), len(text_tokens[i])) for i in range(len(audios))]
 
     def _prompt(self, language: str, options: DecodingOptions) -> list[int]:
         tok = self.tokenizer
