@@ -404,7 +404,12 @@ class FasterWhisperEngine:
             batch = [i for i, c in enumerate(chosen) if c == language and text_tokens[i]]
             if not batch:
                 continue
-            subset = encoded if len(batch) == len(audios) else ctranslate2.StorageView.from_array(np.asarray(encoded)[batch])
+            if len(batch) == len(audios):
+                subset = encoded
+            elif encoded.device == "cpu":
+                subset = ctranslate2.StorageView.from_array(np.asarray(encoded)[batch])
+            else:  # windows of several languages on a GPU: CTranslate2 cannot slice device storage, so encode them again
+                subset = self.model.encode(features[batch])
             results = self.model.model.align(subset, prompts[batch[0]], [text_tokens[i] for i in batch], [frames[i] for i in batch])
             for i, result in zip(batch, results):
                 given[i] = [float(np.log(max(p, 1e-30))) for p in result.text_token_probs]
