@@ -11,7 +11,7 @@ import pytest
 from pipeline.io.transcripts import parse_transcript, read_transcript
 from stages.detect_machine_generated import MachineGeneratedOptions, asr_timing, judge_transcript
 from support.data import DATA, JFK, JFK_TEXT, srt
-from support.output import reasons_of, committed_table
+from support.output import committed_table
 
 CLI_TALK = DATA / "whisper_cli_transcript.txt"  # 60 lines of a talk as Whisper's command line printed them
 
