@@ -308,7 +308,7 @@ def _signatures_of(values: list[bytes], num_perm: int) -> np.ndarray:
 
 def _eval_order(source_id: str) -> tuple[int, str]:
     suffix = source_id[len(EVAL_PREFIX) :]
-    return (int(suffix) if suffix.isdigit() else 2**63, source_id)
+    return (int(suffix) if suffix.isdigit() else 2**62, source_id)
 
 
 def resolve_duplicates(edges: Iterable[tuple[str, str]], quality: dict[str, Any]) -> dict[str, str]:
