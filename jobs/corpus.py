@@ -32,16 +32,16 @@ from pipeline.io.sources import DISCOVERED_SCHEMA, SourceOptions, SourceSplit, d
 from pipeline.stage import Stage, active_rows, rejected_rows
 from pipeline.io.storage import is_uri
 from pipeline.io.ytdlp import FetchOptions
-from stages.agree_language import agree_language
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.decode_audio import DecodeOptions, decode_audio, find_audio
 from stages.dedup import DedupOptions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
-from stages.detect_audio_language import detect_audio_language, load_language_model
 from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
 from stages.detect_text_language import detect_text_language
 from stages.languages import LanguageOptions
+from stages.judge_windows import judge_windows
 from stages.load_transcript import TranscriptOptions, load_transcript
+from stages.score_windows import load_scoring_model, score_windows
 from stages.segment_into_windows import SegmentOptions, segment_into_windows
 
 log = logging.getLogger("wspsr")
@@ -84,8 +84,8 @@ def audio_stages(config: dict[str, Any]) -> list[Stage]:
         stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"]))
     stages.append(Stage("segment_into_windows", segment_into_windows, config["segment"]))
     if config["language"].enabled:
-        stages.append(Stage("detect_audio_language", detect_audio_language, config["language"], setup=load_language_model))
-        stages.append(Stage("agree_language", agree_language, config["language"]))
+        stages.append(Stage("score_windows", score_windows, config["language"], setup=load_scoring_model))
+        stages.append(Stage("judge_windows", judge_windows, config["language"]))
     return stages
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: corpus markers name their sources' refs too (resume and accounting without an id set)
+SCHEMA_VERSION = "3"  # 3: per-window language and transcript-agreement columns; 2: corpus markers name their sources' refs too
 METADATA_SCHEMA_VERSION = b"wspsr.schema_version"
 METADATA_FINGERPRINT = b"wspsr.config_fingerprint"
 
@@ -54,7 +54,10 @@ class RejectReason(str, enum.Enum):
     IMPLAUSIBLE_CHAR_RATE = "implausible_char_rate"
     # language agreement
     LANGUAGE_UNKNOWN = "language_unknown"
-    LANGUAGE_MISMATCH = "language_mismatch"
+    LANGUAGE_MISMATCH = "language_mismatch"  # a source, or a window (stretch) of a kept one
+    # transcript agreement (the window's own transcript scored against its speech by Whisper)
+    TRANSCRIPT_MISMATCH = "transcript_mismatch"  # a window whose words are not the ones spoken (stretch)
+    MISALIGNED_TRANSCRIPT = "misaligned_transcript"  # a source most of whose speech fails the agreement check
     # transcription
     TRANSCRIPTION_FAILED = "transcription_failed"
     # pseudo-label check
@@ -92,6 +95,19 @@ WINDOW_TYPE = pa.struct(
         ("text_timestamped", pa.string()),
         ("prev_text", pa.string()),
         ("has_speech", pa.bool_()),
+        # per-window judgement (score_windows, judge_windows); null where the window was not scored
+        ("language", pa.string()),
+        ("task", pa.string()),
+        ("languages", pa.list_(pa.string())),
+        ("transcript_language", pa.string()),
+        ("transcript_language_prob", pa.float32()),
+        ("audio_language", pa.string()),
+        ("audio_language_prob", pa.float32()),
+        ("audio_language_probs", pa.string()),
+        ("agreement_logprob", pa.float32()),
+        ("agreement_unlikely_share", pa.float32()),
+        ("agreement_tokens", pa.int32()),
+        ("no_speech_prob", pa.float32()),
     ]
 )
 SPEECH_WINDOW_TYPE = pa.struct(
@@ -166,6 +182,8 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "reject_reason": pa.string(),
     "reject_detail": pa.string(),
     "duplicate_of": pa.string(),
+    "source_languages": pa.list_(pa.string()),
+    "code_switched": pa.bool_(),
 }
 
 # One row per window: the training example. Documented in docs/output.md.
@@ -189,6 +207,14 @@ CORPUS_SCHEMA = pa.schema(
         ("transcript_language_prob", pa.float32()),
         ("audio_language", pa.string()),
         ("audio_language_prob", pa.float32()),
+        ("audio_language_probs", pa.string()),
+        ("languages", pa.list_(pa.string())),
+        ("agreement_logprob", pa.float32()),
+        ("agreement_unlikely_share", pa.float32()),
+        ("agreement_tokens", pa.int32()),
+        ("no_speech_prob", pa.float32()),
+        ("source_languages", pa.list_(pa.string())),
+        ("code_switched", pa.bool_()),
         ("metadata", pa.string()),
     ]
 )

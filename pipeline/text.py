@@ -101,6 +101,37 @@ def leading_space(text: str) -> str:
     return "" if is_spaceless_char(text[:1]) else " "
 
 
+@functools.lru_cache(maxsize=None)
+def script_of(ch: str) -> str | None:
+    """The script a letter is written in, as its Unicode name begins (``LATIN``, ``CJK``, ``HIRAGANA``, ...;
+    kana and CJK count as one, ``CJK``, since Japanese mixes them); None for what is not a letter."""
+    if not unicodedata.category(ch).startswith("L"):
+        return None
+    name = unicodedata.name(ch, "")
+    if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC")):
+        return "CJK"
+    if name.startswith("FULLWIDTH LATIN"):
+        return "LATIN"
+    return name.split(" ", 1)[0] or None
+
+
+def script_runs(text: str) -> dict[str, str]:
+    """The text's letters grouped by script, each script's runs joined by spaces, in order of first appearance:
+    ``"我们开了meeting，然后OK"`` -> ``{"CJK": "我们开了", "LATIN": "meeting OK"}`` (the marks between runs are
+    dropped). How a window that mixes scripts, Mandarin with English words, is told apart."""
+    runs: dict[str, list[str]] = {}
+    current, piece = None, []
+    for ch in text + " ":
+        script = script_of(ch)
+        if script is not None and script == current:
+            piece.append(ch)
+            continue
+        if current is not None and piece:
+            runs.setdefault(current, []).append("".join(piece))
+        current, piece = (script, [ch]) if script is not None else (None, [])
+    return {script: " ".join(parts) for script, parts in runs.items()}
+
+
 # --- what the quality rules measure ----------------------------------------------------------------------
 
 @dataclass(frozen=True)

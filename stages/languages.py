@@ -1,4 +1,4 @@
-"""Language options shared by text language ID, audio language ID and the agreement rule (one [language] section)."""
+"""Language options shared by text language ID, window scoring and the per-window judgement (one [language] section)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,28 @@ class LanguageOptions:
     model: str = "base"  # name or path, resolved offline (see docs/models.md)
     device: str | None = None  # default: cuda when present, else cpu
     threads: int = 0  # CPU threads per model; 0: all cores of the node
-    max_windows: int = 3  # speech windows per source, spread over the recording, probabilities averaged
-    batch_windows: int = 8  # windows per forward pass
-    # agreement
+    max_windows: int = 0  # 0: every speech window is scored; N: at most N per source, spread (a CPU budget)
+    batch_windows: int = 8  # windows per encoder pass, across sources
+    # language agreement, per window: its text's language against its audio's
     min_transcript_language_prob: float = 0.2  # audio probability of the transcript's language to keep it
     min_translate_prob: float = 0.5  # English transcript, audio this sure of another language: X->en example
+    min_mixed_letters: int = 4  # letters of a second script in a window before its language is listed
+    min_mixed_prob: float = 0.3  # fastText's confidence in that second script's language to list it
+    # transcript agreement, per window: its own text under teacher forcing (docs/corpus.md, "Agreement")
+    agreement: bool = True  # false: scores are stored, nothing is dropped on them
+    min_agreement_logprob: float = -3.0  # mean log-probability per text token below this: transcript_mismatch
+    max_unlikely_share: float = 0.5  # or more than this share of its tokens under probability 0.01
+    min_agreement_tokens: int = 4  # fewer text tokens: too little to judge, the window is kept
+    max_failed_speech_share: float = 0.5  # a source with more of its scored speech failing is rejected whole
 
     def __post_init__(self) -> None:
-        for name in ("min_text_prob", "min_transcript_language_prob", "min_translate_prob"):
+        for name in ("min_text_prob", "min_transcript_language_prob", "min_translate_prob", "min_mixed_prob", "max_unlikely_share", "max_failed_speech_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        if self.max_windows < 1 or self.batch_windows < 1:
-            raise ValueError("max_windows and batch_windows must be at least 1")
+        if self.max_windows < 0 or self.batch_windows < 1:
+            raise ValueError("max_windows must be 0 (every window) or more, batch_windows at least 1")
+        if self.min_agreement_logprob > 0:
+            raise ValueError("min_agreement_logprob is a log-probability: 0 or below")
 
 
 def base_language(code: str | None) -> str | None:

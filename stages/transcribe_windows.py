@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline import text
 from pipeline.whisper.engines import Engine, DecodingOptions, WindowTranscript, load_engine
 from pipeline.schema import RejectReason, table_from_rows
-from stages.detect_audio_language import average_probabilities, pick_windows
+from stages.score_windows import average_probabilities, spread
 from stages.languages import base_language
 
 
@@ -118,7 +118,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
     ]
     if any(language is None for language, _ in languages):
         picks = [
-            pick_windows([dict(w, has_speech=True, i=k) for k, w in enumerate(row["speech_windows"] or [])], whisper.language_windows)
+            [{"i": k} for k in spread(list(range(len(row["speech_windows"] or []))), whisper.language_windows)]
             if len(row["speech_windows"] or []) > 1 and languages[r][0] is None else []
             for r, row in enumerate(rows)
         ]

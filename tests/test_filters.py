@@ -7,9 +7,9 @@ import json
 import pytest
 
 from pipeline.schema import table_from_rows
-from stages.agree_language import decide_language
+from stages.judge_windows import decide_language
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
-from stages.detect_audio_language import average_probabilities, pick_windows
+from stages.score_windows import average_probabilities, spread
 from stages.detect_machine_generated import MachineGeneratedOptions, judge_transcript
 from stages.detect_text_language import detect_text_language, identify
 from stages.languages import LanguageOptions
@@ -117,14 +117,6 @@ def test_declared_language_stands_when_text_is_unsure():
     assert out[1]["language"] == "de" and out[1]["transcript_language"] == "de"
 
 
-def row_with(language, probs, text_language=None):
-    top = max(probs, key=probs.get)
-    return {
-        "source_id": "s", "language": language, "transcript_language": text_language or language, "transcript_language_prob": 0.9,
-        "audio_language": top, "audio_language_prob": probs[top], "audio_language_probs": json.dumps(probs),
-    }
-
-
 @pytest.mark.parametrize(
     "language, probs, expected",
     [
@@ -138,17 +130,17 @@ def row_with(language, probs, text_language=None):
     ],
 )
 def test_language_agreement(language, probs, expected):
-    verdict = decide_language(row_with(language, probs), LanguageOptions())
+    verdict = decide_language(language, probs, LanguageOptions())
     if isinstance(expected, str):
         assert verdict.reason.value == expected and "audio:" in verdict.detail
     else:
-        assert (verdict["task"], verdict["language"]) == expected
+        assert verdict[::-1] == expected
 
 
-def test_audio_language_looks_at_spread_speech_windows():
-    windows = [{"has_speech": i not in (0, 1), "index": i} for i in range(10)]
-    assert [w["index"] for w in pick_windows(windows, 3)] == [2, 6, 9]
-    assert [w["index"] for w in pick_windows(windows[:3], 3)] == [2]
+def test_a_window_cap_spreads_the_scored_windows():
+    assert spread(list(range(2, 10)), 3) == [2, 6, 9]
+    assert spread([2], 3) == [2]
+    assert spread(list(range(10)), 0) == list(range(10))  # 0: every window
     combined = average_probabilities([{"en": 0.1, "es": 0.9}, {"en": 0.9, "es": 0.1}, {"es": 0.8, "en": 0.2}])
     assert max(combined, key=combined.get) == "es" and abs(sum(combined.values()) - 1) < 1e-9
 

@@ -16,7 +16,7 @@ from pipeline.stage import Stage, run_stages
 from stages.check_pseudo_labels import PseudoLabelVerdicts, check_pseudo_labels
 from stages.compare_with_reference import CompareOptions, compare_with_reference
 from stages.decode_audio import DecodeOptions, decode_audio
-from stages.detect_audio_language import detect_audio_language, load_language_model
+from stages.score_windows import load_scoring_model, score_windows
 from stages.languages import LanguageOptions
 from stages.load_transcript import TranscriptOptions, load_transcript
 from stages.segment_at_silences import VadOptions, segment_at_silences
@@ -81,10 +81,10 @@ def test_compare_with_reference_scores_words_and_characters():
 
 @pytest.fixture(scope="module")
 def tiny_language_model():
-    return load_language_model(LanguageOptions(model="tiny-random"))
+    return load_scoring_model(LanguageOptions(model="tiny-random"))
 
 
-def test_audio_language_stage_records_probabilities_per_source(tiny_language_model):
+def test_window_scoring_records_language_and_agreement_per_window(tiny_language_model):
     pcm = decode_file(JFK)
     window = lambda k, speech=True: {"segment_id": f"s-{k}", "window_index": k, "start_ms": 0, "end_ms": 11000,  # noqa: E731
                                      "flac": encode_flac(pcm), "text": JFK_TEXT, "text_timestamped": None, "prev_text": "", "has_speech": speech}
@@ -93,12 +93,18 @@ def test_audio_language_stage_records_probabilities_per_source(tiny_language_mod
         {"source_id": "two", "source": "two", "language": "de", "windows": [window(0), window(1)]},
         {"source_id": "silent", "source": "silent", "language": "en", "windows": [window(0, speech=False)]},
     ])
-    out = {r["source_id"]: r for r in detect_audio_language(batch, LanguageOptions(model="tiny-random"), tiny_language_model).to_pylist()}
+    out = {r["source_id"]: r for r in score_windows(batch, LanguageOptions(model="tiny-random"), tiny_language_model).to_pylist()}
     for source in ("one", "two"):
         probs = json.loads(out[source]["audio_language_probs"])
         assert out[source]["audio_language"] in probs and 0.0 <= out[source]["audio_language_prob"] <= 1.0
         assert out[source]["language"] in probs  # the transcript's language is always recorded, for the agreement rule
-    assert out["silent"]["audio_language"] is None  # no speech window: nothing to judge
+        for window in out[source]["windows"]:  # every speech window scored, in its own text's language (English here)
+            assert window["language"] == "en" and window["languages"] == ["en"] and window["transcript_language"] == "en"
+            assert "en" in json.loads(window["audio_language_probs"]) and 0.0 <= window["no_speech_prob"] <= 1.0
+            assert window["agreement_logprob"] < 0 and 0.0 <= window["agreement_unlikely_share"] <= 1.0 and window["agreement_tokens"] > 10
+    assert out["silent"]["audio_language"] is None and out["silent"]["windows"][0]["agreement_logprob"] is None  # no speech: nothing to judge
+    capped = score_windows(batch, LanguageOptions(model="tiny-random", max_windows=1), tiny_language_model).to_pylist()[1]["windows"]
+    assert [w["agreement_logprob"] is not None for w in capped] == [True, False]
 
 
 def test_transcribe_stage_on_windows_cut_at_silences(tmp_path):

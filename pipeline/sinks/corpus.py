@@ -33,7 +33,10 @@ def window_rows(kept: pa.Table) -> pa.Table:
     flat = pc.list_flatten(windows)
     columns = []
     for field in CORPUS_SCHEMA:
-        if field.name in WINDOW_FIELDS:
+        if field.name in WINDOW_FIELDS and field.name in kept.column_names:
+            # judged per window (language, task, ...); a window that was not judged takes its source's value
+            column = pc.coalesce(flat.field(field.name).cast(field.type), kept[field.name].combine_chunks().take(parent).cast(field.type))
+        elif field.name in WINDOW_FIELDS:
             column = flat.field(field.name)
         elif field.name == "audio":
             segment_ids = flat.field("segment_id")
@@ -41,10 +44,12 @@ def window_rows(kept: pa.Table) -> pa.Table:
             column = pa.StructArray.from_arrays([flat.field("flac").cast(pa.binary()), paths], fields=list(AUDIO_TYPE))
         elif field.name == "sample_rate":
             column = pa.array(np.full(len(flat), SAMPLE_RATE, dtype=np.int32))
-        elif field.name == "task":
-            column = pc.fill_null(_column(kept, "task", pa.string()), "transcribe").take(parent)
+        elif field.name == "code_switched":
+            column = pc.fill_null(_column(kept, "code_switched", pa.bool_()), False).take(parent)
         else:
             column = _column(kept, field.name, field.type).take(parent)
+        if field.name == "task":
+            column = pc.fill_null(column, "transcribe")
         columns.append(column.cast(field.type))
     return pa.Table.from_arrays(columns, schema=CORPUS_SCHEMA).sort_by("segment_id")
 
@@ -65,13 +70,18 @@ def window_stats(kept: pa.Table, stats: dict[str, Any]) -> None:
     stats["windows_speech"] += int(speech.sum())
     stats["ms_out"] += int(length.sum())
     stats["ms_out_speech"] += int(length[speech].sum())
-    per_source = np.bincount(parent, weights=length, minlength=kept.num_rows).astype(np.int64)
-    languages = _column(kept, "language", pa.string()).to_pylist()
-    tasks = _column(kept, "task", pa.string()).to_pylist()
-    for ms, language, task in zip(per_source.tolist(), languages, tasks):
+    # Hours per language and task, window by window (a code-switched source counts in each of its languages).
+    languages = pc.coalesce(flat.field("language"), _column(kept, "language", pa.string()).combine_chunks().take(parent)).to_pylist()
+    tasks = pc.coalesce(flat.field("task"), _column(kept, "task", pa.string()).combine_chunks().take(parent)).to_pylist()
+    for ms, language, task in zip(length.tolist(), languages, tasks):
         count(stats["ms_per_language"], str(language), ms)
         count(stats["ms_per_task"], task or "transcribe", ms)
         count(stats["ms_per_language_task"], f"{language or '?'}\t{task or 'transcribe'}", ms)
+    switched = _column(kept, "code_switched", pa.bool_()).to_pylist()
+    stats["sources_code_switched"] += sum(1 for s in switched if s)
+    for value in flat.field("agreement_logprob").drop_null().to_numpy(zero_copy_only=False):
+        # tenths of a nat per token, -10 = -10 or lower: the report's histogram of kept windows' agreement
+        count(stats["agreement_logprob"], f"{max(np.floor(float(value) * 10) / 10, -10.0):.1f}", 1)
     # Histograms for the report (whole seconds; characters per second of speech windows, 60 = 60 or more).
     for second, n in zip(*np.unique(np.minimum(length // 1000, 30), return_counts=True)):
         count(stats["window_seconds"], str(int(second)), int(n))
@@ -133,7 +143,8 @@ def _reject_stats(stats: dict[str, Any], stage: str | None, reason: str, scope: 
 def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) -> dict[str, Any]:
     stats: dict[str, Any] = {"sources_kept": 0, "ms_in": 0, "ms_out": 0, "ms_out_speech": 0, "windows": 0, "windows_speech": 0,
                              "rejected": {}, "ms_rejected": {}, "ms_per_language": {}, "ms_per_task": {}, "stretches_dropped": {},
-                             "ms_per_language_task": {}, "window_seconds": {}, "chars_per_second": {}, "rejects": {}}
+                             "ms_per_language_task": {}, "window_seconds": {}, "chars_per_second": {}, "rejects": {},
+                             "sources_code_switched": 0, "agreement_logprob": {}}
     rejects, sources = reject_rows(batch, stats)
     kept = batch.filter(pc.is_null(batch["reject_reason"])) if "reject_reason" in batch.column_names else batch
     if kept.num_rows and pc.any(pc.equal(pc.fill_null(pc.list_value_length(kept["windows"]), 0), 0)).as_py():
@@ -181,6 +192,7 @@ def summarize(out: OutputDir, found: int, extra: dict[str, Any] | None = None) -
             "speech": totals.get("windows_speech", 0),
             "no_speech": totals.get("windows", 0) - totals.get("windows_speech", 0),
         },
+        sources_code_switched=totals.get("sources_code_switched", 0),
         stretches_dropped={k: {"count": v["count"], "hours": hours(v["ms"])} for k, v in sorted(totals.get("stretches_dropped", {}).items())},
         **(extra or {}),
     )
