@@ -4,6 +4,8 @@
     python -m bench corpus [--hours 0.2] [--scales 1 2 4] [--sources-per-block 2]
     python -m bench dedup [--docs 20000] [--batch-size 1000] [--cluster-docs 1000] [--seed 0] [--out bench/results/dedup.json]
     python -m bench transcribe [--repeat 1] [--batch-size 8]
+    python -m bench agreement [--model base]       # transcript agreement: matched vs mismatched pairs (bench/windows.py)
+    python -m bench scoring [--windows 32]         # score_windows against the bare encoder, seconds per window
 
 ``dedup``: MinHash signatures of generated transcripts, the naive per-document datasketch loop
 (``m = MinHash(...); for s in shingles: m.update(s)``) against ``stages.dedup.compute_signatures`` on the same
@@ -28,6 +30,7 @@ from bench.machine import REPO, RESULTS, write_result
 from bench.scale import bench_scale
 from bench.summary import write_summary
 from bench.transcribe import bench_transcribe
+from bench.windows import bench_agreement, bench_scoring
 
 
 def bench_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def bench_all(args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "dedup": bench_dedup, "transcribe": bench_transcribe, "corpus": bench_corpus, "all": bench_all, "scale": bench_scale,
+    "agreement": bench_agreement, "scoring": bench_scoring,
 }
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,6 +90,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument("--cpus", type=int, help="ray.num_cpus for the runs (default: all)")
     scale.add_argument("--gzip", action="store_true", help="gzip the generated manifests")
     scale.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/scale.json)")
+    agreement = commands.add_parser("agreement", help="transcript agreement of matched vs mismatched speech and text, both engines")
+    agreement.add_argument("--model", default="base", help="Whisper model (default base)")
+    agreement.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/agreement.json)")
+    scoring = commands.add_parser("scoring", help="score_windows seconds per window against the bare batched encoder, both engines")
+    scoring.add_argument("--model", default="base", help="Whisper model (default base)")
+    scoring.add_argument("--windows", type=int, default=32, help="30 s windows of English speech (default 32)")
+    scoring.add_argument("--batch-windows", type=int, default=8, help="windows per encoder pass (default 8: language.batch_windows)")
+    scoring.add_argument("--repeat", type=int, default=2, help="timed repetitions, the fastest counts (default 2)")
+    scoring.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/scoring.json)")
     args = parser.parse_args(argv)
     if args.benchmark in ("dedup", "all") and (args.docs < 1 or args.batch_size < 1 or args.cluster_docs < 0):
         parser.error("--docs and --batch-size must be positive")

@@ -35,7 +35,7 @@ def stage_breakdown(path: Path) -> dict[str, Any]:
     rounded = lambda d: {k: {f: round(v, 3) if isinstance(v, float) else v for f, v in d[k].items()} for k in d}  # noqa: E731
     return {"stages": rounded(stages), "phases": rounded(phases)}
 
-MODEL_STAGES = ("detect_text_language", "detect_audio_language")  # the stages that run a model (fastText, Whisper)
+MODEL_STAGES = ("detect_text_language", "score_windows")  # the stages that run a model (fastText, Whisper)
 
 def run_corpus(sources: Path, out: Path, sets: list[str]) -> dict[str, Any]:
     """The corpus job as a user runs it, in its own process (jobs don't import each other): wall time from

@@ -990,6 +990,13 @@ and the clips are joined with 0.3-1.5 s pauses (0.2-0.6 s padding at both ends).
 Four long recordings ({long_range}) span several 30 s windows; one starts with 38 s of low noise, so
 audio language ID has to look beyond the first window.
 
+`sources/mixed/` (made by `real_speech.py`, which `generate.py` runs last) holds two sources built from the
+real Kennedy recording: `jfk_then_spanish` switches language (11 s of Kennedy, then Spanish read speech from
+31 s, one timed transcript without a language suffix): it is kept with its first window `en` and its second
+`es`, and marked `code_switched`; `jfk_other_passage` pairs the recording with the transcript of another passage
+of the same address (plausible timing and speaking rate, other words): it is rejected `misaligned_transcript` by
+the per-window transcript agreement.
+
 ## Sources per language
 
 | code | language | sources | expected keep | espeak-ng voices |
@@ -1040,6 +1047,8 @@ properties of synthetic speech and a small model: the pipeline's thresholds must
   clip were written for this sample.
 * **`sources/en/jfk.opus`**: J. F. Kennedy's inaugural address (1961), public domain; the recording
   comes from faster-whisper's test data, re-encoded to Opus.
+* **The Spanish read clips in `sources/mixed/jfk_then_spanish.opus`** come from the pytest-audioeval package
+  (0.1.3, MIT licence; `tests/data/speech/`).
 * **Speech** is synthesised with espeak-ng (the program is GPL-3+; the licence does not extend to the audio it
   produces).
 
@@ -1070,6 +1079,10 @@ def main() -> None:
         b.build()
         numbers = b.write_manifest()
         labels = b.write_labels(numbers)
+    import real_speech  # the sources made of real speech around the Kennedy recording (sources/mixed/)
+
+    real_speech.main()
+    labels = [json.loads(line) for line in (HERE / "labels.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     size = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file() and p.name != "README.md")
     (HERE / "README.md").write_text(readme(labels, size), encoding="utf-8")
     summary(labels, b.pools, size)

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.io.storage import is_uri
 from pipeline.schema import CUE_TYPE, RejectReason
 from pipeline.stage import Reject, active_rows, map_rows
 from pipeline.text import casing_class, has_punctuation, is_spaceless, normalize_for_comparison
@@ -219,12 +220,56 @@ def minhash_signatures(docs: list[list[bytes]], num_perm: int, seed: int) -> np.
 CASING_RANK = {"mixed": 2, "uncased": 1, "upper": 0, "lower": 0}
 
 
-def quality_key(text: str, audio_ms: int) -> str:
+# Containers and codecs that hold audio without loss: a copy in one of these is the original, not a re-encode.
+LOSSLESS_SUFFIXES = frozenset({".flac", ".wav", ".wave", ".aif", ".aiff", ".w64", ".wv", ".ape", ".tta"})
+
+
+def quality_key(text: str, audio_ms: int, timing: int = 0, lossless: bool = False, bytes_per_s: int = 0) -> str:
     """Sortable (greater is better): punctuated, then cased (mixed case over all-lower/all-upper; texts of scripts
-    without case, or mostly without, rank between the two), then longer audio, then longer text."""
+    without case, or mostly without, rank between the two), then longer audio, then longer text; then, for copies
+    that tie on all of that, finer cue timing (``timing_rank``), lossless audio over lossy, and more bytes per
+    second of audio (a higher bit rate, or a higher sample rate for lossless files)."""
     punctuated = 1 if has_punctuation(text) else 0
     cased = CASING_RANK[casing_class(text)]
-    return f"{punctuated}{cased}:{max(0, min(int(audio_ms), 10**13 - 1)):013d}:{min(len(text), 10**10 - 1):010d}"
+    return (f"{punctuated}{cased}:{max(0, min(int(audio_ms), 10**13 - 1)):013d}:{min(len(text), 10**10 - 1):010d}"
+            f":{timing}{int(lossless)}:{max(0, min(int(bytes_per_s), 10**10 - 1)):010d}")
+
+
+def timing_rank(times: np.ndarray) -> int:
+    """How finely a transcript is timed: 3 to the millisecond, 2 to 10-100 ms (frames, Whisper's 20 ms grid), 1 to
+    whole seconds, 0 untimed."""
+    if not len(times):
+        return 0
+    if np.all(times % 1000 == 0):
+        return 1
+    return 2 if np.all(times % 10 == 0) else 3
+
+
+def _timing_ranks(batch: pa.Table) -> list[int]:
+    if "cues" not in batch.column_names or batch.num_rows == 0:
+        return [0] * batch.num_rows
+    ranks = []
+    for cues in batch["cues"].to_pylist():
+        times = np.array([t for c in cues or [] for t in (c["start_ms"], c["end_ms"]) if t is not None], dtype=np.int64)
+        ranks.append(timing_rank(times))
+    return ranks
+
+
+def _audio_facts(batch: pa.Table, spans: np.ndarray) -> tuple[list[bool], list[int]]:
+    """Lossless or not (by the file's suffix), and bytes per second of cue span (one ``stat`` of a local file;
+    0 for object-store URIs, where a request per source would cost more than the choice is worth)."""
+    paths = batch["audio_path"].to_pylist() if "audio_path" in batch.column_names else [None] * batch.num_rows
+    lossless, rates = [], []
+    for path, span in zip(paths, spans.tolist()):
+        lossless.append(bool(path) and Path(path).suffix.lower() in LOSSLESS_SUFFIXES)
+        size = 0
+        if path and not is_uri(path):
+            try:
+                size = Path(path).stat().st_size
+            except OSError:
+                size = 0
+        rates.append(size * 1000 // span if span > 0 else 0)
+    return lossless, rates
 
 
 def _cue_spans(batch: pa.Table) -> np.ndarray:
@@ -267,7 +312,12 @@ def compute_signatures(batch: pa.Table, options: DedupOptions) -> pa.Table:
         null_count=int((~valid).sum()),
     ).cast(pa.binary())
     spans = _cue_spans(batch)
-    quality = pa.array([quality_key(text or "", span) for text, span in zip(texts, spans.tolist())], pa.string())
+    lossless, rates = _audio_facts(batch, spans)
+    quality = pa.array(
+        [quality_key(text or "", span, timing, lossy_or_not, rate)
+         for text, span, timing, lossy_or_not, rate in zip(texts, spans.tolist(), _timing_ranks(batch), lossless, rates)],
+        pa.string(),
+    )
     out = batch
     for name, column in (("minhash", minhash), ("dedup_quality", quality)):
         if name in out.column_names:

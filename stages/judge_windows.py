@@ -6,8 +6,10 @@ Per window (docs/corpus.md, "Language and agreement, per window"):
    belief between close languages): the audio gives the window text's language at least
    ``min_transcript_language_prob``: ``task = transcribe`` in that language. Otherwise an English text over audio
    this sure (``min_translate_prob``) of another language is an X->en example: ``task = translate``,
-   ``language`` = the audio's. Otherwise the window fails ``language_mismatch`` (``language_unknown`` when its text's
-   language is unknown and the audio is unsure).
+   ``language`` = the audio's. Otherwise, when the audio is sure of no language in this window (its top language
+   below ``min_translate_prob``) and the source as a whole passed in this window's text language, the source's
+   decision stands: weak evidence does not split a source. Otherwise the window fails ``language_mismatch``
+   (``language_unknown`` when its text's language is unknown and the audio is unsure).
 2. Agreement: a transcribe window of at least ``min_agreement_tokens`` text tokens whose mean log-probability is
    below ``min_agreement_logprob``, or with more than ``max_unlikely_share`` of its tokens very unlikely, fails
    ``transcript_mismatch`` (translations are not judged: their text is not the speech's words).
@@ -90,7 +92,13 @@ def judge(row: dict[str, Any], options: LanguageOptions) -> dict[str, Any] | Rej
             kept.append(window)
             continue
         scored_ms += length
-        decision = decide_language(window.get("language"), json.loads(window["audio_language_probs"]), options)
+        probs = json.loads(window["audio_language_probs"])
+        decision = decide_language(window.get("language"), probs, options)
+        if isinstance(decision, Reject) and isinstance(source, tuple) and source == (window.get("language"), "transcribe") \
+                and max(probs.values(), default=0.0) < options.min_translate_prob:
+            # the audio is sure of no language here (top < min_translate_prob), the source passed in this window's
+            # text language: weak evidence, the source's decision stands (a switch needs the audio to be sure)
+            decision = source
         if isinstance(decision, tuple):
             window["language"], window["task"] = decision
             # a translation's text is English by design: the window is in the language spoken

@@ -12,7 +12,7 @@ from support.data import JFK, ffmpeg, srt, vtt, write_wav
 from jobs.corpus import run
 from pipeline.io.commit import OutputError
 from pipeline.io.media import decode_flac
-from pipeline.schema import CORPUS_SCHEMA, REJECTS_SCHEMA
+from pipeline.schema import CORPUS_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION
 from support.output import committed_table, corpus_rows, reject_rows
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def test_windows_are_valid_training_examples(built):
     out, _ = built
     table = committed_table(out, "corpus")
     assert table.schema.remove_metadata() == CORPUS_SCHEMA
-    assert table.schema.metadata[b"wspsr.schema_version"] == b"2"
+    assert table.schema.metadata[b"wspsr.schema_version"] == SCHEMA_VERSION.encode()
     for row in table.to_pylist():
         length = row["end_ms"] - row["start_ms"]
         assert 0 < length <= 30_000

@@ -287,6 +287,35 @@ def test_keeper_preference():
     assert keep([(text, None), (text, None), (text, None)], ["m", "c", "x"]) == "c"
 
 
+def test_keeper_prefers_finer_timing_then_better_audio(tmp_path):
+    """Copies of one recording that tie on text and cue span: the millisecond-timed transcript over the one timed
+    to whole seconds, then the lossless original over a 24 kb/s Opus re-upload, then the higher bit rate."""
+    from pipeline.io.media import decode_audio
+    from support.data import JFK, ffmpeg
+
+    text = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+    original = tmp_path / "original.flac"
+    original.write_bytes(JFK.read_bytes())
+    for name, rate in (("reupload_24k.opus", "24k"), ("reupload_64k.opus", "64k")):
+        ffmpeg("-i", str(JFK), "-c:a", "libopus", "-b:a", rate, str(tmp_path / name))
+    assert len(decode_audio(tmp_path / "reupload_24k.opus")) > 0
+
+    def table(names_and_cues, ids):
+        t = source_table([text] * len(ids), ids, [c for _, c in names_and_cues])
+        return t.append_column("audio_path", pa.array([str(tmp_path / n) for n, _ in names_and_cues], pa.string()))
+
+    def keeper(names_and_cues, ids):
+        duplicate_of = find_duplicates(table(names_and_cues, ids))
+        return (set(duplicate_of.values()) | set(ids) - set(duplicate_of)).pop()
+
+    ms = [(230, 10230)]
+    # equal spans (10 s), one timed to the millisecond, one to whole seconds: the finer one, whatever the ids
+    assert keeper([("reupload_24k.opus", [(1000, 11000)]), ("reupload_24k.opus", ms)], ["a", "b"]) == "b"
+    assert keeper([("reupload_24k.opus", ms), ("original.flac", ms)], ["a", "b"]) == "b"  # lossless over lossy
+    assert keeper([("reupload_24k.opus", ms), ("reupload_64k.opus", ms)], ["a", "b"]) == "b"  # the higher bit rate
+    assert keeper([("original.flac", ms), ("reupload_64k.opus", ms)], ["b", "a"]) == "b"  # not the id: the audio
+
+
 def test_resolve_duplicates_is_order_independent():
     edges = [("a", "b"), ("c", "d"), ("b", "c"), ("e", "f"), ("g", "eval:2"), ("h", "eval:10"), ("g", "h"), ("eval:2", "eval:10")]
     quality = {"a": "1", "b": "3", "c": "3", "d": "2", "e": "0.5", "f": "0.25", "g": "9", "h": "9"}

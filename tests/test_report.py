@@ -20,7 +20,16 @@ def test_report_of_the_sample_corpus(sample_run, capsys):
     page = path.read_text(encoding="utf-8")
     for key, title in SECTIONS:
         assert f'<section id="{key}"><h2>{title}</h2>' in page
-    assert page.count('src="data:image/png;base64,') == 4  # hours, durations, rejects, characters per second
+    assert page.count('src="data:image/png;base64,') == 5  # hours, durations, rejects, characters per second, agreement
+    # the kept sources that agree least with their speech, lowest first, with their scores from the corpus table
+    agreement = page.split('<section id="agreement">')[1].split("</section>")[0]
+    scored: dict[str, list[float]] = {}
+    for row in committed_rows(out, "corpus"):
+        if row["agreement_logprob"] is not None:
+            scored.setdefault(row["source_id"], []).append(row["agreement_logprob"])
+    lowest = min(scored, key=lambda k: sum(scored[k]) / len(scored[k]))
+    listed = re.findall(r"<tr><td>[^<]*</td><td>([^<]+)</td>", agreement)
+    assert listed[0] == lowest and len(listed) == min(15, len(scored))
     assert not re.search(r'(src|href)="(https?:|file:|//)', page)  # self-contained: nothing loaded from elsewhere
     rejects = committed_rows(out, "rejects")
     for reason in {r["reason"] for r in rejects}:

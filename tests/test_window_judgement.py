@@ -52,6 +52,7 @@ def engine(request):
     return options, load_scoring_model(options)
 
 
+@pytest.mark.slow
 def test_each_window_is_judged_against_its_own_audio(engine):
     options, model = engine
     switched, switched_cues = code_switched_recording()
@@ -78,6 +79,35 @@ def test_each_window_is_judged_against_its_own_audio(engine):
     assert wrong["windows"][0]["agreement_logprob"] < options.min_agreement_logprob
 
 
+def _window(i: int, language: str, probs: dict[str, float], agreement: float, tokens: int = 20) -> dict:
+    return {"segment_id": f"s-{i:05d}", "window_index": i, "start_ms": 30_000 * i, "end_ms": 30_000 * i + 29_000, "text": "t",
+            "prev_text": "before", "has_speech": True, "language": language, "languages": [language], "audio_language_probs": json.dumps(probs),
+            "agreement_logprob": agreement, "agreement_unlikely_share": 0.0, "agreement_tokens": tokens}
+
+
+def _judge(windows: list[dict], language: str, source_probs: dict[str, float]) -> dict:
+    row = {"source_id": "s", "source": "s", "language": language, "windows": windows, "dropped": [], "audio_language_probs": json.dumps(source_probs)}
+    return judge_windows(table_from_rows([row]), LanguageOptions()).to_pylist()[0]
+
+
+def test_judging_rules_per_window():
+    de, en = {"de": 0.9, "en": 0.05}, {"en": 0.92, "de": 0.03}
+    # a confident switch is kept in its own language; a wrong transcript is dropped as a stretch, and the window
+    # after it is not prompted with it; an unsure window stays in its passing source's language
+    out = _judge([_window(0, "de", de, -0.8), _window(1, "en", en, -0.5), _window(2, "de", de, -5.0), _window(3, "de", {"ko": 0.2, "de": 0.1}, -1.0),
+                  _window(4, "de", de, -0.9, tokens=3)], "de", {"de": 0.6, "en": 0.3})
+    assert out.get("reject_reason") is None and out["code_switched"] and out["source_languages"] == ["de", "en"] and out["language"] == "de"
+    assert [(w["window_index"], w["language"], w["prev_text"]) for w in out["windows"]] == [(0, "de", "before"), (1, "en", "before"), (3, "de", ""), (4, "de", "before")]
+    (dropped,) = out["dropped"]
+    assert (dropped["reason"], dropped["stage"], dropped["start_ms"]) == ("transcript_mismatch", "judge_windows", 60_000) and "-5.00" in dropped["detail"]
+    # an English text over confident German speech: an X->en window, in the language spoken
+    (translated,) = _judge([_window(0, "en", de, -2.0)], "en", de)["windows"]
+    assert (translated["language"], translated["task"], translated["languages"]) == ("de", "translate", ["de"])
+    # most of the speech fails: the whole source goes, under the reason that failed most of it
+    assert _judge([_window(0, "en", en, -4.0), _window(1, "en", en, -6.0), _window(2, "en", en, -0.2)], "en", en)["reject_reason"] == "misaligned_transcript"
+    assert _judge([_window(0, "de", en, -0.3)], "de", en)["reject_reason"] == "language_mismatch"
+
+
 def test_mixed_script_windows_list_their_languages():
     options = LanguageOptions()
     assert mixed_languages("我们明天开会讨论这个project的deadline，然后发email给大家。", "zh", options) == ["en", "zh"]
@@ -86,6 +116,7 @@ def test_mixed_script_windows_list_their_languages():
     assert mixed_languages("我们用iPad。", "zh", options) == ["zh"]  # too few letters of the second script to name it
 
 
+@pytest.mark.slow
 def test_corpus_job_keeps_switched_speech_per_window_and_drops_the_wrong_transcript(tmp_path, local_ray):
     from jobs.corpus import run
 

@@ -28,11 +28,13 @@ SECTIONS = (
     ("durations", "Window durations"),
     ("rejects", "Rejects by stage and reason"),
     ("char-rate", "Characters per second"),
+    ("agreement", "Transcript agreement"),
     ("examples", "Examples of rejected transcripts"),
     ("duplicates", "Top duplicate clusters"),
 )
 REJECT_COLUMNS = ["source_id", "source", "reason", "detail", "start_ms", "duplicate_of"]
 TOP_CLUSTERS = 10
+WORST_SOURCES = 15
 EXAMPLES_PER_REASON = 3
 EXCERPT_CHARS = 400
 
@@ -136,6 +138,48 @@ def char_rate_section(totals: dict[str, Any]) -> str:
             median = b
             break
     return _png(figure) + f"<p>Median {median}–{median + 1} characters/s (lowest bin {bins[0]}, highest {bins[-1]}).</p>"
+
+
+def worst_sources(root: Path, count: int = WORST_SOURCES) -> list[dict[str, Any]]:
+    """The kept sources whose scored speech agrees least with their transcripts (lowest mean agreement over their
+    windows): a scan of three small columns, one record batch at a time; only per-source sums are held."""
+    import pyarrow.compute as pc
+
+    sums: dict[str, list[float]] = {}
+    names: dict[str, str] = {}
+    for batch in iter_committed(root, "corpus", ["source_id", "source", "agreement_logprob"]):
+        scored = batch.filter(pc.is_valid(batch.column("agreement_logprob")))
+        for source_id, source, value in zip(*(scored.column(i).to_pylist() for i in range(3))):
+            entry = sums.setdefault(source_id, [0.0, 0, 0.0])
+            entry[0] += value
+            entry[1] += 1
+            entry[2] = min(entry[2], value)
+            names[source_id] = source
+    ranked = sorted(sums.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[0]))[:count]
+    return [{"source_id": k, "source": names[k], "mean": v[0] / v[1], "worst": v[2], "windows": int(v[1])} for k, v in ranked]
+
+
+def agreement_section(totals: dict[str, Any], worst: list[dict[str, Any]], run: dict[str, Any]) -> str:
+    counts = totals.get("agreement_logprob", {})
+    if not counts:
+        return "<p>No window was scored (language ID off, or no speech).</p>"
+    bins = sorted(float(b) for b in counts)
+    figure, axis = _figure()
+    axis.bar([b + 0.05 for b in bins], [counts[f"{b:.1f}"] for b in bins], width=0.1, color="#AA3377")
+    threshold = (run.get("config", {}).get("language", {}) or {}).get("min_agreement_logprob")
+    if threshold is not None:
+        axis.axvline(threshold, color="black", linestyle="--", label=f"min_agreement_logprob {threshold:g}")
+        axis.legend()
+    axis.set_xlabel("kept windows' mean log-probability per transcript token (-10: -10 or lower)")
+    axis.set_ylabel("windows")
+    table = _table(
+        ["source", "source_id", "scored windows", "mean agreement", "worst window"],
+        [[w["source"], w["source_id"], w["windows"], f"{w['mean']:.2f}", f"{w['worst']:.2f}"] for w in worst],
+    )
+    note = ("<p>How well each kept window's transcript matches its speech under Whisper (docs/corpus.md, \"Agreement\"); "
+            "windows below the threshold were dropped as <code>transcript_mismatch</code> and are in the rejects. "
+            "The kept sources that agree least, to listen to first (the paper's manual pass):</p>")
+    return _png(figure) + note + table
 
 
 def _transcripts_of(run: dict[str, Any], source_ids: set[str]) -> dict[str, str]:
@@ -242,6 +286,7 @@ def render_report(root: str | Path) -> Path:
         "durations": durations_section(totals),
         "rejects": rejects_section(totals),
         "char-rate": char_rate_section(totals),
+        "agreement": agreement_section(totals, worst_sources(root), run),
         "examples": examples_section(examples, run),
         "duplicates": duplicates_section(root, clusters, members),
     }
