@@ -36,6 +36,7 @@ def stage_breakdown(path: Path) -> dict[str, Any]:
     return {"stages": rounded(stages), "phases": rounded(phases)}
 
 MODEL_STAGES = ("detect_text_language", "score_windows")  # the stages that run a model (fastText, Whisper)
+CAPPED_WINDOWS = 1  # the capped run: one scored window per source (language.max_windows), the cheapest setting
 
 def run_corpus(sources: Path, out: Path, sets: list[str]) -> dict[str, Any]:
     """The corpus job as a user runs it, in its own process (jobs don't import each other): wall time from
@@ -110,6 +111,8 @@ def bench_corpus(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     runs["full"] = run_corpus(base, work / "full", common)
     print(f"corpus (all stages): {runs['full']['wall_s']} s", file=sys.stderr)
+    runs["capped"] = run_corpus(base, work / "capped", common + [f"language.max_windows={CAPPED_WINDOWS}"])
+    print(f"corpus (language.max_windows={CAPPED_WINDOWS}): {runs['capped']['wall_s']} s", file=sys.stderr)
     runs["no_models"] = run_corpus(base, work / "no-models", common + ["language.enabled=false"])
     print(f"corpus (language.enabled=false): {runs['no_models']['wall_s']} s", file=sys.stderr)
     # Scaling runs without the Whisper stage by default: it only adds a constant actor and time linear in the

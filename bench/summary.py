@@ -9,6 +9,11 @@ from typing import Any
 from bench.machine import RESULTS
 
 
+RUN_LABELS = {"full": "all stages (defaults: every speech window scored)", "capped": "all stages, `language.max_windows=1`",
+              "no_models": "no model stages (`language.enabled=false`)"}
+RUN_SHORT = {"full": "all stages", "capped": "max_windows=1", "no_models": "no models"}
+
+
 def machine_cell(info: dict[str, Any]) -> str:
     load = info.get("load_avg")
     return (f"{info.get('usable_cores')} cores {info.get('cpu_model', '')}, {info.get('memory_gib')} GiB, GPU: {info.get('gpu') or 'none'}"
@@ -35,7 +40,7 @@ def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
                   f"{floor['sequential']['cpu_s']} CPU s), {floor['parallel']['wall_s']} s with {floor['parallel']['processes']} processes.", ""]
         rows = []
         for name, run in corpus["runs"].items():
-            label = "all stages" if name == "full" else "no model stages (`language.enabled=false`)"
+            label = RUN_LABELS.get(name, name)
             rows.append([label, run["hours_in"], run["wall_s"], run["audio_hours_per_core_hour"], run["cpu_s"], run["memory"]["peak_pss_mib"],
                          f"{run['vs_floor_sequential']}x / {run['vs_floor_parallel']}x", run.get("decode_stage_vs_floor_cpu"), m, v])
         lines += _table(["run", "audio h", "wall s", "audio h per core-h", "CPU s (tree)", "peak PSS MiB", "wall vs floor (1 / N procs)",
@@ -46,7 +51,7 @@ def summary_markdown(results: dict[str, dict[str, Any]]) -> str:
         rows += [[f"driver phase: {n}"] + [x for run in corpus["runs"].values() for x in ((run["phases"][n]["wall_s"], None) if n in run["phases"] else (None, None))]
                  for n in dict.fromkeys(n for run in corpus["runs"].values() for n in run["phases"])]
         lines += ["Per stage (task seconds summed over workers; driver phases: wall seconds):", ""]
-        lines += _table(["stage"] + [f"{'all stages' if k == 'full' else 'no models'}: {f}" for k in corpus["runs"] for f in ("wall s", "CPU s")], rows)
+        lines += _table(["stage"] + [f"{RUN_SHORT.get(k, k)}: {f}" for k in corpus["runs"] for f in ("wall s", "CPU s")], rows)
         lines += ["## Scaling", "", f"`{' '.join('--set ' + x for x in corpus['scaling_set'])}`", ""]
         rows = [[k, e["audio_hours"], e["sources"], e["wall_s"], e["time_vs_1x"], e.get("ray_init_s"), e.get("dedup_group_s"), e.get("stage_task_s"),
                  e.get("decode_task_s"), e["peak_pss_mib"], e["peak_pss_vs_1x"], e["peak_rss_sum_mib"], m] for k, e in corpus["scaling"].items()]

@@ -134,7 +134,8 @@ def english_sample(repeat: int, folder: Path) -> list[tuple[Path, str]]:
     with fewer words, one word is too large a share of the WER to compare systems."""
     labels = [json.loads(line) for line in (REPO / "sample" / "labels.jsonl").read_text().splitlines() if line.strip()]
     chosen = [(REPO / "sample" / lab["audio"], lab["text"]) for lab in labels
-              if lab.get("audio_language") == "en" and lab["expected"] in FAITHFUL and lab.get("duration_s")]
+              if lab.get("audio_language") == "en" and lab["expected"] in FAITHFUL and lab.get("duration_s")
+              and lab["kind"] != "code_switched_real_speech"]  # English, then Spanish: not an English reference
     references = BENCH_ENGLISH / "references.jsonl"
     if references.exists():
         chosen += [(BENCH_ENGLISH / r["audio"], r["text"]) for r in map(json.loads, references.read_text().splitlines())]

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pipeline.io.commit import OutputDir, OutputOptions, committed_files, without_refs
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, summarize
-from pipeline.whisper.engines import AUTO_ENGINE, ENGINES
+from pipeline.whisper.engines import ENGINES
 from pipeline.sinks import accounting
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.whisper.models import resolve_model
@@ -112,8 +112,8 @@ def check_engine(options: LanguageOptions) -> None:
     ref = resolve_model(options.model)
     if options.engine == "faster-whisper" and ref.ct2_dir is None:
         raise ConfigError(f"language.engine = faster-whisper needs a CTranslate2 folder; {options.model!r} has none")
-    if options.engine not in (AUTO_ENGINE, *ENGINES):
-        raise ConfigError(f"language.engine must be one of {AUTO_ENGINE}, {', '.join(ENGINES)}")
+    if options.engine not in ENGINES:
+        raise ConfigError(f"language.engine must be one of {', '.join(ENGINES)}")
 
 
 def is_url_source(spelled: str) -> bool:
@@ -159,8 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default="out/sample", help="output folder (default: out/sample)")
     parser.add_argument("--model", help="Whisper model for window scoring (language, transcript agreement): a name or path, never downloaded (default: base)")
-    parser.add_argument("--engine", choices=(AUTO_ENGINE, *ENGINES),
-                        help="Whisper engine for window scoring (default auto: faster-whisper when the model has a CTranslate2 folder, as base does)")
+    parser.add_argument("--engine", choices=ENGINES, help="Whisper engine for window scoring (default: openai-whisper, the faster one for it on CPU)")
     parser.add_argument("--exclude-texts", metavar="FILE", help="evaluation transcripts (one per line, or JSONL with \"text\"); sources matching one are removed")
     parser.add_argument("--pseudo-labels", metavar="DIR", help="a `wspsr transcribe --compare-with` output: drop sources whose transcript Whisper disagrees with")
     parser.add_argument("--max-wer", type=float, help="with --pseudo-labels: the WER above which a source is dropped (default 0.3)")

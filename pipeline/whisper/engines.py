@@ -22,7 +22,6 @@ from pipeline.text import compression_ratio
 from pipeline.whisper.models import ModelRef, load_openai_whisper, resolve_model
 
 ENGINES = ("openai-whisper", "faster-whisper")
-AUTO_ENGINE = "auto"  # faster-whisper where the model has a CTranslate2 folder, else openai-whisper (resolve_engine)
 
 
 @dataclass(frozen=True)
@@ -279,27 +278,43 @@ class OpenAIWhisperEngine:
         return [dict(p) for p in probs]
 
     def score(self, audios: Sequence[np.ndarray], texts: Sequence[str], languages: Sequence[str | None]) -> list[WindowScore]:
-        """One encoder pass per window; language ID and a decoder forward over the given tokens reuse it. A window's
-        text is scored in its ``languages[i]`` (None: the detected one), without timestamps."""
+        """One encoder pass per window and one decoder forward over the given tokens: its logits after
+        <|startoftranscript|> give the language ID and the no-speech probability, the rest the text's agreement. A
+        window's text is scored in its ``languages[i]`` (None: the detected one, which costs a language-ID step
+        first), without timestamps."""
         import torch
 
         if not audios:
             return []
+        multilingual = self.model.is_multilingual
         with torch.no_grad():
             features = self.model.embed_audio(self._mel(audios))
             tokenizer = self._tokenizer()
-            _, probs = self.model.detect_language(features, tokenizer)  # takes encoded features as they are
-            probs = [dict(p) for p in probs]
+            unknown = [i for i, language in enumerate(languages) if not language]
+            detected: dict[int, str] = {}
+            if unknown and multilingual:  # a text in no known language is scored in the one the audio is in
+                _, found = self.model.detect_language(features[unknown], tokenizer)
+                detected = {i: max(p, key=p.get) for i, p in zip(unknown, found)}
             rows = []
             for i, text in enumerate(texts):
-                language = languages[i] or max(probs[i], key=probs[i].get)
-                prompt = list(self._tokenizer(language if self.model.is_multilingual else None).sot_sequence_including_notimestamps)
+                language = languages[i] or detected.get(i, "en")
+                prompt = list(self._tokenizer(language if multilingual else None).sot_sequence_including_notimestamps)
                 rows.append((prompt, tokenizer.encode(" " + text.strip()) if text and text.strip() else []))
             width = max(len(p) + len(t) for p, t in rows)
             tokens = torch.full((len(rows), width), tokenizer.eot, dtype=torch.long)
             for i, (prompt, text_tokens) in enumerate(rows):
                 tokens[i, : len(prompt) + len(text_tokens)] = torch.tensor(prompt + text_tokens)
-            logprobs = torch.log_softmax(self.model.logits(tokens.to(self.device), features).float(), dim=-1)
+            # One decoder forward: the logits after <|startoftranscript|> are Whisper's language ID (what
+            # detect_language computes, over the language tokens) and its no-speech probability; the rest score the text.
+            logits = self.model.logits(tokens.to(self.device), features).float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            if multilingual:
+                language_ids = torch.tensor(list(tokenizer.all_language_tokens), device=logits.device)
+                first = torch.softmax(logits[:, 0, language_ids], dim=-1).cpu().numpy()
+                codes = list(tokenizer.all_language_codes)
+                probs = [dict(zip(codes, map(float, row))) for row in first]
+            else:
+                probs = [{"en": 1.0} for _ in audios]
         scores = []
         for i, (prompt, text_tokens) in enumerate(rows):
             # no speech: the <|nospeech|> token's probability right after <|startoftranscript|>, as Whisper reads it
@@ -483,20 +498,11 @@ def cpu_threads(threads: int = 0) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def resolve_engine(engine: str, ref: ModelRef) -> str:
-    """``auto``: faster-whisper (CTranslate2: about 1.6x openai-whisper's encoder on CPU here, the same weights)
-    when the model has a CTranslate2 folder, else openai-whisper."""
-    if engine == AUTO_ENGINE:
-        return "faster-whisper" if ref.ct2_dir is not None else "openai-whisper"
-    return engine
-
-
 def load_engine(engine: str, model: str, device: str | None = None, threads: int = 0, compute_type: str | None = None) -> Engine:
     """Resolve ``model`` (name or path, never downloaded) and load it in ``engine``: once per worker. ``compute_type``
     is CTranslate2's (int8, float32, float16, ...; default int8 on CPU, float16 on GPU); openai-whisper runs float32
     on CPU and float16 on GPU whatever it says."""
     ref = resolve_model(model)
-    engine = resolve_engine(engine, ref)
     if engine == "openai-whisper":
         return OpenAIWhisperEngine(ref, device, cpu_threads(threads))
     if engine == "faster-whisper":
