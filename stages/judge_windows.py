@@ -89,6 +89,8 @@ def judge(row: dict[str, Any], options: LanguageOptions) -> dict[str, Any] | Rej
         if window.get("audio_language_probs") is None:  # not scored: the source's decision
             if isinstance(source, tuple):
                 window["language"], window["task"] = source
+                if window["has_speech"]:
+                    window["languages"] = [source[0]]
             kept.append(window)
             continue
         scored_ms += length

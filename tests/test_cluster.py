@@ -44,8 +44,28 @@ def read_table(root: Path, table: str) -> pa.Table:
     return committed_table(root, table)
 
 
+def same_row(row: dict, reference: dict) -> bool:
+    """Equal, except that model scores may differ in their last bits: they come from batched float arithmetic, and
+    another cluster layout batches the windows differently (decisions, ids, text and audio are exact)."""
+    if row.keys() != reference.keys():
+        return False
+    for key, value in row.items():
+        expected = reference[key]
+        if isinstance(value, float) and isinstance(expected, float):
+            if abs(value - expected) > 1e-4:
+                return False
+        elif key == "audio_language_probs" and value and expected:
+            a, b = json.loads(value), json.loads(expected)
+            if a.keys() != b.keys() or any(abs(a[k] - b[k]) > 1e-3 for k in a):
+                return False
+        elif value != expected:
+            return False
+    return True
+
+
 def sorted_rows(table: pa.Table) -> list[dict]:
-    return sorted(table.to_pylist(), key=lambda row: [str(row[k]) for k in table.column_names if k not in ("source", "audio")])
+    skip = {"source", "audio", "audio_language_probs"} | {f.name for f in table.schema if pa.types.is_floating(f.type)}
+    return sorted(table.to_pylist(), key=lambda row: [str(row[k]) for k in table.column_names if k not in skip])
 
 
 def test_corpus_job_submitted_to_a_two_node_cluster_gives_the_in_process_output(sample_run, cluster, tmp_path):
@@ -78,7 +98,7 @@ def test_corpus_job_submitted_to_a_two_node_cluster_gives_the_in_process_output(
             in_repo = Path(reference["source"]).relative_to(REPO).as_posix()
             assert row["source"].endswith("/" + in_repo), (row["source"], in_repo)
             row["source"] = reference["source"]
-        assert have == want
+            assert same_row(row, reference), (row["segment_id"] if "segment_id" in row else row["source_id"])
 
 
 def test_a_job_with_a_bad_config_is_reported_failed_with_the_reason(cluster, tmp_path):
