@@ -227,7 +227,7 @@ LOSSLESS_SUFFIXES = frozenset({".flac", ".wav", ".wave", ".aif", ".aiff", ".w64"
 def quality_key(text: str, audio_ms: int, timing: int = 0, lossless: bool = False, bytes_per_s: int = 0) -> str:
     """Sortable (greater is better): punctuated, then cased (mixed case over all-lower/all-upper; texts of scripts
     without case, or mostly without, rank between the two), then longer audio, then longer text; then, for copies
-    that tie on all of that, finer cue timing (``timing_rank``), lossless audio over lossy, and more bytes per
+    that tie on all of that, finer cue timing (``timing_ranks``), lossless audio over lossy, and more bytes per
     second of audio (a higher bit rate, or a higher sample rate for lossless files)."""
     punctuated = 1 if has_punctuation(text) else 0
     cased = CASING_RANK[casing_class(text)]
@@ -235,24 +235,13 @@ def quality_key(text: str, audio_ms: int, timing: int = 0, lossless: bool = Fals
             f":{timing}{int(lossless)}:{max(0, min(int(bytes_per_s), 10**10 - 1)):010d}")
 
 
-def timing_rank(times: np.ndarray) -> int:
-    """How finely a transcript is timed: 3 to the millisecond, 2 to 10-100 ms (frames, Whisper's 20 ms grid), 1 to
-    whole seconds, 0 untimed."""
-    if not len(times):
-        return 0
-    if np.all(times % 1000 == 0):
-        return 1
-    return 2 if np.all(times % 10 == 0) else 3
-
-
-def _timing_ranks(batch: pa.Table) -> list[int]:
-    if "cues" not in batch.column_names or batch.num_rows == 0:
-        return [0] * batch.num_rows
-    ranks = []
-    for cues in batch["cues"].to_pylist():
-        times = np.array([t for c in cues or [] for t in (c["start_ms"], c["end_ms"]) if t is not None], dtype=np.int64)
-        ranks.append(timing_rank(times))
-    return ranks
+def timing_ranks(times: np.ndarray, rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """How finely each row's transcript is timed, from its cue times (``rows[i]`` is the row of ``times[i]``):
+    3 to the millisecond, 2 to 10-100 ms (frames, Whisper's 20 ms grid), 1 to whole seconds, 0 untimed."""
+    timed = np.bincount(rows, minlength=num_rows) > 0
+    off_seconds = np.bincount(rows, weights=times % 1000 != 0, minlength=num_rows) > 0
+    off_frames = np.bincount(rows, weights=times % 10 != 0, minlength=num_rows) > 0
+    return np.where(off_frames, 3, np.where(off_seconds, 2, np.where(timed, 1, 0))).astype(np.int64)
 
 
 def _audio_facts(batch: pa.Table, spans: np.ndarray) -> tuple[list[bool], list[int]]:
@@ -272,24 +261,28 @@ def _audio_facts(batch: pa.Table, spans: np.ndarray) -> tuple[list[bool], list[i
     return lossless, rates
 
 
-def _cue_spans(batch: pa.Table) -> np.ndarray:
-    """Last cue end minus first cue start per row (the audio-length proxy); 0 for untimed transcripts."""
+def _cue_facts(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, from the cues flattened once: the last cue end minus the first cue start (the audio-length proxy; 0
+    for untimed transcripts) and how finely the cues are timed (``timing_ranks``)."""
     spans = np.zeros(batch.num_rows, dtype=np.int64)
+    timing = np.zeros(batch.num_rows, dtype=np.int64)
     if "cues" not in batch.column_names or batch.num_rows == 0:
-        return spans
+        return spans, timing
     cues = batch["cues"].combine_chunks()
     if not (pa.types.is_list(cues.type) or pa.types.is_large_list(cues.type)):
-        return spans
+        return spans, timing
     lengths = pc.fill_null(pc.list_value_length(cues), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     nonempty = np.flatnonzero(lengths)
     if not len(nonempty):
-        return spans
+        return spans, timing
     flat = pc.list_flatten(cues)
     starts = pc.fill_null(pc.struct_field(flat, "start_ms"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     ends = pc.fill_null(pc.struct_field(flat, "end_ms"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths[nonempty])[:-1]])
     spans[nonempty] = np.maximum(np.maximum.reduceat(ends, offsets) - np.minimum.reduceat(starts, offsets), 0)
-    return spans
+    rows = np.repeat(np.arange(batch.num_rows), lengths)
+    timing = timing_ranks(np.concatenate([starts, ends]), np.concatenate([rows, rows]), batch.num_rows)
+    return spans, timing
 
 
 # --- phase 1: signatures (stage) ---------------------------------------------------------------------------
@@ -311,11 +304,11 @@ def compute_signatures(batch: pa.Table, options: DedupOptions) -> pa.Table:
         pa.binary(width), len(texts), [pa.array(valid).buffers()[1] if not valid.all() else None, pa.py_buffer(data.tobytes())],
         null_count=int((~valid).sum()),
     ).cast(pa.binary())
-    spans = _cue_spans(batch)
+    spans, timing = _cue_facts(batch)
     lossless, rates = _audio_facts(batch, spans)
     quality = pa.array(
-        [quality_key(text or "", span, timing, lossy_or_not, rate)
-         for text, span, timing, lossy_or_not, rate in zip(texts, spans.tolist(), _timing_ranks(batch), lossless, rates)],
+        [quality_key(text or "", span, fineness, lossy_or_not, rate)
+         for text, span, fineness, lossy_or_not, rate in zip(texts, spans.tolist(), timing.tolist(), lossless, rates)],
         pa.string(),
     )
     out = batch

@@ -129,8 +129,6 @@ def judge(row: dict[str, Any], options: LanguageOptions) -> dict[str, Any] | Rej
         detail = f"{failed_ms / 1000:.1f} s of {scored_ms / 1000:.1f} s of scored speech failed (limit {options.max_failed_speech_share:.0%}); " + "; ".join(
             f"{d['start_ms'] / 1000:.1f}-{d['end_ms'] / 1000:.1f} s {d['reason']}: {d['detail'][:90]}" for d in worst
         )
-        if isinstance(source, Reject) and not scored_ms:
-            return source
         return Reject(reason, detail)
 
     speech_ms: dict[str, int] = {}
