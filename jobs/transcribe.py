@@ -28,7 +28,7 @@ from pipeline.stage import Stage
 from pipeline.io.transcripts import OUTPUT_FORMATS
 from pipeline.sinks.transcribe import FILES_DIR, TRANSCRIBE_TABLES, commit_transcribe_batch, summarize_transcription
 from stages.compare_with_reference import CompareOptions, compare_with_reference
-from stages.decode_audio import DecodeOptions, decode_audio
+from stages.decode_audio import CHANNEL_MODES, TrackDecodeOptions, decode_audio
 from stages.load_transcript import TranscriptOptions, load_transcript
 from stages.segment_at_silences import VadOptions, segment_at_silences
 from stages.transcribe_windows import HallucinationOptions, TranscribeStageOptions, WhisperOptions, load_transcriber, transcribe_windows
@@ -43,7 +43,7 @@ class TranscribeRayOptions(RayOptions):
 SECTIONS: dict[str, type] = {
     "sources": SourceOptions,
     "transcript": TranscriptOptions,
-    "decode": DecodeOptions,
+    "decode": TrackDecodeOptions,
     "vad": VadOptions,
     "whisper": WhisperOptions,
     "decoding": DecodingOptions,
@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--model", help="Whisper model: a name or path, never downloaded (default: base)")
     parser.add_argument("--engine", choices=ENGINES, help="default: faster-whisper")
-    parser.add_argument("--language", help="language code for every file (default: detected per file)")
+    parser.add_argument("--language", help="language code for every window of every file (default: detected per window)")
+    parser.add_argument("--channels", choices=CHANNEL_MODES, help="mix (default): downmix to mono; split: each channel of a multi-channel file is its own track (rows carry the channel)")
     parser.add_argument("--task", choices=("transcribe", "translate"))
     parser.add_argument("--formats", default="parquet,srt", help=f"parquet plus any of {','.join(OUTPUT_FORMATS)} (default: parquet,srt)")
     parser.add_argument("--group-by", help="rank compared sources by folder (dir, default) or by a manifest field, e.g. uploader")
@@ -114,7 +115,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     config = resolve_config(
         args,
         SECTIONS,
-        {"whisper.model": args.model, "whisper.engine": args.engine, "decoding.language": args.language, "decoding.task": args.task, "compare.group_by": args.group_by},
+        {"whisper.model": args.model, "whisper.engine": args.engine, "decoding.language": args.language, "decoding.task": args.task, "decode.channels": args.channels, "compare.group_by": args.group_by},
     )
     if args.print_config:
         print(to_toml(to_plain(config)))

@@ -111,14 +111,17 @@ WINDOW_TYPE = pa.struct(
     ]
 )
 SPEECH_WINDOW_TYPE = pa.struct(
-    [("window_index", pa.int32()), ("start_ms", pa.int64()), ("end_ms", pa.int64()), ("pcm", pa.large_binary())]
+    [("window_index", pa.int32()), ("channel", pa.int32()), ("start_ms", pa.int64()), ("end_ms", pa.int64()), ("pcm", pa.large_binary())]
 )
 SEGMENT_TYPE = pa.struct(
     [
         ("window_index", pa.int32()),
+        ("channel", pa.int32()),  # null: the downmix
         ("start_ms", pa.int64()),
         ("end_ms", pa.int64()),
         ("text", pa.string()),
+        ("language", pa.string()),
+        ("language_prob", pa.float32()),
         ("avg_logprob", pa.float32()),
         ("compression_ratio", pa.float32()),
         ("no_speech_prob", pa.float32()),
@@ -169,6 +172,8 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "reference_chars": pa.int64(),
     "cer": pa.float32(),
     "speech_ms": pa.int64(),
+    "languages": pa.list_(pa.string()),
+    "channels": pa.int32(),
     "dropped": pa.list_(DROPPED_TYPE),
     "task": pa.string(),
     "transcript_language": pa.string(),
@@ -226,6 +231,7 @@ TRANSCRIPTS_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("segment_index", pa.int32()),
         ("window_index", pa.int32()),
+        ("channel", pa.int32()),  # with --channels split: the channel (0 = first) the segment was heard on; else null
         ("start_ms", pa.int64()),
         ("end_ms", pa.int64()),
         ("text", pa.string()),

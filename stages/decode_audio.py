@@ -3,6 +3,7 @@ checks the file cheaply first."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +13,19 @@ from pipeline.io.media import DecodeError, DecodeLimits
 from pipeline.stage import Reject, map_rows
 
 DecodeOptions = DecodeLimits
+CHANNEL_MODES = ("mix", "split")
+
+
+@dataclass(frozen=True)
+class TrackDecodeOptions(DecodeLimits):
+    """wspsr transcribe's [decode]: the limits, and what to do with a file's channels."""
+
+    channels: str = "mix"  # "split": each channel of a multi-channel file is its own track (calls, interviews)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channels not in CHANNEL_MODES:
+            raise ValueError(f"channels must be one of {', '.join(CHANNEL_MODES)}, not {self.channels!r}")
 
 
 def find_audio(batch: pa.Table, options: DecodeOptions) -> pa.Table:
@@ -33,8 +47,15 @@ def decode_audio(batch: pa.Table, options: DecodeOptions) -> pa.Table:
 
 
 def _decode(row: dict[str, Any], options: DecodeOptions) -> dict[str, Any] | Reject:
+    """``pcm`` is 16 kHz mono; with ``channels = "split"`` a file of several channels keeps them interleaved in
+    ``pcm``, and ``channels`` says how many (``segment_at_silences`` cuts each channel into its own windows)."""
+    split = getattr(options, "channels", "mix") == "split"
     try:
-        pcm = media.decode_audio(row["audio_path"], options)
+        pcm = media.decode_audio(row["audio_path"], options, keep_channels=split)
     except DecodeError as err:
         return Reject(err.reason, err.detail)
-    return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm))
+    if not split:
+        return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm))
+    channels = pcm.shape[1]
+    pcm = pcm[:, 0] if channels == 1 else pcm
+    return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm[:, 0] if channels > 1 else pcm), channels=channels)

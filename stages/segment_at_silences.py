@@ -18,7 +18,8 @@ utterances:
    ``max_pause_in_window_ms``: a longer one ends the window, so Whisper never reads long silence). A region
    longer than a window is cut at its quietest 30 ms (lowest energy) in the last third before the limit.
 3. ``segment_at_silences`` (the stage) stores each window's exact PCM slice in ``speech_windows`` and drops the
-   whole recording's ``pcm``. A recording without speech gets no windows; that is not a reject.
+   whole recording's ``pcm``. A recording without speech gets no windows; that is not a reject. A recording decoded
+   with its channels apart (``channels`` > 1, interleaved) is cut channel by channel; its windows carry ``channel``.
 
 Everything is vectorised over frames (numpy), so a recording costs one pass of the detector plus a few array
 operations; the only Python loops are per region and per window.
@@ -305,20 +306,29 @@ def segment_at_silences(batch: pa.Table, options: VadOptions) -> pa.Table:
     """
     scalars = (scalar for chunk in batch.column("pcm").chunks for scalar in chunk)  # no copy of the batch's audio
     ids = batch.column("source_id").to_pylist() if "source_id" in batch.column_names else [None] * batch.num_rows
+    counts = batch.column("channels").to_pylist() if "channels" in batch.column_names else [None] * batch.num_rows
     list_offsets = [0]
     indices: list[int] = []
+    channel_of: list[int | None] = []
     starts: list[int] = []
     ends: list[int] = []
     slices: list[np.ndarray] = []
-    for source_id, scalar in zip(ids, scalars, strict=True):
+    for source_id, scalar, channels in zip(ids, scalars, counts, strict=True):
         pcm = _pcm_of(scalar, source_id)
-        for index, (start, end) in enumerate(recording_windows(pcm, options)):
-            indices.append(index)
-            starts.append(start)
-            ends.append(end)
-            slices.append(pcm[start * SAMPLES_PER_MS : end * SAMPLES_PER_MS])
+        # with decode.channels = "split": each channel is a track of its own, cut on its own speech
+        tracks = [(None, pcm)] if not channels or channels < 2 else [
+            (c, np.ascontiguousarray(pcm[: len(pcm) - len(pcm) % channels].reshape(-1, channels)[:, c])) for c in range(channels)]
+        index = 0
+        for channel, track in tracks:
+            for start, end in recording_windows(track, options):
+                indices.append(index)
+                channel_of.append(channel)
+                starts.append(start)
+                ends.append(end)
+                slices.append(track[start * SAMPLES_PER_MS : end * SAMPLES_PER_MS])
+                index += 1
         list_offsets.append(len(indices))
-    windows = _windows_array(list_offsets, indices, starts, ends, slices)
+    windows = _windows_array(list_offsets, indices, channel_of, starts, ends, slices)
     out = batch.drop_columns(["pcm"])
     if "speech_windows" in out.column_names:
         return out.set_column(out.column_names.index("speech_windows"), "speech_windows", windows)
@@ -326,7 +336,7 @@ def segment_at_silences(batch: pa.Table, options: VadOptions) -> pa.Table:
 
 
 def _windows_array(
-    list_offsets: list[int], indices: list[int], starts: list[int], ends: list[int], slices: list[np.ndarray]
+    list_offsets: list[int], indices: list[int], channels: list[int | None], starts: list[int], ends: list[int], slices: list[np.ndarray]
 ) -> pa.Array:
     """The ``speech_windows`` column built from buffers: the PCM of all windows is copied once, into Arrow."""
     lengths = np.array([len(s) * 2 for s in slices], dtype=np.int64)
@@ -337,6 +347,7 @@ def _windows_array(
     )
     children = {
         "window_index": pa.array(indices, type=pa.int32()),
+        "channel": pa.array(channels, type=pa.int32()),
         "start_ms": pa.array(starts, type=pa.int64()),
         "end_ms": pa.array(ends, type=pa.int64()),
         "pcm": pcm,

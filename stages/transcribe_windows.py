@@ -1,14 +1,23 @@
 """Transcribe every speech window of a batch of files with Whisper: one model per actor, windows of many files per
 forward pass, Whisper's safeguards per window, a hallucination guard per segment, segments stitched back in order.
 
-Each file's language is the one given, else the one the source declares, else detected once (averaged over up to
-``language_windows`` speech windows spread over it); its windows are then decoded with that language, batched with
-other files' windows of the same language. Scores (avg_logprob, compression_ratio, no_speech_prob, temperature) are Whisper's, per
-decoded window, and are stored on each of the window's segments.
+Language: the one given, else the one the source declares, else each window's own, from the encoder pass that
+decodes it (a file may switch language); a window unsure of any language (top probability under
+``min_window_language_prob``) is decoded again in its file's language. With ``rescore_languages`` = k > 1, each
+window is decoded under its top k languages and the hypothesis with the highest log p(language | audio) +
+avg_logprob is kept (language-aware rescoring). Windows share forward passes across files, grouped by language.
+
+No lost text: when a decode ends before its window does (Whisper's continuation signal, or a last timestamp well
+before the window's end), the rest of the window is decoded again from that point, batched with the others that
+need it (``resume_point``), as the sequential loops continue from their last timestamp.
+
+Scores (avg_logprob, compression_ratio, no_speech_prob, temperature, language, language_prob) are per decode and
+stored on each of its segments.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,15 +25,17 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import text
+from pipeline.audio import SAMPLE_RATE
 from pipeline.whisper.engines import Engine, DecodingOptions, WindowTranscript, load_engine
 from pipeline.schema import RejectReason, table_from_rows
-from stages.score_windows import average_probabilities, spread
+from stages.score_windows import average_probabilities
 from stages.languages import base_language
 
 
 @dataclass(frozen=True)
 class WhisperOptions:
-    """Which model runs where and how work is batched; how it decodes is ``DecodingOptions`` ([decoding])."""
+    """Which model runs where, how work is batched, and what the stage decides around Whisper's decode: a language
+    per window, resuming a window whose decode stopped early; how it decodes is ``DecodingOptions`` ([decoding])."""
 
     engine: str = "faster-whisper"  # or openai-whisper
     model: str = "base"  # name or path, resolved offline
@@ -34,11 +45,27 @@ class WhisperOptions:
     use_source_language: bool = True  # a language the source declares (manifest, .xx.srt) is used, not detected
     batch_windows: int = 8  # windows per forward pass (16 or more on a GPU)
     batch_files: int = 16  # files handed to a model actor at once (their windows are batched together)
-    language_windows: int = 3  # speech windows per file for language detection
+    # A window whose own language ID is below this (it is not sure of any language) is decoded in its file's
+    # language (the average over the file's windows) instead of its top guess.
+    min_window_language_prob: float = 0.5
+    # Language-aware rescoring: decode each window under its top k languages and keep the hypothesis with the
+    # highest log p(language | audio) + avg_logprob (length-normalised log p(text | audio, language)). 1: off.
+    rescore_languages: int = 1
+    # A decode that stops before its window ends is decoded again from where its text is complete, batched with the
+    # other windows that need it: after Whisper's continuation signal when at least resume_after_signal_s of the
+    # window is left, else when at least resume_after_last_timestamp_s is (the window ends at speech: VAD cut it).
+    resume: bool = True
+    resume_after_signal_s: float = 0.5
+    resume_after_last_timestamp_s: float = 2.0
+    max_resumes: int = 3  # passes per window
 
     def __post_init__(self) -> None:
-        if self.batch_windows < 1 or self.language_windows < 1 or self.batch_files < 1:
-            raise ValueError("batch_windows, batch_files and language_windows must be at least 1")
+        if self.batch_windows < 1 or self.batch_files < 1 or self.rescore_languages < 1 or self.max_resumes < 0:
+            raise ValueError("batch_windows, batch_files and rescore_languages must be at least 1, max_resumes at least 0")
+        if not 0.0 <= self.min_window_language_prob <= 1.0:
+            raise ValueError("min_window_language_prob must be between 0 and 1")
+        if self.resume_after_signal_s < 0 or self.resume_after_last_timestamp_s < 0:
+            raise ValueError("resume_after_signal_s and resume_after_last_timestamp_s must not be negative")
 
 
 @dataclass(frozen=True)
@@ -86,80 +113,168 @@ def hallucination_flag(segment: dict[str, Any], options: HallucinationOptions) -
     return None
 
 
-def _segments(window: dict[str, Any], result: WindowTranscript, options: HallucinationOptions) -> list[dict[str, Any]]:
+def _segments(window: dict[str, Any], parts: list[tuple[float, WindowTranscript]], options: HallucinationOptions) -> list[dict[str, Any]]:
+    """A window's segments in absolute times from its decode and its resumed decodes: (offset in s, result); each
+    part's segments end where the next part starts."""
     out = []
-    for seg in result.segments:
-        start = min(window["start_ms"] + round(seg.start * 1000), window["end_ms"])
-        end = min(max(window["start_ms"] + round(seg.end * 1000), start), window["end_ms"])
-        segment = {
-            "window_index": window["window_index"],
-            "start_ms": start,
-            "end_ms": end,
-            "text": seg.text,
-            "avg_logprob": result.avg_logprob,
-            "compression_ratio": result.compression_ratio,
-            "no_speech_prob": result.no_speech_prob,
-            "temperature": result.temperature,
-        }
-        segment["flag"] = hallucination_flag(segment, options) if options.enabled else None
-        out.append(segment)
+    for p, (offset, result) in enumerate(parts):
+        until = parts[p + 1][0] if p + 1 < len(parts) else None
+        for seg in result.segments:
+            if until is not None and offset + seg.start >= until:
+                break
+            start = min(window["start_ms"] + round((offset + seg.start) * 1000), window["end_ms"])
+            end = min(max(window["start_ms"] + round((offset + seg.end) * 1000), start), window["end_ms"])
+            segment = {
+                "window_index": window["window_index"],
+                "channel": window.get("channel"),
+                "start_ms": start,
+                "end_ms": end,
+                "text": seg.text,
+                "language": result.language,
+                "language_prob": result.language_prob,
+                "avg_logprob": result.avg_logprob,
+                "compression_ratio": result.compression_ratio,
+                "no_speech_prob": result.no_speech_prob,
+                "temperature": result.temperature,
+            }
+            segment["flag"] = hallucination_flag(segment, options) if options.enabled else None
+            out.append(segment)
     return out
 
 
-def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine: Engine) -> pa.Table:
-    whisper, given = options.whisper, options.decoding.language
-    rows = batch.to_pylist()
-    audio = [[np.frombuffer(w["pcm"], dtype="<i2") for w in row["speech_windows"] or []] for row in rows]
+def resume_point(result: WindowTranscript, duration_s: float, options: WhisperOptions) -> float | None:
+    """Seconds into the window from which it must be decoded again, or None when its text covers it.
 
-    # 1. one language per file (unless given), averaged over a few speech windows spread over it; a file of one
-    #    window is detected in the same encoder pass that transcribes it (its language is left open below).
-    languages: list[tuple[str | None, float | None]] = [
-        (given or (base_language(row.get("language")) if whisper.use_source_language else None), None) for row in rows
-    ]
-    if any(language is None for language, _ in languages):
-        picks = [
-            [{"i": k} for k in spread(list(range(len(row["speech_windows"] or []))), whisper.language_windows)]
-            if len(row["speech_windows"] or []) > 1 and languages[r][0] is None else []
-            for r, row in enumerate(rows)
-        ]
-        probe = [audio[r][p["i"]] for r, chosen in enumerate(picks) for p in chosen]
-        probs: list[dict[str, float]] = []
-        for start in range(0, len(probe), whisper.batch_windows):
-            probs.extend(engine.detect_language(probe[start : start + whisper.batch_windows]))
-        cursor = 0
-        for r, chosen in enumerate(picks):
-            own = probs[cursor : cursor + len(chosen)]
-            cursor += len(chosen)
-            if own:
-                combined = average_probabilities(own)
-                best = max(sorted(combined), key=combined.get)
-                languages[r] = (best, combined[best])
+    Whisper writes a timestamp pair at the end when the speech goes on past what it wrote; openai-whisper's loop
+    then seeks there, while a VAD window has no next 30 s, so that speech would be lost. A decode that ends with a
+    single timestamp well before the window's end has stopped early too: VAD cut the window where speech ends."""
+    if not options.resume or result.complete_until is None or result.is_silence:
+        return None
+    left = duration_s - result.complete_until
+    needed = options.resume_after_signal_s if result.continues else options.resume_after_last_timestamp_s
+    return result.complete_until if left >= needed and result.complete_until > 0 else None
 
-    # 2. every window, batched across files that share a language
-    results: dict[tuple[int, int], WindowTranscript] = {}
-    by_language: dict[str | None, list[tuple[int, int]]] = {}
-    for r, windows in enumerate(audio):
-        for k in range(len(windows)):
-            by_language.setdefault(languages[r][0], []).append((r, k))
-    failed: dict[int, str] = {}
-    for language, items in by_language.items():
-        decoding = replace(options.decoding, language=language or given)
-        for start in range(0, len(items), whisper.batch_windows):
-            chunk = items[start : start + whisper.batch_windows]
+
+Item = tuple[int, int]  # (file, window)
+
+
+def _decode(engine: Engine, jobs: list[tuple[Item, np.ndarray, str | None]], decoding: DecodingOptions, batch: int,
+            failed: dict[int, str]) -> dict[Item, WindowTranscript]:
+    """Decode (item, audio, language) jobs in batches of ``batch`` windows sharing a language (None: each window's
+    own, detected in the same encoder pass); a window the model fails on marks its file failed, sparing the rest."""
+    by_language: dict[str | None, list[tuple[Item, np.ndarray]]] = {}
+    for item, audio, language in jobs:
+        if item[0] not in failed:
+            by_language.setdefault(language, []).append((item, audio))
+    results: dict[Item, WindowTranscript] = {}
+    for language in sorted(by_language, key=lambda x: x or ""):
+        items, options = by_language[language], replace(decoding, language=language)
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
             try:
-                decoded = engine.transcribe([audio[r][k] for r, k in chunk], decoding)
+                decoded: list[WindowTranscript | None] = list(engine.transcribe([a for _, a in chunk], options))
             except (RuntimeError, ValueError):  # e.g. a model producing NaN on one window: find it, spare the rest
                 decoded = []
-                for r, k in chunk:
+                for (r, k), audio in chunk:
                     try:
-                        decoded += engine.transcribe([audio[r][k]], decoding)
+                        decoded += engine.transcribe([audio], options)
                     except (RuntimeError, ValueError) as exc:
                         failed.setdefault(r, f"window {k}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                         decoded.append(None)
-            for item, result in zip(chunk, decoded):
-                results[item] = result
+            for (item, _), result in zip(chunk, decoded):
+                if result is not None:
+                    results[item] = result
+    return results
 
-    # 3. stitch each file's segments back in order
+
+def _top_languages(probs: dict[str, float], k: int) -> list[str]:
+    return sorted(probs, key=lambda lang: (-probs[lang], lang))[:k]
+
+
+def _with_language_prob(result: WindowTranscript, probs: dict[str, float] | None) -> WindowTranscript:
+    """A window decoded under a language it did not pick itself still reports its audio's probability of it."""
+    if not probs:
+        return result
+    return replace(result, language_prob=probs.get(result.language, 0.0), language_probs=probs)
+
+
+def rescoring_score(result: WindowTranscript) -> float:
+    """log p(language | audio) + length-normalised log p(text | audio, language): what language-aware rescoring
+    maximises over a window's candidate languages."""
+    return math.log(max(result.language_prob or 0.0, 1e-12)) + result.avg_logprob
+
+
+def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine: Engine) -> pa.Table:
+    """Stage: every speech window of every file decoded; one row per file with its timed segments, each carrying its
+    window's language. A file whose language is given (--language) or declared is decoded in it throughout;
+    otherwise each window gets its own language from its own encoder pass (the one that decodes it)."""
+    whisper, given = options.whisper, options.decoding.language
+    rows = batch.to_pylist()
+    audio = [[np.frombuffer(w["pcm"], dtype="<i2") for w in row["speech_windows"] or []] for row in rows]
+    forced = [given or (base_language(row.get("language")) if whisper.use_source_language else None) for row in rows]
+    failed: dict[int, str] = {}
+
+    # 1. every window once: under its file's forced language, or its own (detected in the same pass)
+    jobs = [((r, k), a, forced[r]) for r, windows in enumerate(audio) for k, a in enumerate(windows)]
+    results = _decode(engine, jobs, options.decoding, whisper.batch_windows, failed)
+
+    # 2. windows that detected their language: rescored over their top languages, or, when unsure, decoded in their
+    #    file's (track's) language: the average of its windows' probabilities
+    track_of = {(r, k): (r, w.get("channel")) for r, row in enumerate(rows) for k, w in enumerate(row["speech_windows"] or [])}
+    track_probs: dict[tuple[int, int | None], list[dict[str, float]]] = {}
+    for item, result in results.items():
+        if forced[item[0]] is None and result.language_probs:
+            track_probs.setdefault(track_of[item], []).append(result.language_probs)
+    track_language = {}  # each channel of a split file is a track of its own, with its own language
+    for track, own in track_probs.items():
+        combined = average_probabilities(own)
+        track_language[track] = max(sorted(combined), key=combined.get)
+    file_language = {r for r, _ in track_probs}
+    detected = [item for item in results if forced[item[0]] is None and results[item].language_probs]
+    again: list[tuple[Item, np.ndarray, str | None]] = []
+    if whisper.rescore_languages > 1:
+        again = [(item, audio[item[0]][item[1]], language) for item in detected
+                 for language in _top_languages(results[item].language_probs, whisper.rescore_languages)
+                 if language != results[item].language]
+    else:
+        for item in detected:
+            result = results[item]
+            fallback = track_language[track_of[item]]
+            if (result.language_prob or 0.0) < whisper.min_window_language_prob and result.language != fallback:
+                again.append((item, audio[item[0]][item[1]], fallback))
+    if again:
+        alternatives: dict[Item, list[WindowTranscript]] = {}
+        for language in sorted({language for _, _, language in again}):
+            subset = [job for job in again if job[2] == language]  # a window may be tried under several languages
+            for item, result in _decode(engine, subset, options.decoding, whisper.batch_windows, failed).items():
+                alternatives.setdefault(item, []).append(_with_language_prob(result, results[item].language_probs))
+        for item, candidates in alternatives.items():
+            if whisper.rescore_languages > 1:
+                results[item] = max([results[item], *candidates], key=rescoring_score)
+            else:
+                results[item] = candidates[0]
+
+    # 3. windows whose decode stopped early: the rest decoded from where their text is complete, in their language
+    parts: dict[Item, list[tuple[float, WindowTranscript]]] = {item: [(0.0, result)] for item, result in results.items()}
+    open_items = list(results)
+    for _ in range(whisper.max_resumes):
+        tails = []
+        for item in open_items:
+            offset, last = parts[item][-1]
+            window = audio[item[0]][item[1]]
+            at = resume_point(last, len(window) / SAMPLE_RATE - offset, whisper)
+            if at is not None:
+                tails.append((item, window[round((offset + at) * SAMPLE_RATE) :], last.language, offset + at))
+        if not tails:
+            break
+        resumed = _decode(engine, [(item, a, language) for item, a, language, _ in tails], options.decoding, whisper.batch_windows, failed)
+        open_items = []
+        for item, _, _, offset in tails:
+            if item in resumed:
+                parts[item].append((offset, _with_language_prob(resumed[item], parts[item][0][1].language_probs)))
+                open_items.append(item)
+
+    # 4. each file's segments back in order
     out = []
     for r, row in enumerate(rows):
         if r in failed:
@@ -167,11 +282,20 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
             continue
         windows = row["speech_windows"] or []
         segments = []
+        speech_by_language: dict[str, int] = {}
         for k, window in enumerate(windows):
-            segments.extend(_segments(window, results[(r, k)], options.hallucination))
-        language, prob = languages[r]
-        if language is None and windows:  # one window, detected while transcribing it
-            language, prob = results[(r, 0)].language, results[(r, 0)].language_prob
+            segments.extend(_segments(window, parts[(r, k)], options.hallucination))
+            language = parts[(r, k)][0][1].language
+            speech_by_language[language] = speech_by_language.get(language, 0) + window["end_ms"] - window["start_ms"]
+        segments.sort(key=lambda s: (s["start_ms"], s["channel"] or 0, s["window_index"]))
+        languages = sorted(speech_by_language, key=lambda lang: (-speech_by_language[lang], lang))
+        if forced[r] is not None:
+            language, prob = forced[r], None
+        elif r in file_language:
+            language, prob = languages[0], average_probabilities(
+                [parts[(r, k)][0][1].language_probs or {} for k in range(len(windows))]).get(languages[0])
+        else:
+            language, prob = (languages[0] if languages else None), None
         out.append(
             dict(
                 row,
@@ -180,6 +304,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
                 source_language=row.get("language"),  # what the source declared, if anything
                 language=language,
                 language_prob=prob,
+                languages=languages,
                 speech_ms=sum(w["end_ms"] - w["start_ms"] for w in windows),
             )
         )

@@ -69,16 +69,17 @@ _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
 _NO_STREAM = re.compile(r"does not contain any stream|matches no streams|no audio stream", re.I)
 
 
-def decode_command(path: Path, limits: DecodeLimits) -> list[str]:
+def decode_command(path: Path, limits: DecodeLimits, keep_channels: bool = False) -> list[str]:
+    """ffmpeg's arguments: raw 16 kHz mono samples, or with ``keep_channels`` a WAV stream of every channel (its
+    header says how many)."""
     stream = ffmpeg.input(
         f"file:{path}",
         protocol_whitelist="file",
         format_whitelist=limits.formats,
         t=f"{limits.max_seconds + 1:.3f}",
     )
-    stream = stream.output(
-        "pipe:1", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None, threads=1
-    )
+    layout = {"format": "wav"} if keep_channels else {"format": "s16le", "ac": 1}
+    stream = stream.output("pipe:1", acodec="pcm_s16le", ar=SAMPLE_RATE, vn=None, sn=None, dn=None, threads=1, **layout)
     command = stream.compile(cmd=ffmpeg_binary())
     return [command[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", *command[1:]]
 
@@ -106,18 +107,42 @@ def check_audio_file(path: str | Path, limits: DecodeLimits = DecodeLimits()) ->
         raise DecodeError(RejectReason.BAD_AUDIO, "empty file (0 bytes)")
 
 
-def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Decode to int16 16 kHz mono; raise ``DecodeError`` with a reject reason for anything unusable. A URI
-    (``s3://...``) is copied to a local temporary file first: ffmpeg only ever reads local files."""
+MAX_CHANNELS = 16
+
+
+def _wav_samples(data: bytes) -> np.ndarray:
+    """The samples of the WAV stream ffmpeg writes to a pipe, shaped (frames, channels). A pipe cannot be rewound, so
+    the header's sizes are placeholders: the data chunk is whatever follows its header."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise DecodeError(RejectReason.BAD_AUDIO, "ffmpeg wrote no WAV header")
+    position, channels = 12, 0
+    while position + 8 <= len(data):
+        chunk, size = data[position : position + 4], int.from_bytes(data[position + 4 : position + 8], "little")
+        if chunk == b"fmt ":
+            channels = int.from_bytes(data[position + 10 : position + 12], "little")
+        elif chunk == b"data":
+            if not 1 <= channels <= MAX_CHANNELS:
+                raise DecodeError(RejectReason.BAD_AUDIO, f"{channels} channels (at most {MAX_CHANNELS} are read)")
+            body = data[position + 8 :]
+            body = body[: len(body) - len(body) % (2 * channels)]
+            return np.frombuffer(body, dtype="<i2").reshape(-1, channels)
+        position += 8 + size + size % 2
+    raise DecodeError(RejectReason.BAD_AUDIO, "ffmpeg wrote no audio data")
+
+
+def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits(), keep_channels: bool = False) -> np.ndarray:
+    """Decode to int16 16 kHz mono (with ``keep_channels``: shape (frames, channels), every channel of the file);
+    raise ``DecodeError`` with a reject reason for anything unusable. A URI (``s3://...``) is copied to a local
+    temporary file first: ffmpeg only ever reads local files."""
     check_audio_file(path, limits)
     if storage.is_uri(path):
         try:
             with storage.local_copy(str(path)) as local:
-                return decode_audio(local, limits)
+                return decode_audio(local, limits, keep_channels)
         except OSError as exc:
             raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
     path = Path(path)
-    command = decode_command(path.resolve(), limits)
+    command = decode_command(path.resolve(), limits, keep_channels)
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=limits.timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -129,10 +154,10 @@ def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> np.
         if _NO_STREAM.search(errors):
             raise DecodeError(RejectReason.NO_AUDIO_STREAM, first_error or "no audio stream")
         raise DecodeError(RejectReason.BAD_AUDIO, first_error or f"ffmpeg exited with {done.returncode}")
-    pcm = np.frombuffer(done.stdout, dtype="<i2")
+    pcm = _wav_samples(done.stdout) if keep_channels else np.frombuffer(done.stdout, dtype="<i2")
     if pcm.size == 0:
         raise DecodeError(RejectReason.BAD_AUDIO, first_error or "no audio decoded")
-    if pcm.size > limits.max_seconds * SAMPLE_RATE:
+    if len(pcm) > limits.max_seconds * SAMPLE_RATE:
         raise DecodeError(RejectReason.AUDIO_TOO_LONG, f"longer than the limit of {limits.max_seconds:g} s")
     return pcm
 

@@ -290,11 +290,13 @@ def to_txt(segments: Sequence[dict[str, Any]]) -> str:
     return "".join(f"{s['text'].strip()}\n" for s in segments)
 
 
-def to_json(segments: Sequence[dict[str, Any]], language: str | None, source: str) -> str:
-    """Whisper's JSON layout (``text``, ``segments`` with seconds, ``language``), which the corpus job reads back."""
+def to_json(segments: Sequence[dict[str, Any]], language: str | None, source: str, languages: Sequence[str] | None = None) -> str:
+    """Whisper's JSON layout (``text``, ``segments`` with seconds, ``language``), which the corpus job reads back;
+    plus the file's ``languages`` (most speech first) and each segment's ``language`` and ``channel`` when known."""
     doc = {
         "source": source,
         "language": language,
+        "languages": list(languages) if languages else ([language] if language else []),
         "text": " ".join(s["text"].strip() for s in segments),
         "segments": [
             {
@@ -306,6 +308,7 @@ def to_json(segments: Sequence[dict[str, Any]], language: str | None, source: st
                 "compression_ratio": s.get("compression_ratio"),
                 "no_speech_prob": s.get("no_speech_prob"),
                 "temperature": s.get("temperature"),
+                **{key: s[key] for key in ("language", "language_prob", "channel") if s.get(key) is not None},
             }
             for i, s in enumerate(segments)
         ],
@@ -313,7 +316,7 @@ def to_json(segments: Sequence[dict[str, Any]], language: str | None, source: st
     return json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
 
 
-def render(fmt: str, segments: Sequence[dict[str, Any]], language: str | None, source: str) -> str:
+def render(fmt: str, segments: Sequence[dict[str, Any]], language: str | None, source: str, languages: Sequence[str] | None = None) -> str:
     if fmt == "srt":
         return to_srt(segments)
     if fmt == "vtt":
@@ -321,5 +324,5 @@ def render(fmt: str, segments: Sequence[dict[str, Any]], language: str | None, s
     if fmt == "txt":
         return to_txt(segments)
     if fmt == "json":
-        return to_json(segments, language, source)
+        return to_json(segments, language, source, languages)
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")

@@ -39,7 +39,7 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
     files: dict[str, str] = {}
     sources: dict[str, list[str]] = {"kept": [], "rejected": []}
     stats: dict[str, Any] = defaultdict(dict)
-    stats.update(files_transcribed=0, ms_audio=0, ms_speech=0, segments=0, segments_flagged=0)
+    stats.update(files_transcribed=0, files_multilingual=0, ms_audio=0, ms_speech=0, segments=0, segments_flagged=0)
     for row in batch.to_pylist():
         if row.get("reject_reason"):
             sources["rejected"].append(row["source_id"])
@@ -51,14 +51,11 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
         stats["ms_audio"] += row["duration_ms"]
         stats["ms_speech"] += row.get("speech_ms") or 0
         count(stats["ms_per_language"], str(row.get("language")), row["duration_ms"])
+        if len(row.get("languages") or []) > 1:
+            stats["files_multilingual"] += 1
         segments = row.get("segments") or []
         for index, seg in enumerate(segments):
-            segments_out.append(
-                dict(
-                    seg, source_id=row["source_id"], source=row["source"], segment_index=index,
-                    language=row.get("language"), language_prob=row.get("language_prob"),
-                )
-            )
+            segments_out.append(dict(seg, source_id=row["source_id"], source=row["source"], segment_index=index))
             stats["segments"] += 1
             if seg["flag"]:
                 stats["segments_flagged"] += 1
@@ -66,7 +63,7 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
         trusted = [s for s in segments if not s["flag"]]
         for fmt in formats:
             if fmt != "parquet":
-                files[f"{row['output_name']}.{fmt}"] = render(fmt, trusted, row.get("language"), row["source"])
+                files[f"{row['output_name']}.{fmt}"] = render(fmt, trusted, row.get("language"), row["source"], row.get("languages"))
         if row.get("word_errors") is not None:
             comparison_out.append({name: row.get(name) for name in COMPARISON_SCHEMA.names})
     segments_out.sort(key=lambda s: (s["source_id"], s["segment_index"]))
@@ -96,6 +93,7 @@ def summarize_transcription(out: OutputDir, expected: set[str], rank_top: int = 
                "per_language": accounting.hours_by(totals.get("ms_per_language", {}))},
         segments={"total": totals.get("segments", 0), "flagged": totals.get("segments_flagged", 0),
                   "flagged_by_reason": dict(sorted(totals.get("flagged", {}).items()))},
+        files_multilingual=totals.get("files_multilingual", 0),  # more than one language among their windows
     )
     comparison = out.read_committed("comparison", schema=COMPARISON_SCHEMA)
     if comparison is not None:

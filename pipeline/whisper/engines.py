@@ -63,6 +63,12 @@ class WindowTranscript:
     temperature: float
     tokens: tuple[int, ...] = field(default=(), repr=False)
     language_prob: float | None = None  # when the language was detected on this window
+    language_probs: dict[str, float] | None = field(default=None, repr=False)  # every language's, when detected
+    # Where the text is known complete (seconds: the end of the last closed segment; None without timestamps), and
+    # whether Whisper signalled that the speech goes on past it (a timestamp pair ends the window: the sequential
+    # loops continue from there, see ``resume_point``).
+    complete_until: float | None = None
+    continues: bool = False
 
     @property
     def is_silence(self) -> bool:
@@ -128,6 +134,7 @@ class _Raw:
     temperature: float
     compression_ratio: float = 0.0
     language_prob: float | None = None
+    language_probs: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         self.compression_ratio = compression_ratio(self.text)
@@ -220,8 +227,24 @@ def segments_from_tokens(tokens: Sequence[int], timestamp_begin: int, decode_tex
     return [s for s in segments if s.text]
 
 
+def completion(tokens: Sequence[int], timestamp_begin: int) -> tuple[float | None, bool]:
+    """(complete_until, continues) of a window's tokens: the time of its last closing timestamp, and whether the
+    tokens end with two timestamps in a row (the end of one segment and the start of one Whisper did not write:
+    openai-whisper's loop then seeks to the first of the two). Text after the last timestamp (a decode cut at its
+    length limit) leaves the window complete to that timestamp, not continuing."""
+    stamps = [i for i, t in enumerate(tokens) if t >= timestamp_begin]
+    if not stamps:
+        return None, False
+    step = TIMESTAMP_RESOLUTION_MS / 1000
+    last = stamps[-1]
+    if last == len(tokens) - 1 and len(stamps) > 1 and stamps[-2] == last - 1:
+        return (tokens[last - 1] - timestamp_begin) * step, True
+    return (tokens[last] - timestamp_begin) * step, False
+
+
 def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float, options: DecodingOptions) -> WindowTranscript:
     silent = _is_silence(raw, options)
+    complete_until, continues = (None, False) if silent or options.without_timestamps else completion(raw.tokens, timestamp_begin)
     segments = () if silent else tuple(segments_from_tokens(raw.tokens, timestamp_begin, decode_text, duration))
     return WindowTranscript(
         text="" if silent else raw.text,
@@ -233,6 +256,9 @@ def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], 
         temperature=float(raw.temperature),
         tokens=tuple(raw.tokens),
         language_prob=raw.language_prob,
+        language_probs=raw.language_probs,
+        complete_until=complete_until,
+        continues=continues,
     )
 
 
@@ -330,7 +356,9 @@ class OpenAIWhisperEngine:
 
         if not audios:
             return []
-        mel = self._mel(audios)
+        with torch.no_grad():  # encoded once: whisper.decode takes encoder output as well as mel, retries reuse it
+            features = self.model.embed_audio(self._mel(audios))
+            detected = [dict(p) for p in self.model.detect_language(features, self._tokenizer())[1]] if options.language is None else None
 
         def decode(indices: list[int], temperature: float) -> list[_Raw]:
             decoding = whisper.DecodingOptions(
@@ -343,13 +371,14 @@ class OpenAIWhisperEngine:
                 fp16=self.fp16,
             )
             with torch.no_grad():
-                results = whisper.decode(self.model, mel[indices], decoding)
+                results = whisper.decode(self.model, features[indices], decoding)
             return [
                 _Raw(
                     list(r.tokens), r.text, r.language, r.avg_logprob, r.no_speech_prob, temperature,
-                    language_prob=r.language_probs.get(r.language) if r.language_probs else None,
+                    language_prob=detected[i].get(r.language) if detected else None,
+                    language_probs=detected[i] if detected else None,
                 )
-                for r in results
+                for i, r in zip(indices, results)
             ]
 
         reseed = lambda i, t: torch.manual_seed(sampling_seed(audios[i], t))  # noqa: E731
@@ -453,6 +482,7 @@ class FasterWhisperEngine:
             languages = [max(p, key=p.get) for p in detected]
             language_probs = [p[lang] for p, lang in zip(detected, languages)]
         else:
+            detected = [None] * len(audios)
             languages = [options.language] * len(audios)
             language_probs = [None] * len(audios)
         suppress = get_suppressed_tokens(self.tokenizer, [-1])
@@ -479,7 +509,8 @@ class FasterWhisperEngine:
                 tokens = result.sequences_ids[0]
                 avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1, as faster-whisper
                 text = self.tokenizer.decode(tokens).strip()
-                raws.append(_Raw(tokens, text, languages[i], avg_logprob, result.no_speech_prob, temperature, language_prob=language_probs[i]))
+                raws.append(_Raw(tokens, text, languages[i], avg_logprob, result.no_speech_prob, temperature,
+                                 language_prob=language_probs[i], language_probs=detected[i]))
             return raws
 
         reseed = lambda i, t: ctranslate2.set_random_seed(sampling_seed(audios[i], t))  # noqa: E731
