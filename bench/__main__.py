@@ -6,6 +6,7 @@
     python -m bench transcribe [--repeat 1] [--batch-size 8]
     python -m bench agreement [--model base]       # transcript agreement: matched vs mismatched pairs (bench/windows.py)
     python -m bench scoring [--windows 32]         # score_windows against the bare encoder, seconds per window
+    python -m bench languages [--k 1 2 3]          # language per window and language-aware rescoring (bench/languages.py)
 
 ``dedup``: MinHash signatures of generated transcripts, the naive per-document datasketch loop
 (``m = MinHash(...); for s in shingles: m.update(s)``) against ``stages.dedup.compute_signatures`` on the same
@@ -26,6 +27,7 @@ from typing import Any, Callable
 
 from bench.corpus import bench_corpus
 from bench.dedup import bench_dedup
+from bench.languages import bench_languages
 from bench.machine import REPO, RESULTS, write_result
 from bench.scale import bench_scale
 from bench.summary import write_summary
@@ -46,7 +48,7 @@ def bench_all(args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "dedup": bench_dedup, "transcribe": bench_transcribe, "corpus": bench_corpus, "all": bench_all, "scale": bench_scale,
-    "agreement": bench_agreement, "scoring": bench_scoring,
+    "agreement": bench_agreement, "scoring": bench_scoring, "languages": bench_languages,
 }
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,6 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scoring.add_argument("--batch-windows", type=int, default=8, help="windows per encoder pass (default 8: language.batch_windows)")
     scoring.add_argument("--repeat", type=int, default=2, help="timed repetitions, the fastest counts (default 2)")
     scoring.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/scoring.json)")
+    languages = commands.add_parser("languages", help="language per window and language-aware rescoring on recordings that switch language")
+    languages.add_argument("--engine", default="faster-whisper", help="default faster-whisper (wspsr transcribe's)")
+    languages.add_argument("--model", default="base", help="Whisper model (default base)")
+    languages.add_argument("--k", type=int, nargs="+", default=[1, 2, 3], help="whisper.rescore_languages values (default 1 2 3; the first is the baseline)")
+    languages.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/languages.json)")
     args = parser.parse_args(argv)
     if args.benchmark in ("dedup", "all") and (args.docs < 1 or args.batch_size < 1 or args.cluster_docs < 0):
         parser.error("--docs and --batch-size must be positive")

@@ -84,10 +84,11 @@ def _mixed_recording(path: Path) -> Path:
     return path
 
 
-def _stage_output(path: Path, engine, whisper: WhisperOptions, decoding: DecodingOptions = DecodingOptions()):
+def _stage_output(path: Path, engine, whisper: WhisperOptions, decoding: DecodingOptions = DecodingOptions(), seconds: tuple[float, float] | None = None):
     from stages.transcribe_windows import transcribe_windows
 
     pcm = decode_audio(path)
+    pcm = pcm[int(seconds[0] * 16000) : int(seconds[1] * 16000)] if seconds else pcm
     windows = segment_at_silences(pa.table({"source_id": ["x"], "pcm": [pcm.tobytes()]}), VadOptions())
     return transcribe_windows(windows, TranscribeStageOptions(whisper, decoding, HallucinationOptions()), engine).to_pylist()[0]
 
@@ -120,11 +121,11 @@ def test_each_window_carries_its_own_language(tmp_path, engine):
 
 @pytest.mark.slow
 def test_a_decode_that_stops_early_is_resumed_from_its_last_timestamp(engine):
-    """en_long's middle window ends with "Is it because of that song?"; Whisper base (beam 5) stops before it, with
-    the continuation signal, and the resumed decode writes it."""
+    """en_long's middle window (27-55 s) ends with "Is it because of that song?"; Whisper base (faster-whisper, beam
+    5) stops before it, with the continuation signal, and the resumed decode writes it."""
     whisper, decoding = WhisperOptions(engine=engine.name), DecodingOptions(beam_size=5, language="en")
-    resumed = _stage_output(EN_LONG, engine, whisper, decoding)
-    alone = _stage_output(EN_LONG, engine, WhisperOptions(engine=engine.name, resume=False), decoding)
+    resumed = _stage_output(EN_LONG, engine, whisper, decoding, seconds=(27.0, 55.0))
+    alone = _stage_output(EN_LONG, engine, WhisperOptions(engine=engine.name, resume=False), decoding, seconds=(27.0, 55.0))
     text = " ".join(s["text"] for s in resumed["segments"]).lower()
     assert "song" in text
     # every segment of the plain decode is kept, in place; the resumed ones only add what came after
