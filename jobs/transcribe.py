@@ -121,6 +121,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         print(to_toml(to_plain(config)))
         return {}
     whisper = config["whisper"]
+    if config["decoding"].without_timestamps or config["decoding"].word_timestamps:
+        raise ConfigError("wspsr transcribe sets decoding.without_timestamps and decoding.word_timestamps from whisper.timings "
+                          "(aligned, the default; tokens; none): set that instead")
     if whisper.engine not in ENGINES:
         raise ConfigError(f"whisper.engine must be one of {', '.join(ENGINES)}")
     ref = resolve_model(whisper.model)

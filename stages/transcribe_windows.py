@@ -32,6 +32,13 @@ from stages.score_windows import average_probabilities
 from stages.languages import base_language
 
 
+TIMINGS = {  # whisper.timings -> the decoding it needs
+    "aligned": {"without_timestamps": True, "word_timestamps": True},
+    "tokens": {"without_timestamps": False, "word_timestamps": False},
+    "none": {"without_timestamps": True, "word_timestamps": False},
+}
+
+
 @dataclass(frozen=True)
 class WhisperOptions:
     """Which model runs where, how work is batched, and what the stage decides around Whisper's decode: a language
@@ -54,12 +61,19 @@ class WhisperOptions:
     # A decode that stops before its window ends is decoded again from where its text is complete, batched with the
     # other windows that need it: after Whisper's continuation signal when at least resume_after_signal_s of the
     # window is left, else when at least resume_after_last_timestamp_s is (the window ends at speech: VAD cut it).
+    # Where segment times come from. "aligned": the text is decoded without timestamp tokens (as faster-whisper's
+    # batched pipeline does: fewer word errors, BENCHMARKS.md) and segments are cut from word timings aligned on the
+    # same encoder output; "tokens": Whisper's timestamp tokens, with decodes that stop early resumed (below);
+    # "none": one segment per window.
+    timings: str = "aligned"
     resume: bool = True
     resume_after_signal_s: float = 0.5
     resume_after_last_timestamp_s: float = 2.0
     max_resumes: int = 3  # passes per window
 
     def __post_init__(self) -> None:
+        if self.timings not in TIMINGS:
+            raise ValueError(f"timings must be one of {', '.join(TIMINGS)}, not {self.timings!r}")
         if self.batch_windows < 1 or self.batch_files < 1 or self.rescore_languages < 1 or self.max_resumes < 0:
             raise ValueError("batch_windows, batch_files and rescore_languages must be at least 1, max_resumes at least 0")
         if not 0.0 <= self.min_window_language_prob <= 1.0:
@@ -209,6 +223,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
     window's language. A file whose language is given (--language) or declared is decoded in it throughout;
     otherwise each window gets its own language from its own encoder pass (the one that decodes it)."""
     whisper, given = options.whisper, options.decoding.language
+    decoding = replace(options.decoding, **TIMINGS[whisper.timings])
     rows = batch.to_pylist()
     audio = [[np.frombuffer(w["pcm"], dtype="<i2") for w in row["speech_windows"] or []] for row in rows]
     forced = [given or (base_language(row.get("language")) if whisper.use_source_language else None) for row in rows]
@@ -216,7 +231,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
 
     # 1. every window once: under its file's forced language, or its own (detected in the same pass)
     jobs = [((r, k), a, forced[r]) for r, windows in enumerate(audio) for k, a in enumerate(windows)]
-    results = _decode(engine, jobs, options.decoding, whisper.batch_windows, failed)
+    results = _decode(engine, jobs, decoding, whisper.batch_windows, failed)
 
     # 2. windows that detected their language: rescored over their top languages, or, when unsure, decoded in their
     #    file's (track's) language: the average of its windows' probabilities
@@ -246,7 +261,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
         alternatives: dict[Item, list[WindowTranscript]] = {}
         for language in sorted({language for _, _, language in again}):
             subset = [job for job in again if job[2] == language]  # a window may be tried under several languages
-            for item, result in _decode(engine, subset, options.decoding, whisper.batch_windows, failed).items():
+            for item, result in _decode(engine, subset, decoding, whisper.batch_windows, failed).items():
                 alternatives.setdefault(item, []).append(_with_language_prob(result, results[item].language_probs))
         for item, candidates in alternatives.items():
             if whisper.rescore_languages > 1:
@@ -267,7 +282,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
                 tails.append((item, window[round((offset + at) * SAMPLE_RATE) :], last.language, offset + at))
         if not tails:
             break
-        resumed = _decode(engine, [(item, a, language) for item, a, language, _ in tails], options.decoding, whisper.batch_windows, failed)
+        resumed = _decode(engine, [(item, a, language) for item, a, language, _ in tails], decoding, whisper.batch_windows, failed)
         open_items = []
         for item, _, _, offset in tails:
             if item in resumed:

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from pipeline.io.media import decode_audio
-from pipeline.whisper.engines import DecodingOptions, WindowTranscript, completion
+from pipeline.whisper.engines import DecodingOptions, Segment, WindowTranscript, Word, completion, segments_from_words
 from stages.segment_at_silences import VadOptions, segment_at_silences
 from stages.transcribe_windows import HallucinationOptions, TranscribeStageOptions, WhisperOptions, resume_point
 from support.data import JFK
@@ -48,6 +48,16 @@ def test_resume_point_follows_the_signal_and_long_tails():
     assert resume_point(_result([TB, 1, TB + 400]), 9.0, options) is None  # 1 s left: the VAD pad, not speech
     assert resume_point(_result([TB, 1, TB + 200]), 9.0, WhisperOptions(resume=False)) is None
     assert resume_point(_result([1, 2]), 9.0, options) is None
+
+
+def test_segments_from_words_end_at_sentences_pauses_and_length():
+    words = [Word(0.0, 0.4, " Hello", 0.9), Word(0.4, 0.8, " there.", 0.9), Word(1.0, 1.5, " Ask", 0.9), Word(1.5, 2.0, " not,", 0.9),
+             Word(3.5, 4.0, " then", 0.9), Word(4.0, 4.4, " go", 0.9)]
+    assert segments_from_words(words, 5.0) == [Segment(0.0, 0.8, "Hello there."), Segment(1.0, 2.0, "Ask not,"), Segment(3.5, 4.4, "then go")]
+    long = [Word(i * 0.5, i * 0.5 + 0.4, f" w{i}" + ("," if i % 5 == 4 else ""), 0.9) for i in range(60)]
+    cut = segments_from_words(long, 30.0)
+    assert all(s.end - s.start <= 18.0 for s in cut) and " ".join(s.text for s in cut) == "".join(w.text for w in long).strip()
+    assert segments_from_words([], 3.0) == [] and segments_from_words([Word(2.9, 3.4, " end", 0.9)], 3.0) == [Segment(2.9, 3.0, "end")]
 
 
 def _stereo(path: Path) -> Path:
@@ -120,12 +130,37 @@ def test_each_window_carries_its_own_language(tmp_path, engine):
 
 
 @pytest.mark.slow
-def test_a_decode_that_stops_early_is_resumed_from_its_last_timestamp(engine):
-    """en_long's middle window (27-55 s) ends with "Is it because of that song?"; Whisper base (faster-whisper, beam
-    5) stops before it, with the continuation signal, and the resumed decode writes it."""
-    whisper, decoding = WhisperOptions(engine=engine.name), DecodingOptions(beam_size=5, language="en")
+def test_aligned_timings_place_jfks_words_where_he_says_them(engine):
+    """The default timings: text decoded without timestamp tokens, word times from the alignment over the same
+    encoder output, segments cut from the words. JFK says "ask" after a pause, at about 3.1 s."""
+    jfk = decode_audio(JFK)
+    result = engine.transcribe([jfk], DecodingOptions(language="en", without_timestamps=True, word_timestamps=True))[0]
+    words = [w.text.strip().lower().strip(",.") for w in result.words]
+    assert words[:6] == ["and", "so", "my", "fellow", "americans", "ask"] and "".join(w.text for w in result.words).strip() == result.text.strip()
+    ask = result.words[5]
+    assert 2.4 <= ask.start <= 3.8 and result.words[0].start < 1.0 and result.words[-1].end <= 11.0
+    assert all(a.start <= a.end <= b.start + 0.02 for a, b in zip(result.words, result.words[1:]))
+    out = _stage_output(JFK, engine, WhisperOptions(engine=engine.name), DecodingOptions(language="en"))
+    assert " ".join(s["text"] for s in out["segments"]) == result.text.strip()  # one window: its words' segments
+    assert out["segments"][0]["start_ms"] < 1000 and out["segments"][-1]["end_ms"] <= 11_000
+
+
+@pytest.fixture(scope="module")
+def default_engine():
+    from pipeline.whisper.engines import load_engine
+
+    return load_engine(WhisperOptions().engine, "base")
+
+
+@pytest.mark.slow
+def test_a_decode_that_stops_early_is_resumed_from_its_last_timestamp(default_engine):
+    """Timings from timestamp tokens: en_long's middle window (27-55 s) ends with "Is it because of that song?";
+    Whisper base (faster-whisper, beam 5) stops before it, with the continuation signal, and the resumed decode
+    writes it."""
+    engine = default_engine
+    whisper, decoding = WhisperOptions(timings="tokens"), DecodingOptions(beam_size=5, language="en")
     resumed = _stage_output(EN_LONG, engine, whisper, decoding, seconds=(27.0, 55.0))
-    alone = _stage_output(EN_LONG, engine, WhisperOptions(engine=engine.name, resume=False), decoding, seconds=(27.0, 55.0))
+    alone = _stage_output(EN_LONG, engine, WhisperOptions(timings="tokens", resume=False), decoding, seconds=(27.0, 55.0))
     text = " ".join(s["text"] for s in resumed["segments"]).lower()
     assert "song" in text
     # every segment of the plain decode is kept, in place; the resumed ones only add what came after

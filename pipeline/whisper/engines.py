@@ -34,7 +34,11 @@ class DecodingOptions:
     compression_ratio_threshold: float | None = 2.4  # gzip ratio above this: too repetitive, retry hotter
     logprob_threshold: float | None = -1.0  # average log probability below this: retry hotter
     no_speech_threshold: float | None = 0.6  # with a low log probability: silence, no text
-    without_timestamps: bool = False  # True: <|notimestamps|>, one segment per window
+    without_timestamps: bool = False  # True: <|notimestamps|>, one segment per window (unless word_timestamps)
+    # Word timings from the cross-attention alignment of the decoded text (DTW over the alignment heads, what
+    # openai-whisper's and faster-whisper's word_timestamps do, on the encoder output already computed); segments
+    # are then cut from the words (``segments_from_words``) instead of from timestamp tokens.
+    word_timestamps: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in ("transcribe", "translate"):
@@ -50,6 +54,14 @@ class Segment:
     start: float  # seconds from the window start
     end: float
     text: str
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float  # seconds from the window start
+    end: float
+    text: str  # with its leading space, as Whisper writes it
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class WindowTranscript:
     # loops continue from there, see ``resume_point``).
     complete_until: float | None = None
     continues: bool = False
+    words: tuple[Word, ...] = field(default=(), repr=False)  # with word_timestamps
 
     @property
     def is_silence(self) -> bool:
@@ -242,9 +255,55 @@ def completion(tokens: Sequence[int], timestamp_begin: int) -> tuple[float | Non
     return (tokens[last] - timestamp_begin) * step, False
 
 
-def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float, options: DecodingOptions) -> WindowTranscript:
+SENTENCE_END = tuple(".!?。！？…")
+CLAUSE_END = tuple(",;:、，；：")
+MAX_SEGMENT_S = 12.0  # a segment cut from words is closed at a clause end past this, and at any word past 1.5x it
+MAX_WORD_GAP_S = 1.0  # a pause this long between words ends a segment
+
+
+def segments_from_words(words: Sequence[Word], duration: float) -> list[Segment]:
+    """Subtitle-sized segments from timed words: a segment ends after a sentence's last word, at a pause of
+    ``MAX_WORD_GAP_S``, at a clause end once it is ``MAX_SEGMENT_S`` long, or at any word past 1.5 times that."""
+    segments: list[Segment] = []
+    current: list[Word] = []
+    for i, word in enumerate(words):
+        current.append(word)
+        text = word.text.strip()
+        following = words[i + 1] if i + 1 < len(words) else None
+        length = word.end - current[0].start
+        if (following is None or text.endswith(SENTENCE_END) or following.start - word.end >= MAX_WORD_GAP_S
+                or (length >= MAX_SEGMENT_S and text.endswith(CLAUSE_END)) or length >= 1.5 * MAX_SEGMENT_S):
+            joined = "".join(w.text for w in current).strip()
+            if joined:
+                start = min(max(current[0].start, 0.0), duration)
+                segments.append(Segment(start, min(max(current[-1].end, start), duration), joined))
+            current = []
+    return segments
+
+
+def word_timings(words: Sequence[Any], prepend: str = "\"'“¿([{-", append: str = "\"'.。,，!！?？:：”)]}、") -> tuple[Word, ...]:
+    """Words from an alignment (objects or dicts with word, tokens, start, end, probability), punctuation merged
+    into its neighbours as openai-whisper does (``whisper.timing.merge_punctuations``)."""
+    from whisper.timing import WordTiming, merge_punctuations
+
+    timings = [w if isinstance(w, WordTiming) else WordTiming(w["word"], list(w["tokens"]), float(w["start"]), float(w["end"]), float(w["probability"]))
+               for w in words]
+    merge_punctuations(timings, prepend, append)
+    return tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in timings if w.word)
+
+
+def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float, options: DecodingOptions,
+            words: Sequence[Word] = ()) -> WindowTranscript:
     silent = _is_silence(raw, options)
     complete_until, continues = (None, False) if silent or options.without_timestamps else completion(raw.tokens, timestamp_begin)
+    if options.word_timestamps and not silent and raw.text:
+        segments = tuple(segments_from_words(words, duration)) or (Segment(0.0, duration, raw.text.strip()),)
+        return WindowTranscript(
+            text=raw.text, segments=segments, language=raw.language, avg_logprob=float(raw.avg_logprob),
+            compression_ratio=float(raw.compression_ratio), no_speech_prob=float(raw.no_speech_prob),
+            temperature=float(raw.temperature), tokens=tuple(raw.tokens), language_prob=raw.language_prob,
+            language_probs=raw.language_probs, complete_until=complete_until, continues=continues, words=tuple(words),
+        )
     segments = () if silent else tuple(segments_from_tokens(raw.tokens, timestamp_begin, decode_text, duration))
     return WindowTranscript(
         text="" if silent else raw.text,
@@ -384,10 +443,44 @@ class OpenAIWhisperEngine:
         reseed = lambda i, t: torch.manual_seed(sampling_seed(audios[i], t))  # noqa: E731
         raws = decode_with_fallback(len(audios), decode, options, reseed)
         tokenizer = self._tokenizer()
+        words = self._words(features, raws, audios, options) if options.word_timestamps else [()] * len(raws)
         return [
-            _finish(raw, tokenizer.timestamp_begin, tokenizer.decode, len(audio) / SAMPLE_RATE, options)
-            for raw, audio in zip(raws, audios)
+            _finish(raw, tokenizer.timestamp_begin, tokenizer.decode, len(audio) / SAMPLE_RATE, options, timed)
+            for raw, audio, timed in zip(raws, audios, words)
         ]
+
+    def _words(self, features, raws: list[_Raw], audios: Sequence[np.ndarray], options: DecodingOptions) -> list[tuple[Word, ...]]:
+        """Word timings of each decoded text: openai-whisper's own alignment (``whisper.timing.find_alignment``: the
+        alignment heads' cross-attention, DTW), run as a decoder forward over the encoder output already computed."""
+        import torch
+        from whisper.timing import find_alignment
+
+        decoder_only = _DecoderOnly(self.model)
+        out: list[tuple[Word, ...]] = []
+        for i, raw in enumerate(raws):
+            tokenizer = self._tokenizer(raw.language if self.model.is_multilingual else None, options.task)
+            text_tokens = [t for t in raw.tokens if t < tokenizer.eot]
+            if not text_tokens or _is_silence(raw, options):
+                out.append(())
+                continue
+            with torch.no_grad():
+                timings = find_alignment(decoder_only, tokenizer, text_tokens, features[i], min(len(audios[i]), N_SAMPLES) // 160)
+            out.append(word_timings(timings))
+        return out
+
+
+class _DecoderOnly:
+    """A Whisper model whose forward takes the encoder's output instead of mel: ``find_alignment`` then runs the
+    decoder alone on audio encoded once for the whole batch."""
+
+    def __init__(self, model: Any):
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, features: Any, tokens: Any) -> Any:
+        return self._model.decoder(tokens, features)
 
 
 class FasterWhisperEngine:
@@ -431,8 +524,6 @@ class FasterWhisperEngine:
         """One encoder pass per window; language ID, the no-speech probability (one decoder step) and CTranslate2's
         forced alignment (``Whisper.align``'s text-token probabilities) reuse it. A window's text is scored in its
         ``languages[i]`` (None: the detected one), without timestamps."""
-        import ctranslate2
-
         if not audios:
             return []
         features = self._features(audios)
@@ -449,13 +540,7 @@ class FasterWhisperEngine:
             batch = [i for i, c in enumerate(chosen) if c == language and text_tokens[i]]
             if not batch:
                 continue
-            if len(batch) == len(audios):
-                subset = encoded
-            elif encoded.device == "cpu":
-                subset = ctranslate2.StorageView.from_array(np.asarray(encoded)[batch])
-            else:  # windows of several languages on a GPU: CTranslate2 cannot slice device storage, so encode them again
-                subset = self.model.encode(features[batch])
-            results = self.model.model.align(subset, prompts[batch[0]], [text_tokens[i] for i in batch], [frames[i] for i in batch])
+            results = self.model.model.align(self._subset(encoded, features, batch), prompts[batch[0]], [text_tokens[i] for i in batch], [frames[i] for i in batch])
             for i, result in zip(batch, results):
                 given[i] = [float(np.log(max(p, 1e-30))) for p in result.text_token_probs]
         return [WindowScore(probs[i], float(no_speech[i]), *_agreement(given[i]), len(text_tokens[i])) for i in range(len(audios))]
@@ -515,10 +600,41 @@ class FasterWhisperEngine:
 
         reseed = lambda i, t: ctranslate2.set_random_seed(sampling_seed(audios[i], t))  # noqa: E731
         raws = decode_with_fallback(len(audios), decode, options, reseed)
+        words = self._words(encoded, features, raws, audios, options) if options.word_timestamps else [()] * len(raws)
         return [
-            _finish(raw, self.tokenizer.timestamp_begin, self.tokenizer.decode, len(audio) / SAMPLE_RATE, options)
-            for raw, audio in zip(raws, audios)
+            _finish(raw, self.tokenizer.timestamp_begin, self.tokenizer.decode, len(audio) / SAMPLE_RATE, options, timed)
+            for raw, audio, timed in zip(raws, audios, words)
         ]
+
+    def _subset(self, encoded, features: np.ndarray, indices: list[int]):
+        """The encoder output of some windows of a batch: sliced on CPU; CTranslate2 cannot slice device storage, so
+        on a GPU those windows are encoded again."""
+        import ctranslate2
+
+        if len(indices) == len(features):
+            return encoded
+        if encoded.device == "cpu":
+            return ctranslate2.StorageView.from_array(np.asarray(encoded)[indices])
+        return self.model.encode(features[indices])
+
+    def _words(self, encoded, features: np.ndarray, raws: list[_Raw], audios: Sequence[np.ndarray], options: DecodingOptions) -> list[tuple[Word, ...]]:
+        """Word timings of each decoded text from CTranslate2's alignment (``Whisper.align``, through faster-whisper's
+        ``find_alignment``) over the encoder output already computed, one call per language in the batch."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        out: list[tuple[Word, ...]] = [()] * len(raws)
+        eot = self.tokenizer.eot
+        todo = [i for i, raw in enumerate(raws) if not _is_silence(raw, options) and any(t < eot for t in raw.tokens)]
+        for language in sorted({raws[i].language for i in todo}):
+            batch = [i for i in todo if raws[i].language == language]
+            tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task=options.task, language=language)
+            found = self.model.find_alignment(
+                tokenizer, [[t for t in raws[i].tokens if t < eot] for i in batch], self._subset(encoded, features, batch),
+                [min(len(audios[i]), N_SAMPLES) // 160 for i in batch],
+            )
+            for i, timings in zip(batch, found):
+                out[i] = word_timings(timings)
+        return out
 
 
 def cpu_threads(threads: int = 0) -> int:
