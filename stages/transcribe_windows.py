@@ -58,6 +58,10 @@ class WhisperOptions:
     # Language-aware rescoring: decode each window under its top k languages and keep the hypothesis with the
     # highest log p(language | audio) + avg_logprob (length-normalised log p(text | audio, language)). 1: off.
     rescore_languages: int = 1
+    # A detected window whose second language has at least this probability may hold two (a switch inside it): it
+    # is cut at the pause between its segments nearest its middle and each part decoded in its own language; the
+    # parts are kept when their languages differ. 1: off.
+    mixed_window_second_prob: float = 0.2
     # A decode that stops before its window ends is decoded again from where its text is complete, batched with the
     # other windows that need it: after Whisper's continuation signal when at least resume_after_signal_s of the
     # window is left, else when at least resume_after_last_timestamp_s is (the window ends at speech: VAD cut it).
@@ -76,8 +80,8 @@ class WhisperOptions:
             raise ValueError(f"timings must be one of {', '.join(TIMINGS)}, not {self.timings!r}")
         if self.batch_windows < 1 or self.batch_files < 1 or self.rescore_languages < 1 or self.max_resumes < 0:
             raise ValueError("batch_windows, batch_files and rescore_languages must be at least 1, max_resumes at least 0")
-        if not 0.0 <= self.min_window_language_prob <= 1.0:
-            raise ValueError("min_window_language_prob must be between 0 and 1")
+        if not 0.0 <= self.min_window_language_prob <= 1.0 or not 0.0 <= self.mixed_window_second_prob <= 1.0:
+            raise ValueError("min_window_language_prob and mixed_window_second_prob must be between 0 and 1")
         if self.resume_after_signal_s < 0 or self.resume_after_last_timestamp_s < 0:
             raise ValueError("resume_after_signal_s and resume_after_last_timestamp_s must not be negative")
 
@@ -160,8 +164,9 @@ def resume_point(result: WindowTranscript, duration_s: float, options: WhisperOp
     """Seconds into the window from which it must be decoded again, or None when its text covers it.
 
     Whisper writes a timestamp pair at the end when the speech goes on past what it wrote; openai-whisper's loop
-    then seeks there, while a VAD window has no next 30 s, so that speech would be lost. A decode that ends with a
-    single timestamp well before the window's end has stopped early too: VAD cut the window where speech ends."""
+    then seeks there, while a VAD window has no next 30 s, so that speech would be lost. A decode whose text ends
+    (its last timestamp, or its last aligned word) well before the window's end has stopped early too: VAD cut the
+    window where speech ends."""
     if not options.resume or result.complete_until is None or result.is_silence:
         return None
     left = duration_s - result.complete_until
@@ -169,18 +174,34 @@ def resume_point(result: WindowTranscript, duration_s: float, options: WhisperOp
     return result.complete_until if left >= needed and result.complete_until > 0 else None
 
 
+def split_point(result: WindowTranscript, options: WhisperOptions) -> float | None:
+    """Where to cut a window that seems to hold two languages (its second language at least
+    ``mixed_window_second_prob``): the middle of the pause between segments nearest the window's middle; None for a
+    window of one language or of one segment."""
+    probs = result.language_probs
+    if not probs or options.mixed_window_second_prob >= 1.0 or len(result.segments) < 2:
+        return None
+    second = sorted(probs.values(), reverse=True)[1] if len(probs) > 1 else 0.0
+    if second < options.mixed_window_second_prob:
+        return None
+    middle = (result.segments[0].start + result.segments[-1].end) / 2
+    gaps = [((a.end + b.start) / 2, a, b) for a, b in zip(result.segments, result.segments[1:])]
+    at, before, after = min(gaps, key=lambda gap: abs(gap[0] - middle))
+    return at if before.end - result.segments[0].start >= 1.0 and result.segments[-1].end - after.start >= 1.0 else None
+
+
 Item = tuple[int, int]  # (file, window)
 
 
-def _decode(engine: Engine, jobs: list[tuple[Item, np.ndarray, str | None]], decoding: DecodingOptions, batch: int,
-            failed: dict[int, str]) -> dict[Item, WindowTranscript]:
-    """Decode (item, audio, language) jobs in batches of ``batch`` windows sharing a language (None: each window's
+def _decode(engine: Engine, jobs: list[tuple[tuple[int, ...], np.ndarray, str | None]], decoding: DecodingOptions, batch: int,
+            failed: dict[int, str]) -> dict[tuple[int, ...], WindowTranscript]:
+    """Decode (key, audio, language) jobs (a key starts with the file and the window) in batches of ``batch`` windows sharing a language (None: each window's
     own, detected in the same encoder pass); a window the model fails on marks its file failed, sparing the rest."""
-    by_language: dict[str | None, list[tuple[Item, np.ndarray]]] = {}
+    by_language: dict[str | None, list[tuple[tuple[int, ...], np.ndarray]]] = {}
     for item, audio, language in jobs:
         if item[0] not in failed:
             by_language.setdefault(language, []).append((item, audio))
-    results: dict[Item, WindowTranscript] = {}
+    results: dict[tuple[int, ...], WindowTranscript] = {}
     for language in sorted(by_language, key=lambda x: x or ""):
         items, options = by_language[language], replace(decoding, language=language)
         for start in range(0, len(items), batch):
@@ -189,11 +210,11 @@ def _decode(engine: Engine, jobs: list[tuple[Item, np.ndarray, str | None]], dec
                 decoded: list[WindowTranscript | None] = list(engine.transcribe([a for _, a in chunk], options))
             except (RuntimeError, ValueError):  # e.g. a model producing NaN on one window: find it, spare the rest
                 decoded = []
-                for (r, k), audio in chunk:
+                for key, audio in chunk:
                     try:
                         decoded += engine.transcribe([audio], options)
                     except (RuntimeError, ValueError) as exc:
-                        failed.setdefault(r, f"window {k}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                        failed.setdefault(key[0], f"window {key[1]}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                         decoded.append(None)
             for (item, _), result in zip(chunk, decoded):
                 if result is not None:
@@ -269,8 +290,21 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
             else:
                 results[item] = candidates[0]
 
-    # 3. windows whose decode stopped early: the rest decoded from where their text is complete, in their language
     parts: dict[Item, list[tuple[float, WindowTranscript]]] = {item: [(0.0, result)] for item, result in results.items()}
+
+    # 3. windows that hold two languages (a file switching language inside one window): cut at the pause between
+    #    segments nearest the middle, each part decoded in its own language; kept when the parts' languages differ
+    mixed = {item: at for item in detected if (at := split_point(results[item], whisper)) is not None}
+    if mixed:
+        halves = [((*item, 0), audio[item[0]][item[1]][: round(at * SAMPLE_RATE)]) for item, at in mixed.items()]
+        halves += [((*item, 1), audio[item[0]][item[1]][round(at * SAMPLE_RATE) :]) for item, at in mixed.items()]
+        decoded = _decode(engine, [(key, a, None) for key, a in halves], decoding, whisper.batch_windows, failed)
+        for item, at in mixed.items():
+            first, second = decoded.get((*item, 0)), decoded.get((*item, 1))
+            if first is not None and second is not None and first.language != second.language:
+                parts[item] = [(0.0, first), (at, second)]
+
+    # 4. windows whose decode stopped early: the rest decoded from where their text is complete, in their language
     open_items = list(results)
     for _ in range(whisper.max_resumes):
         tails = []
@@ -279,17 +313,19 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
             window = audio[item[0]][item[1]]
             at = resume_point(last, len(window) / SAMPLE_RATE - offset, whisper)
             if at is not None:
-                tails.append((item, window[round((offset + at) * SAMPLE_RATE) :], last.language, offset + at))
+                # the rest is decoded in the file's language when one is forced, else in its own (it may differ)
+                tails.append((item, window[round((offset + at) * SAMPLE_RATE) :], forced[item[0]], offset + at))
         if not tails:
             break
         resumed = _decode(engine, [(item, a, language) for item, a, language, _ in tails], decoding, whisper.batch_windows, failed)
         open_items = []
         for item, _, _, offset in tails:
             if item in resumed:
-                parts[item].append((offset, _with_language_prob(resumed[item], parts[item][0][1].language_probs)))
+                tail = resumed[item]  # detected on its own (no forced language), or scored by the window's detection
+                parts[item].append((offset, tail if tail.language_probs else _with_language_prob(tail, parts[item][0][1].language_probs)))
                 open_items.append(item)
 
-    # 4. each file's segments back in order
+    # 5. each file's segments back in order
     out = []
     for r, row in enumerate(rows):
         if r in failed:
@@ -300,8 +336,9 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
         speech_by_language: dict[str, int] = {}
         for k, window in enumerate(windows):
             segments.extend(_segments(window, parts[(r, k)], options.hallucination))
-            language = parts[(r, k)][0][1].language
-            speech_by_language[language] = speech_by_language.get(language, 0) + window["end_ms"] - window["start_ms"]
+            bounds = [round(offset * 1000) for offset, _ in parts[(r, k)]] + [window["end_ms"] - window["start_ms"]]
+            for (_, part), start, end in zip(parts[(r, k)], bounds, bounds[1:]):
+                speech_by_language[part.language] = speech_by_language.get(part.language, 0) + max(end - start, 0)
         segments.sort(key=lambda s: (s["start_ms"], s["channel"] or 0, s["window_index"]))
         languages = sorted(speech_by_language, key=lambda lang: (-speech_by_language[lang], lang))
         if forced[r] is not None:

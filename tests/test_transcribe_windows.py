@@ -121,6 +121,9 @@ def test_each_window_carries_its_own_language(tmp_path, engine):
         assert 0 < segment["language_prob"] <= 1
     first, last = by_window[min(by_window)], by_window[max(by_window)]
     assert first == {"en"} and last == {"de"}, by_window
+    # the window where the speaker switches (JFK ends at 37 s, German starts at 39 s) carries both languages
+    assert all(s["language"] == "de" for s in out["segments"] if s["start_ms"] >= 39_500), out["segments"]
+    assert all(s["language"] == "en" for s in out["segments"] if s["end_ms"] <= 36_500), out["segments"]
     assert out["languages"][:2] in (["en", "de"], ["de", "en"]) and out["language"] in ("en", "de")
     english = " ".join(s["text"] for s in out["segments"] if s["window_index"] == min(by_window)).lower()
     assert "ask not what your country can do for you" in english

@@ -76,7 +76,8 @@ class WindowTranscript:
     tokens: tuple[int, ...] = field(default=(), repr=False)
     language_prob: float | None = None  # when the language was detected on this window
     language_probs: dict[str, float] | None = field(default=None, repr=False)  # every language's, when detected
-    # Where the text is known complete (seconds: the end of the last closed segment; None without timestamps), and
+    # Where the text is known complete (seconds: the end of the last closed segment, or of the last aligned word;
+    # None without timestamps or words), and
     # whether Whisper signalled that the speech goes on past it (a timestamp pair ends the window: the sequential
     # loops continue from there, see ``resume_point``).
     complete_until: float | None = None
@@ -298,6 +299,7 @@ def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], 
     complete_until, continues = (None, False) if silent or options.without_timestamps else completion(raw.tokens, timestamp_begin)
     if options.word_timestamps and not silent and raw.text:
         segments = tuple(segments_from_words(words, duration)) or (Segment(0.0, duration, raw.text.strip()),)
+        complete_until = min(words[-1].end, duration) if words else None  # where the aligned text ends
         return WindowTranscript(
             text=raw.text, segments=segments, language=raw.language, avg_logprob=float(raw.avg_logprob),
             compression_ratio=float(raw.compression_ratio), no_speech_prob=float(raw.no_speech_prob),
