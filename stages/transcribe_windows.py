@@ -3,13 +3,19 @@ forward pass, Whisper's safeguards per window, a hallucination guard per segment
 
 Language: the one given, else the one the source declares, else each window's own, from the encoder pass that
 decodes it (a file may switch language); a window unsure of any language (top probability under
-``min_window_language_prob``) is decoded again in its file's language. With ``rescore_languages`` = k > 1, each
-window is decoded under its top k languages and the hypothesis with the highest log p(language | audio) +
-avg_logprob is kept (language-aware rescoring). Windows share forward passes across files, grouped by language.
+``min_window_language_prob``) is decoded again in its file's language, and one whose second language is strong
+(``mixed_window_second_prob``) is tried in two parts cut at its middle pause, kept when the parts' languages
+differ. With ``rescore_languages`` = k > 1, each window is decoded under its top k languages and the hypothesis
+with the highest log p(language | audio) + avg_logprob is kept (language-aware rescoring). Windows share forward
+passes across files, grouped by language.
 
-No lost text: when a decode ends before its window does (Whisper's continuation signal, or a last timestamp well
-before the window's end), the rest of the window is decoded again from that point, batched with the others that
-need it (``resume_point``), as the sequential loops continue from their last timestamp.
+Segment times (``timings``): by default the text is decoded without timestamp tokens and segments are cut from
+word timings aligned on the same encoder output; or from Whisper's timestamp tokens; or one segment per window.
+
+No lost text: when a decode ends before its window does (Whisper's continuation signal, or its text's last
+timestamp or aligned word well before the window's end), the rest of the window is decoded again from that point,
+batched with the others that need it (``resume_point``), as the sequential loops continue from their last
+timestamp.
 
 Scores (avg_logprob, compression_ratio, no_speech_prob, temperature, language, language_prob) are per decode and
 stored on each of its segments.

@@ -194,3 +194,14 @@ def test_transcribe_job_splits_channels_and_lists_a_files_languages(tmp_path, lo
     assert all(r["channel"] is None for r in rows if r["source"].endswith("en_then_de.flac"))  # mono: no channels
     doc = json.loads((out / "files" / "audio" / "en_then_de.json").read_text())
     assert sorted(doc["languages"]) == ["de", "en"] and {s["language"] for s in doc["segments"]} == {"en", "de"}
+
+
+def test_timings_are_chosen_in_one_place(tmp_path):
+    from jobs.transcribe import run
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ValueError, match="timings"):
+        WhisperOptions(timings="words")
+    with pytest.raises(ConfigError, match="whisper.timings"):  # before any work starts
+        run(["--inputs", str(JFK), "--out", str(tmp_path / "out"), "--set", "decoding.without_timestamps=true"])
+    assert not (tmp_path / "out").exists()
