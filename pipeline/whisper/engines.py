@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -297,16 +297,13 @@ def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], 
             words: Sequence[Word] = ()) -> WindowTranscript:
     silent = _is_silence(raw, options)
     complete_until, continues = (None, False) if silent or options.without_timestamps else completion(raw.tokens, timestamp_begin)
-    if options.word_timestamps and not silent and raw.text:
+    if silent:
+        segments: tuple[Segment, ...] = ()
+    elif options.word_timestamps and raw.text:
         segments = tuple(segments_from_words(words, duration)) or (Segment(0.0, duration, raw.text.strip()),)
         complete_until = min(words[-1].end, duration) if words else None  # where the aligned text ends
-        return WindowTranscript(
-            text=raw.text, segments=segments, language=raw.language, avg_logprob=float(raw.avg_logprob),
-            compression_ratio=float(raw.compression_ratio), no_speech_prob=float(raw.no_speech_prob),
-            temperature=float(raw.temperature), tokens=tuple(raw.tokens), language_prob=raw.language_prob,
-            language_probs=raw.language_probs, complete_until=complete_until, continues=continues, words=tuple(words),
-        )
-    segments = () if silent else tuple(segments_from_tokens(raw.tokens, timestamp_begin, decode_text, duration))
+    else:
+        segments = tuple(segments_from_tokens(raw.tokens, timestamp_begin, decode_text, duration))
     return WindowTranscript(
         text="" if silent else raw.text,
         segments=segments,
@@ -320,6 +317,7 @@ def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], 
         language_probs=raw.language_probs,
         complete_until=complete_until,
         continues=continues,
+        words=tuple(words),
     )
 
 
@@ -417,6 +415,8 @@ class OpenAIWhisperEngine:
 
         if not audios:
             return []
+        if options.language is None and not self.model.is_multilingual:  # an English-only model: nothing to detect
+            options = replace(options, language="en")
         with torch.no_grad():  # encoded once: whisper.decode takes encoder output as well as mel, retries reuse it
             features = self.model.embed_audio(self._mel(audios))
             detected = [dict(p) for p in self.model.detect_language(features, self._tokenizer())[1]] if options.language is None else None
@@ -564,6 +564,8 @@ class FasterWhisperEngine:
             return []
         features = self._features(audios)
         encoded = self.model.encode(features)  # reused for language ID and the first pass; retries re-encode their subset
+        if options.language is None and not self.model.model.is_multilingual:  # an English-only model
+            options = replace(options, language="en")
         if options.language is None:
             detected = self._language_probs(encoded)
             languages = [max(p, key=p.get) for p in detected]
