@@ -271,7 +271,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
     for track, own in track_probs.items():
         combined = average_probabilities(own)
         track_language[track] = max(sorted(combined), key=combined.get)
-    file_language = {r for r, _ in track_probs}
+    files_detected = {r for r, _ in track_probs}  # files whose windows detected their own language
     detected = [item for item in results if forced[item[0]] is None and results[item].language_probs]
     again: list[tuple[Item, np.ndarray, str | None]] = []
     if whisper.rescore_languages > 1:
@@ -310,7 +310,8 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
             if first is not None and second is not None and first.language != second.language:
                 parts[item] = [(0.0, first), (at, second)]
 
-    # 4. windows whose decode stopped early: the rest decoded from where their text is complete, in their language
+    # 4. windows whose decode stopped early: the rest decoded from where their text is complete, in the file's forced
+    #    language, else in its own
     open_items = list(results)
     for _ in range(whisper.max_resumes):
         tails = []
@@ -349,7 +350,7 @@ def transcribe_windows(batch: pa.Table, options: TranscribeStageOptions, engine:
         languages = sorted(speech_by_language, key=lambda lang: (-speech_by_language[lang], lang))
         if forced[r] is not None:
             language, prob = forced[r], None
-        elif r in file_language:
+        elif r in files_detected:
             language, prob = languages[0], average_probabilities(
                 [parts[(r, k)][0][1].language_probs or {} for k in range(len(windows))]).get(languages[0])
         else:
