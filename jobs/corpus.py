@@ -26,7 +26,7 @@ from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, summarize
 from pipeline.whisper.engines import ENGINES
 from pipeline.sinks import accounting
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
-from pipeline.whisper.models import resolve_model
+from pipeline.whisper.models import prepare_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.io.sources import DISCOVERED_SCHEMA, SourceOptions, SourceSplit, duplicate_reject, plan_splits, read_split, split_rows
 from pipeline.stage import Stage, active_rows, rejected_rows
@@ -78,13 +78,13 @@ def text_stages(config: dict[str, Any], verdicts: PseudoLabelVerdicts | None = N
     return stages
 
 
-def audio_stages(config: dict[str, Any]) -> list[Stage]:
+def audio_stages(config: dict[str, Any], model_memory_gb: float | None = None) -> list[Stage]:
     stages = [Stage("decode_audio", decode_audio, config["decode"])]
     if config["speaking_rate"].enabled:
         stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"]))
     stages.append(Stage("segment_into_windows", segment_into_windows, config["segment"]))
     if config["language"].enabled:
-        stages.append(Stage("score_windows", score_windows, config["language"], setup=load_scoring_model))
+        stages.append(Stage("score_windows", score_windows, config["language"], setup=load_scoring_model, memory_gb=model_memory_gb))
         stages.append(Stage("judge_windows", judge_windows, config["language"]))
     return stages
 
@@ -107,13 +107,12 @@ def load_pseudo_label_verdicts(options: PseudoLabelOptions) -> PseudoLabelVerdic
     return PseudoLabelVerdicts(figures, options.max_wer, options.max_cer)
 
 
-def check_engine(options: LanguageOptions) -> None:
-    """Fail before any work when the language-ID model is missing or does not fit the engine."""
-    ref = resolve_model(options.model)
-    if options.engine == "faster-whisper" and ref.ct2_dir is None:
-        raise ConfigError(f"language.engine = faster-whisper needs a CTranslate2 folder; {options.model!r} has none")
+def check_engine(options: LanguageOptions) -> float:
+    """Fail before any work when the language-ID model is missing (converting it once if the engine reads the
+    other format); the memory its actors reserve."""
     if options.engine not in ENGINES:
         raise ConfigError(f"language.engine must be one of {', '.join(ENGINES)}")
+    return prepare_model(options.model, options.engine).memory_gb(options.engine)
 
 
 def is_url_source(spelled: str) -> bool:
@@ -187,8 +186,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     out = OutputDir(args.out, CORPUS_TABLES, output_fingerprint(config, source_paths, [config["dedup"].exclude_texts, *verdicts_files(config)]))
     started = time.monotonic()
 
-    if config["language"].enabled:
-        check_engine(config["language"])
+    model_memory_gb = check_engine(config["language"]) if config["language"].enabled else None
     splits = plan_splits(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]), config["sources"])
     out.prepare({"job": "corpus", "sources": source_paths, "config": plain}, args.overwrite)
     committed = out.committed_refs()
@@ -210,7 +208,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         dataset = plan.apply(dataset, [Stage("remove_duplicates", mark_duplicates, decisions), Stage("find_audio", find_audio, config["decode"])])
         dataset = plan.materialize(dataset)
         del text
-        audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config))
+        audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config, model_memory_gb))
         dataset = plan.union(plan.map(dataset, rejected_rows), audio)
         for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options)):
             pass

@@ -92,16 +92,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def model_dims(spec: str) -> dict[str, int]:
-    from pipeline.whisper.models import load_openai_whisper, resolve_model
+    from pipeline.whisper.models import prepare_model, tiny_random_whisper
 
-    ref = resolve_model(spec)
+    ref = prepare_model(spec, "openai-whisper")  # on the driver: the workers load the converted file
     if ref.checkpoint is not None:
         import torch
 
-        return dict(torch.load(ref.checkpoint, map_location="cpu", weights_only=True)["dims"])
+        return dict(torch.load(ref.checkpoint, map_location="cpu", weights_only=True, mmap=True)["dims"])
     import dataclasses
 
-    return dataclasses.asdict(load_openai_whisper(ref).dims)
+    return dataclasses.asdict(tiny_random_whisper(shape=ref.spec).dims)
 
 
 def prepare_output(out: Path, run_doc: dict[str, Any], resume: bool, overwrite: bool) -> None:

@@ -20,7 +20,7 @@ from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.whisper.engines import ENGINES, DecodingOptions
 from pipeline.sinks import accounting
 from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
-from pipeline.whisper.models import resolve_model
+from pipeline.whisper.models import prepare_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
 from pipeline.io.sources import Discovery, SourceOptions, discover_audio, discover_sources
@@ -54,7 +54,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def build_stages(config: dict[str, Any], compare: bool) -> list[Stage]:
+def build_stages(config: dict[str, Any], compare: bool, model_memory_gb: float | None = None) -> list[Stage]:
     stages = [Stage("load_transcript", load_transcript, config["transcript"])] if compare else []
     stages += [
         Stage("decode_audio", decode_audio, config["decode"]),
@@ -65,6 +65,7 @@ def build_stages(config: dict[str, Any], compare: bool) -> list[Stage]:
             TranscribeStageOptions(config["whisper"], config["decoding"], config["hallucination"]),
             setup=load_transcriber,
             batch_size=config["whisper"].batch_files,
+            memory_gb=model_memory_gb,
         ),
     ]
     if compare:
@@ -126,9 +127,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                           "(aligned, the default; tokens; none): set that instead")
     if whisper.engine not in ENGINES:
         raise ConfigError(f"whisper.engine must be one of {', '.join(ENGINES)}")
-    ref = resolve_model(whisper.model)
-    if whisper.engine == "faster-whisper" and ref.ct2_dir is None:
-        raise ConfigError(f"the faster-whisper engine needs a CTranslate2 folder; {whisper.model!r} has none (use --engine openai-whisper)")
+    ref = prepare_model(whisper.model, whisper.engine)  # before Ray: a missing model fails now, a conversion happens once
     inputs = [f"inputs:{p}" for p in args.inputs] + [f"compare:{p}" for p in args.compare_with] + [f"formats:{','.join(formats)}"]
     out = OutputDir(args.out, TRANSCRIBE_TABLES, output_fingerprint(config, inputs), file_dir=FILES_DIR)
     started = time.monotonic()
@@ -139,7 +138,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("%d files found (%d rejected at discovery), %d already done, %d to transcribe", len(expected), len(found.rejects), len(done & expected), len(todo))
     if todo:
         plan = Plan(config["ray"])
-        dataset = plan.apply(plan.source(table_from_rows(todo)), build_stages(config, bool(args.compare_with)))
+        fewest, most = plan.model_pool_size()
+        log.info("Whisper %s (%s) in %s model actor%s, %.1f GiB reserved each", whisper.model, whisper.engine,
+                 fewest if fewest == most else f"{fewest}-{most}", "" if most == 1 else "s", ref.memory_gb(whisper.engine))
+        dataset = plan.apply(plan.source(table_from_rows(todo)), build_stages(config, bool(args.compare_with), ref.memory_gb(whisper.engine)))
         output_options = config["output"]
         files_done, audio_ms = 0, 0
         for marker in plan.commit(dataset, lambda batch: commit_transcribe_batch(batch, out, output_options, formats)):

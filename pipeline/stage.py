@@ -38,6 +38,7 @@ class Stage:
     num_gpus: float = 0.0
     concurrency: int | None = None  # model stages: number of actors; task stages: most tasks at once (None: Ray decides)
     batch_size: int | None = None  # rows per call; None: a whole block
+    memory_gb: float | None = None  # model stages: host memory an actor reserves (None: the runner's default)
 
     @property
     def is_model_stage(self) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import pyarrow as pa
 
-from pipeline.io.media import decode_flac
+from pipeline.io.media import decoded_ahead
 from pipeline.schema import table_from_rows
 from pipeline.text import script_of, script_runs
 from pipeline.whisper.engines import Engine, WindowScore, load_engine
@@ -97,10 +97,10 @@ def score_windows(batch: pa.Table, options: LanguageOptions, engine: Engine) -> 
         for (r, _), (code, prob) in zip(jobs, detected)
     ]
     scores: list[WindowScore] = []
-    for start in range(0, len(jobs), options.batch_windows):
-        chunk = jobs[start : start + options.batch_windows]
-        audios = [decode_flac(rows[r]["windows"][i]["flac"]) for r, i in chunk]
-        scores.extend(engine.score(audios, texts[start : start + len(chunk)], text_languages[start : start + len(chunk)]))
+    starts = range(0, len(jobs), options.batch_windows)
+    flacs = [[rows[r]["windows"][i]["flac"] for r, i in jobs[start : start + options.batch_windows]] for start in starts]
+    for start, audios in zip(starts, decoded_ahead(flacs)):
+        scores.extend(engine.score(audios, texts[start : start + len(audios)], text_languages[start : start + len(audios)]))
 
     per_source: dict[int, list[dict[str, float]]] = {}
     for (r, i), text, (code, prob), language, score in zip(jobs, texts, detected, text_languages, scores):

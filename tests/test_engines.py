@@ -98,11 +98,6 @@ def test_tiny_random_model_scores_windows_from_one_encoder_pass():
     assert scores[2].mean_logprob is None and scores[2].unlikely_share is None
 
 
-def test_faster_whisper_needs_a_ctranslate2_folder():
-    with pytest.raises(ValueError, match="CTranslate2"):
-        load_engine("faster-whisper", "tiny-random")
-
-
 # ---- real Whisper base -------------------------------------------------------------------------------------------
 
 

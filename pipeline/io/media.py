@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import ffmpeg
 import numpy as np
@@ -178,3 +179,19 @@ def decode_flac(data: bytes) -> np.ndarray:
     if rate != SAMPLE_RATE:
         raise ValueError(f"expected {SAMPLE_RATE} Hz, got {rate}")
     return pcm
+
+
+def decoded_ahead(chunks: list[list[bytes]]) -> Iterator[list[np.ndarray]]:
+    """Each chunk of FLAC windows decoded, the next one in a background thread while the caller runs the model on
+    this one (libsndfile releases the GIL): decoding stays off the model's critical path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flac") as pool:
+        pending = pool.submit(lambda c: [decode_flac(d) for d in c], chunks[0])
+        for following in chunks[1:] + [None]:
+            ready = pending.result()
+            if following is not None:
+                pending = pool.submit(lambda c: [decode_flac(d) for d in c], following)
+            yield ready

@@ -35,16 +35,21 @@ class RayOptions:
     num_cpus: int | None = None  # local Ray only: CPUs to use (default: all)
     sources_per_block: int = 16  # sources per task and per committed shard where audio is decoded
     keys_per_block: int = 2_000_000  # rows (16 bytes each) per partition of the corpus job's global dedup step
-    model_actors: int = 1  # actors per model stage (on GPUs: one per GPU you want busy)
-    model_gpus: float | None = None  # GPUs per model actor; default 1 when the cluster has GPUs, else 0
-    model_memory_gb: float = 2.0  # memory reserved per model actor (Whisper base needs about 1 GB on CPU)
+    # Actors per model stage. None: one on a CPU-only cluster; on GPUs an autoscaling pool from one actor up to
+    # one per GPU (per model_gpus of a GPU), so a job uses every GPU the cluster has. A number: a fixed pool.
+    model_actors: int | None = None
+    model_actors_max: int | None = None  # GPU pools: the most actors (None: the GPUs counted at start / model_gpus)
+    model_gpus: float | None = None  # GPUs per model actor (0.5: two small models share one); default 1 on GPUs, else 0
+    model_memory_gb: float | None = None  # memory reserved per model actor; None: from the model's size (models.py)
     progress: bool = True  # Ray Data progress bars
     preserve_order: bool = False  # rows in read order (deterministic, slower to stream): what training needs
     dashboard: bool = False  # local Ray only: start the dashboard (Ray Train's state monitoring needs it)
 
     def __post_init__(self) -> None:
-        if min(self.sources_per_block, self.keys_per_block, self.model_actors) <= 0 or self.model_memory_gb <= 0:
-            raise ValueError("sources_per_block, keys_per_block, model_actors and model_memory_gb must be positive")
+        if min(self.sources_per_block, self.keys_per_block, self.model_actors or 1, self.model_actors_max or 1) <= 0 or (self.model_memory_gb or 1) <= 0:
+            raise ValueError("sources_per_block, keys_per_block, model_actors, model_actors_max and model_memory_gb must be positive")
+        if self.model_gpus is not None and not 0 <= self.model_gpus:
+            raise ValueError("model_gpus must be 0 or more (a fraction shares a GPU between actors)")
 
 
 def init_ray(options: RayOptions) -> None:
@@ -170,7 +175,24 @@ class Plan:
         timed("phase", "ray_init", 0, init_ray, options)
         import ray
 
-        self._has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self._gpus = ray.cluster_resources().get("GPU", 0)
+
+    def _model_pool(self, stage: Stage, gpus: float):
+        """A fixed pool where the size is given (or on CPUs: one actor), else an autoscaling one from one actor up to
+        as many as the GPUs hold. Two tasks in flight per actor: the next batch's inputs arrive while one decodes."""
+        import ray.data
+
+        fixed = stage.concurrency or self.options.model_actors
+        if fixed or gpus <= 0:
+            return ray.data.ActorPoolStrategy(size=fixed or 1)
+        most = self.options.model_actors_max or max(1, int(self._gpus / gpus + 1e-9))
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=most, max_tasks_in_flight_per_actor=2)
+
+    def model_pool_size(self, gpus_per_actor: float | None = None) -> tuple[int, int]:
+        """(fewest, most) actors a model stage gets: what jobs log at start."""
+        gpus = gpus_per_actor if gpus_per_actor is not None else (self.options.model_gpus if self.options.model_gpus is not None else float(self._gpus > 0))
+        pool = self._model_pool(Stage("model", lambda b: b, None, setup=lambda o: None), gpus)
+        return pool.min_size, pool.max_size
 
     def source(self, table: pa.Table):
         import ray.data
@@ -196,19 +218,19 @@ class Plan:
 
         for stage in stages:
             if stage.is_model_stage:
-                gpus = stage.num_gpus if stage.num_gpus else (self.options.model_gpus if self.options.model_gpus is not None else float(self._has_gpus))
+                gpus = stage.num_gpus if stage.num_gpus else (self.options.model_gpus if self.options.model_gpus is not None else float(self._gpus > 0))
                 dataset = dataset.map_batches(
                     _ModelStageActor,
                     fn_constructor_args=(stage,),
                     batch_format="pyarrow",
                     batch_size=stage.batch_size,
-                    compute=ray.data.ActorPoolStrategy(size=stage.concurrency or self.options.model_actors),
+                    compute=self._model_pool(stage, gpus),
                     num_cpus=stage.num_cpus,
                     num_gpus=gpus,
                     # Declared memory keeps model actors off nodes that cannot hold the model; as a resource the
                     # CPU stages don't share, it also keeps Ray from fusing them into the actor, so decoding
                     # scales with CPUs, not with the number of model actors.
-                    memory=self.options.model_memory_gb * 2**30,
+                    memory=(self.options.model_memory_gb or stage.memory_gb or 2.0) * 2**30,
                 )
             else:
                 # A task stage's concurrency bounds how many of its tasks run at once (e.g. downloads).

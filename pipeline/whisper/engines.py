@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.audio import N_SAMPLES, SAMPLE_RATE, TIMESTAMP_RESOLUTION_MS
 from pipeline.text import compression_ratio
-from pipeline.whisper.models import ModelRef, load_openai_whisper, resolve_model
+from pipeline.whisper.models import ModelRef, load_openai_whisper, prepare_model
 
 ENGINES = ("openai-whisper", "faster-whisper")
 
@@ -170,22 +170,24 @@ def _is_silence(raw: _Raw, options: DecodingOptions) -> bool:
     )
 
 
-def sampling_seed(audio: np.ndarray, temperature: float) -> int:
-    """A seed from the window's own samples: a retried window samples the same way in any batch, on any run."""
-    return (zlib.crc32(np.ascontiguousarray(audio).tobytes()) + round(temperature * 1000)) % 2**31
+def sampling_seed(audios: Sequence[np.ndarray], temperature: float) -> int:
+    """A seed from the retried windows' own samples: a batch of retries samples the same way on every run (the
+    windows that fail together on one run fail together on the next)."""
+    digest = 0
+    for audio in audios:
+        digest = zlib.crc32(np.ascontiguousarray(audio).tobytes(), digest)
+    return (digest + round(temperature * 1000)) % 2**31
 
 
 def decode_with_fallback(
     n: int,
     decode: Callable[[list[int], float], list[_Raw]],
     options: DecodingOptions,
-    reseed: Callable[[int, float], None] | None = None,
+    reseed: Callable[[list[int], float], None] | None = None,
 ) -> list[_Raw]:
-    """Whisper's temperature fallback, per item: only windows that failed are decoded again, hotter.
-
-    With ``reseed``, sampled attempts (temperature > 0) run one window at a time after ``reseed(index, t)``, so a
-    window samples the same way whatever batch it is in.
-    """
+    """Whisper's temperature fallback, per item: only windows that failed are decoded again, hotter, all of them in
+    one batched call per temperature (on a GPU a serial retry queue would leave it idle). With ``reseed``, the
+    sampler is seeded from the retried windows before each sampled call (``reseed(indices, t)``)."""
     final: list[_Raw | None] = [None] * n
     attempts: list[list[_Raw]] = [[] for _ in range(n)]
     pending = list(range(n))
@@ -193,12 +195,8 @@ def decode_with_fallback(
         if not pending:
             break
         if temperature > 0 and reseed is not None:
-            attempt = []
-            for index in pending:
-                reseed(index, temperature)
-                attempt += decode([index], temperature)
-        else:
-            attempt = decode(pending, temperature)
+            reseed(pending, temperature)
+        attempt = decode(pending, temperature)
         still = []
         for index, raw in zip(pending, attempt):
             attempts[index].append(raw)
@@ -341,11 +339,12 @@ class OpenAIWhisperEngine:
         import torch
         import whisper
 
+        # On the model's device: on a GPU the STFT is a few kernels, not CPU time between batches.
         mels = [
-            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(as_float_audio(a))), n_mels=self.model.dims.n_mels)
+            whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(as_float_audio(a)).to(self.device)), n_mels=self.model.dims.n_mels)
             for a in audios
         ]
-        batch = torch.stack(mels).to(self.device)
+        batch = torch.stack(mels)
         return batch.half() if self.fp16 else batch
 
     def _tokenizer(self, language: str | None = None, task: str = "transcribe"):
@@ -442,7 +441,7 @@ class OpenAIWhisperEngine:
                 for i, r in zip(indices, results)
             ]
 
-        reseed = lambda i, t: torch.manual_seed(sampling_seed(audios[i], t))  # noqa: E731
+        reseed = lambda indices, t: torch.manual_seed(sampling_seed([audios[i] for i in indices], t))  # noqa: E731
         raws = decode_with_fallback(len(audios), decode, options, reseed)
         tokenizer = self._tokenizer()
         words = self._words(features, raws, audios, options) if options.word_timestamps else [()] * len(raws)
@@ -495,11 +494,8 @@ class FasterWhisperEngine:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
-        if ref.ct2_dir is None:
-            raise ValueError(
-                f"the faster-whisper engine needs a CTranslate2 Whisper folder; {ref.spec!r} is an openai-whisper checkpoint "
-                "(use --engine openai-whisper, or convert it with ctranslate2's ct2-transformers-converter)"
-            )
+        if ref.ct2_dir is None:  # load_engine converts once on disk (prepare_model); a bare ref may not have it
+            ref = prepare_model(ref.spec, self.name)
         self.device = device or ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
         compute_type = compute_type or ("float16" if self.device == "cuda" else "int8")
         self.model = WhisperModel(str(ref.ct2_dir), device=self.device, compute_type=compute_type, cpu_threads=threads, local_files_only=True)
@@ -563,7 +559,7 @@ class FasterWhisperEngine:
         if not audios:
             return []
         features = self._features(audios)
-        encoded = self.model.encode(features)  # reused for language ID and the first pass; retries re-encode their subset
+        encoded = self.model.encode(features)  # reused for language ID, the first pass and (on CPU) the retries
         if options.language is None and not self.model.model.is_multilingual:  # an English-only model
             options = replace(options, language="en")
         if options.language is None:
@@ -577,7 +573,7 @@ class FasterWhisperEngine:
         suppress = get_suppressed_tokens(self.tokenizer, [-1])
 
         def decode(indices: list[int], temperature: float) -> list[_Raw]:
-            encoder_output = encoded if len(indices) == len(audios) else self.model.encode(features[indices])
+            encoder_output = self._subset(encoded, features, indices)
             if temperature > 0:
                 kwargs: dict[str, Any] = {"beam_size": 1, "num_hypotheses": options.best_of or 1, "sampling_topk": 0, "sampling_temperature": temperature}
             else:
@@ -602,7 +598,7 @@ class FasterWhisperEngine:
                                  language_prob=language_probs[i], language_probs=detected[i]))
             return raws
 
-        reseed = lambda i, t: ctranslate2.set_random_seed(sampling_seed(audios[i], t))  # noqa: E731
+        reseed = lambda indices, t: ctranslate2.set_random_seed(sampling_seed([audios[i] for i in indices], t))  # noqa: E731
         raws = decode_with_fallback(len(audios), decode, options, reseed)
         words = self._words(encoded, features, raws, audios, options) if options.word_timestamps else [()] * len(raws)
         return [
@@ -653,7 +649,9 @@ def load_engine(engine: str, model: str, device: str | None = None, threads: int
     """Resolve ``model`` (name or path, never downloaded) and load it in ``engine``: once per worker. ``compute_type``
     is CTranslate2's (int8, float32, float16, ...; default int8 on CPU, float16 on GPU); openai-whisper runs float32
     on CPU and float16 on GPU whatever it says."""
-    ref = resolve_model(model)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    ref = prepare_model(model, engine)  # found on disk, converted there once if this engine reads the other format
     if engine == "openai-whisper":
         return OpenAIWhisperEngine(ref, device, cpu_threads(threads))
     if engine == "faster-whisper":

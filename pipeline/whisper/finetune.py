@@ -181,7 +181,13 @@ class FineTuner:
     def save(self, folder: Path) -> None:
         import torch
 
-        torch.save({"dims": dataclasses.asdict(self.model.dims), "model_state_dict": self.model.state_dict()}, folder / MODEL_FILE)
+        from pipeline.whisper.ct2 import encode_alignment_heads
+
+        heads = self.model.alignment_heads.to_dense() if self.model.alignment_heads.is_sparse else self.model.alignment_heads
+        # The start model's alignment heads (word timings; not trained), which whisper.load_model would not know for
+        # a file: load_converted_model and the CTranslate2 export read them from here.
+        torch.save({"dims": dataclasses.asdict(self.model.dims), "model_state_dict": self.model.state_dict(),
+                    "alignment_heads": encode_alignment_heads(heads.nonzero().tolist(), *heads.shape)}, folder / MODEL_FILE)
         torch.save(
             {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "state": dataclasses.asdict(self.state),
              "torch_rng": torch.get_rng_state()},

@@ -1,0 +1,55 @@
+"""``wspsr export MODEL --to ctranslate2 --out DIR``: write an openai-whisper checkpoint (one ``wspsr train`` wrote,
+or any ``.pt``, or a model name) as a CTranslate2 Whisper folder that faster-whisper and ``wspsr transcribe``'s
+default engine serve. CTranslate2's own spec classes write it (``pipeline/whisper/export.py``); the folder carries
+the tokenizer, config and mel-bin count faster-whisper needs, so it loads offline. ``--quantization`` is how the
+weights are stored (default float16, as faster-whisper's published models; int8 is a quarter of float32's size)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pipeline.whisper.export import QUANTIZATIONS, export_ctranslate2
+from pipeline.whisper.models import ModelNotFound, load_openai_whisper, resolve_model
+
+log = logging.getLogger("wspsr")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wspsr export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL", help="a checkpoint folder of wspsr train (checkpoints/step-N), a .pt, a name, or tiny-random*")
+    parser.add_argument("--to", choices=["ctranslate2"], default="ctranslate2", help="the format to write (default ctranslate2)")
+    parser.add_argument("--out", required=True, type=Path, help="the folder to write (replaced if it exists and --overwrite is given)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="float16", help="how weights are stored (default float16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        print(f"wspsr export: error: {args.out} exists (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    try:
+        ref = resolve_model(args.model)
+        if ref.checkpoint is None and not ref.is_tiny_random:
+            raise ModelNotFound(f"{args.model!r} has no openai-whisper checkpoint to export (it is already a CTranslate2 folder: {ref.ct2_dir})")
+    except ModelNotFound as exc:
+        print(f"wspsr export: error: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    model = load_openai_whisper(ref)
+    export_ctranslate2(model, args.out, args.quantization)
+    dims = model.dims
+    print(f"wspsr export: {args.model} -> {args.out} (CTranslate2, {args.quantization}; {dims.n_audio_layer}+{dims.n_text_layer} layers, "
+          f"width {dims.n_audio_state}, {dims.n_mels} mel bins, vocabulary {dims.n_vocab}) in {time.monotonic() - started:.1f} s")
+    print(f"  serve it: wspsr transcribe --model {args.out} --inputs ...   (faster-whisper: WhisperModel({str(args.out)!r}))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
