@@ -8,7 +8,7 @@ CLUSTER ?= .ray-cluster
 CLUSTER_WORKERS ?= 1
 CLUSTER_CPUS ?= 1
 
-.PHONY: setup models corpus test test-fast bench cluster-up cluster-down clean
+.PHONY: setup models corpus test test-fast bench bench-gpu cluster-up cluster-down clean
 
 # The virtualenv is rebuilt only when pyproject.toml changes; a second `make test` reuses it.
 $(STAMP): pyproject.toml
@@ -39,6 +39,12 @@ test-fast: $(STAMP)
 HOURS ?= 0.2
 bench: models
 	$(PY) -m bench all --hours $(HOURS)
+
+# Where GPUs are: the transcribe job on 1 and N GPUs against faster-whisper batched (MODEL on disk; docs/benchmarks.md).
+# The Ray-free engine check for a bare GPU machine is tools/gpu-engine-check.
+MODEL ?= large-v3
+bench-gpu: $(STAMP)
+	$(PY) -m bench gpu-cluster --model $(MODEL)
 
 # A local Ray cluster on 127.0.0.1 with token auth: a head and CLUSTER_WORKERS worker nodes of CLUSTER_CPUS CPUs each
 # (default 1 + 1 nodes, 1 CPU each), for `ray job submit` (docs/cluster.md). Token, env file and logs: $(CLUSTER)/.

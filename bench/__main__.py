@@ -7,6 +7,8 @@
     python -m bench agreement [--model base]       # transcript agreement: matched vs mismatched pairs (bench/windows.py)
     python -m bench scoring [--windows 32]         # score_windows against the bare encoder, seconds per window
     python -m bench languages [--k 1 2 3]          # language per window and language-aware rescoring (bench/languages.py)
+    python -m bench gpu-cluster [--model large-v3]  # the full job on a GPU cluster vs faster-whisper batched (make bench-gpu)
+    python bench/gpu_engine.py [--shapes base large-v3]  # Ray-free engine check on a bare GPU machine (tools/gpu-engine-check)
 
 ``dedup``: MinHash signatures of generated transcripts, the naive per-document datasketch loop
 (``m = MinHash(...); for s in shingles: m.update(s)``) against ``stages.dedup.compute_signatures`` on the same
@@ -27,6 +29,7 @@ from typing import Any, Callable
 
 from bench.corpus import bench_corpus
 from bench.dedup import bench_dedup
+from bench.gpu_cluster import bench_gpu_cluster
 from bench.languages import bench_languages
 from bench.machine import REPO, RESULTS, write_result
 from bench.scale import bench_scale
@@ -48,7 +51,7 @@ def bench_all(args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "dedup": bench_dedup, "transcribe": bench_transcribe, "corpus": bench_corpus, "all": bench_all, "scale": bench_scale,
-    "agreement": bench_agreement, "scoring": bench_scoring, "languages": bench_languages,
+    "agreement": bench_agreement, "scoring": bench_scoring, "languages": bench_languages, "gpu-cluster": bench_gpu_cluster,
 }
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,6 +109,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     languages.add_argument("--model", default="base", help="Whisper model (default base)")
     languages.add_argument("--k", type=int, nargs="+", default=[1, 2, 3], help="whisper.rescore_languages values (default 1 2 3; the first is the baseline)")
     languages.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/languages.json)")
+    gpu = commands.add_parser("gpu-cluster", help="the transcribe job on a GPU cluster (1 and N GPUs) vs faster-whisper batched on one GPU")
+    gpu.add_argument("--model", default="large-v3", help="Whisper model on disk (default large-v3)")
+    gpu.add_argument("--repeat", type=int, default=4, help="copies of the English speech set (default 4: about an hour)")
+    gpu.add_argument("--batch-size", type=int, default=16, help="windows per forward pass for both systems (default 16)")
+    gpu.add_argument("--beam-size", type=int, default=5, help="beam search width (default 5)")
+    gpu.add_argument("--compute-type", default="float16", help="CTranslate2 compute type (default float16)")
+    gpu.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    gpu.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/gpu-cluster.json)")
     args = parser.parse_args(argv)
     if args.benchmark in ("dedup", "all") and (args.docs < 1 or args.batch_size < 1 or args.cluster_docs < 0):
         parser.error("--docs and --batch-size must be positive")

@@ -1,6 +1,6 @@
 """``wspsr transcribe``: Whisper over many files in a Ray actor pool, batched across files, resumable.
 
-Decoding and voice-activity windowing run as CPU tasks; Whisper runs in ``model_actors`` actors (a GPU each when
+Decoding and voice-activity windowing run as CPU tasks; Whisper runs in a model actor pool (one per GPU when
 the cluster has GPUs) that decode windows of many files per forward pass with Whisper's fallback per window.
 Output folder: ``transcripts/`` (one Parquet row per segment), ``files/`` (SRT/VTT/JSON/TXT per input file,
 named from its path), ``rejects/``, ``comparison/`` (with ``--compare-with``), ``summary.json``.

@@ -43,20 +43,35 @@ def thirty_seconds():
 
 
 @pytest.mark.parametrize("shape", list(TINY_RANDOM_SHAPES))
-def test_engines_give_the_same_greedy_tokens_after_export(shape, models, thirty_seconds):
-    """The round trip: openai-whisper's model exported by CTranslate2's spec classes decodes to the same tokens in
-    faster-whisper, and both read the same mel bins and language probabilities."""
-    ref = prepare_model(shape, "faster-whisper")
+def test_engines_give_the_same_greedy_tokens_after_export(shape, models, tmp_path, thirty_seconds):
+    """The round trip: an openai-whisper checkpoint, exported by CTranslate2's spec classes (once, on disk, when the
+    faster-whisper engine is asked for it), decodes to the same tokens in faster-whisper, and both engines read the
+    same mel bins and give the same language probabilities."""
+    import torch
+
+    model = tiny_random_whisper(shape=shape)
+    with torch.no_grad():  # smaller token embeddings: greedy decoding then follows the audio, not its last token
+        model.decoder.token_embedding.weight.mul_(0.1)
+    checkpoint = tmp_path / f"{shape}.pt"
+    torch.save({"dims": model.dims.__dict__, "model_state_dict": model.state_dict()}, checkpoint)
+    ref = prepare_model(str(checkpoint), "faster-whisper")
     assert ref.ct2_dir == conversion_paths(content_key(ref))[1]
     preprocessor = json.loads((ref.ct2_dir / "preprocessor_config.json").read_text())
     assert preprocessor["feature_size"] == TINY_RANDOM_SHAPES[shape]["n_mels"]
-    openai = load_engine("openai-whisper", shape)
-    faster = load_engine("faster-whisper", shape, compute_type="float32")
+    openai = load_engine("openai-whisper", str(checkpoint))
+    faster = load_engine("faster-whisper", str(checkpoint), compute_type="float32")
     assert faster.model.model.n_mels == openai.model.dims.n_mels and faster.model.model.num_languages == openai.model.num_languages
     ours, theirs = openai.transcribe([thirty_seconds], GREEDY)[0].tokens, faster.transcribe([thirty_seconds], GREEDY)[0].tokens
     assert len(ours) >= 100 and len(set(ours)) > 1 and ours == theirs
     p, q = openai.detect_language([thirty_seconds])[0], faster.detect_language([thirty_seconds])[0]
     assert p.keys() == q.keys() and max(abs(p[k] - q[k]) for k in p) < 1e-3
+
+
+def test_tiny_random_names_serve_the_faster_whisper_engine(models, thirty_seconds):
+    """``--engine faster-whisper --model tiny-random-v3`` works: the model is exported once into the models folder."""
+    engine = load_engine("faster-whisper", "tiny-random-v3")
+    assert engine.model.model.n_mels == 128 and engine.transcribe([thirty_seconds[:16000 * 5]], GREEDY)[0].language == "en"
+    assert prepare_model("tiny-random-v3", "faster-whisper").ct2_dir.parent.parent == models / "converted"
 
 
 @pytest.mark.slow  # needs `make models`

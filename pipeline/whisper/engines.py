@@ -335,6 +335,19 @@ class OpenAIWhisperEngine:
         if self.fp16:
             self.model = self.model.half()
 
+    @classmethod
+    def from_model(cls, model: Any, device: str | None = None) -> "OpenAIWhisperEngine":
+        """An engine over a model already in memory (the Ray-free GPU benchmark's random-weight models)."""
+        engine = cls.__new__(cls)
+        import torch
+
+        engine.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        engine.fp16 = engine.device != "cpu"
+        engine.model = model.to(engine.device).eval()
+        if engine.fp16:
+            engine.model = engine.model.half()
+        return engine
+
     def _mel(self, audios: Sequence[np.ndarray]):
         import torch
         import whisper
