@@ -115,3 +115,18 @@ def _imports(path: Path) -> set[str]:
 def test_layers_point_one_way(package, forbidden):
     for path in (ROOT / package).rglob("*.py"):
         assert not (_imports(path) & forbidden), f"{path.relative_to(ROOT)} imports {_imports(path) & forbidden}"
+
+
+def test_model_pools_grow_to_the_gpus_of_the_cluster():
+    """One actor on CPUs; with GPUs, an autoscaling pool up to one actor per GPU (two per GPU at half a GPU each),
+    bounded by ray.model_actors_max; a fixed size wins over both."""
+    from pipeline.run.runner import RayOptions, pool_bounds
+
+    assert pool_bounds(RayOptions(), cluster_gpus=0, gpus_per_actor=0) == (1, 1)
+    assert pool_bounds(RayOptions(), cluster_gpus=8, gpus_per_actor=1) == (1, 8)
+    assert pool_bounds(RayOptions(model_gpus=0.5), cluster_gpus=8, gpus_per_actor=0.5) == (1, 16)
+    assert pool_bounds(RayOptions(model_actors_max=32), cluster_gpus=8, gpus_per_actor=1) == (1, 32)  # an autoscaling cluster
+    assert pool_bounds(RayOptions(model_actors=3), cluster_gpus=8, gpus_per_actor=1) == (3, 3)
+    assert pool_bounds(RayOptions(), cluster_gpus=8, gpus_per_actor=1, stage_actors=2) == (2, 2)
+    with pytest.raises(ValueError, match="model_actors"):
+        RayOptions(model_actors=0)

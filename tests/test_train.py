@@ -57,6 +57,16 @@ def test_tiny_model_loss_falls_by_half_and_checkpoint_loads(sample_run, tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["checkpoint"] == metrics["checkpoint"]
 
+    # train -> export -> wspsr transcribe with the default (faster-whisper) engine
+    from jobs.export import main as export
+    from jobs.transcribe import run as transcribe
+
+    served = tmp_path / "served"
+    assert export([str(Path(metrics["checkpoint"]).parent), "--out", str(served), "--quantization", "int8"]) == 0
+    assert json.loads((served / "config.json").read_text())["alignment_heads"]  # the start model's, kept by the checkpoint
+    done = transcribe(["--inputs", str(JFK), "--out", str(tmp_path / "transcripts"), "--quiet", "--model", str(served)])
+    assert done["inputs"]["in"] == done["inputs"]["kept"] == 1 and done["accounting"]["ok"]
+
 
 @pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(sample_run, tmp_path):

@@ -46,7 +46,8 @@ class RayOptions:
     dashboard: bool = False  # local Ray only: start the dashboard (Ray Train's state monitoring needs it)
 
     def __post_init__(self) -> None:
-        if min(self.sources_per_block, self.keys_per_block, self.model_actors or 1, self.model_actors_max or 1) <= 0 or (self.model_memory_gb or 1) <= 0:
+        optional = [v for v in (self.model_actors, self.model_actors_max, self.model_memory_gb) if v is not None]
+        if min(self.sources_per_block, self.keys_per_block, *optional) <= 0:
             raise ValueError("sources_per_block, keys_per_block, model_actors, model_actors_max and model_memory_gb must be positive")
         if self.model_gpus is not None and not 0 <= self.model_gpus:
             raise ValueError("model_gpus must be 0 or more (a fraction shares a GPU between actors)")
@@ -73,6 +74,18 @@ def init_ray(options: RayOptions) -> None:
     # Its aggregator actors hold slim (key, ref) rows and reserve no CPU: reserving a share of one deadlocked a
     # one-CPU run (the aggregator's 0.25 CPU plus the shuffle's map task's 1 CPU never fit).
     context.hash_shuffle_operator_actor_num_cpus_override = 0.0
+
+
+def pool_bounds(options: RayOptions, cluster_gpus: float, gpus_per_actor: float, stage_actors: int | None = None) -> tuple[int, int]:
+    """(fewest, most) actors of a model stage: a fixed size where one is given (the stage's, then
+    ``model_actors``), one actor on CPUs, else from one up to as many as the cluster's GPUs hold (or
+    ``model_actors_max``)."""
+    fixed = stage_actors or options.model_actors
+    if fixed:
+        return fixed, fixed
+    if gpus_per_actor <= 0:
+        return 1, 1
+    return 1, options.model_actors_max or max(1, int(cluster_gpus / gpus_per_actor + 1e-9))
 
 
 def _run_task_stage(batch: pa.Table, stage: Stage) -> pa.Table:
@@ -177,22 +190,23 @@ class Plan:
 
         self._gpus = ray.cluster_resources().get("GPU", 0)
 
-    def _model_pool(self, stage: Stage, gpus: float):
-        """A fixed pool where the size is given (or on CPUs: one actor), else an autoscaling one from one actor up to
-        as many as the GPUs hold. Two tasks in flight per actor: the next batch's inputs arrive while one decodes."""
+    def _gpus_per_actor(self, stage: Stage) -> float:
+        if stage.num_gpus:
+            return stage.num_gpus
+        return self.options.model_gpus if self.options.model_gpus is not None else float(self._gpus > 0)
+
+    def _model_pool(self, stage: Stage):
+        """Two tasks in flight per actor in an autoscaling pool: the next batch's inputs arrive while one decodes."""
         import ray.data
 
-        fixed = stage.concurrency or self.options.model_actors
-        if fixed or gpus <= 0:
-            return ray.data.ActorPoolStrategy(size=fixed or 1)
-        most = self.options.model_actors_max or max(1, int(self._gpus / gpus + 1e-9))
-        return ray.data.ActorPoolStrategy(min_size=1, max_size=most, max_tasks_in_flight_per_actor=2)
+        fewest, most = pool_bounds(self.options, self._gpus, self._gpus_per_actor(stage), stage.concurrency)
+        if fewest == most:
+            return ray.data.ActorPoolStrategy(size=most)
+        return ray.data.ActorPoolStrategy(min_size=fewest, max_size=most, max_tasks_in_flight_per_actor=2)
 
-    def model_pool_size(self, gpus_per_actor: float | None = None) -> tuple[int, int]:
+    def model_pool_size(self) -> tuple[int, int]:
         """(fewest, most) actors a model stage gets: what jobs log at start."""
-        gpus = gpus_per_actor if gpus_per_actor is not None else (self.options.model_gpus if self.options.model_gpus is not None else float(self._gpus > 0))
-        pool = self._model_pool(Stage("model", lambda b: b, None, setup=lambda o: None), gpus)
-        return pool.min_size, pool.max_size
+        return pool_bounds(self.options, self._gpus, self._gpus_per_actor(Stage("model", _identity, None, setup=_identity)), None)
 
     def source(self, table: pa.Table):
         import ray.data
@@ -218,13 +232,13 @@ class Plan:
 
         for stage in stages:
             if stage.is_model_stage:
-                gpus = stage.num_gpus if stage.num_gpus else (self.options.model_gpus if self.options.model_gpus is not None else float(self._gpus > 0))
+                gpus = self._gpus_per_actor(stage)
                 dataset = dataset.map_batches(
                     _ModelStageActor,
                     fn_constructor_args=(stage,),
                     batch_format="pyarrow",
                     batch_size=stage.batch_size,
-                    compute=self._model_pool(stage, gpus),
+                    compute=self._model_pool(stage),
                     num_cpus=stage.num_cpus,
                     num_gpus=gpus,
                     # Declared memory keeps model actors off nodes that cannot hold the model; as a resource the
