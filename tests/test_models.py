@@ -151,3 +151,17 @@ def test_export_command_writes_a_folder_faster_whisper_serves(models, tmp_path, 
     assert len(faster.transcribe([thirty_seconds], GREEDY)[0].tokens) > 0
     config = json.loads((out / "config.json").read_text())
     assert config["alignment_heads"] and len(config["lang_ids"]) == 100 and 220 in config["suppress_ids_begin"]
+
+
+@pytest.mark.slow  # needs `make models`
+def test_exporting_base_reproduces_faster_whispers_own_base(models, tmp_path):
+    """Real weights: openai-whisper's base (converted from the pack's CTranslate2 files) exported again by
+    CTranslate2's spec classes gives the pack's model.bin variable for variable, bit for bit, and its config.json."""
+    from pipeline.whisper.ct2 import read_ct2_model
+
+    pack = BASE_VOCABULARY.parent
+    exported = export_ctranslate2(load_openai_whisper(resolve_model(str(pack / "base.pt"))), tmp_path / "base")
+    ours, theirs = read_ct2_model(exported / "model.bin"), read_ct2_model(pack / "model.bin")
+    assert ours[:2] == theirs[:2] == ("WhisperSpec", 3) and ours[2].keys() == theirs[2].keys()
+    assert all(ours[2][k].dtype == theirs[2][k].dtype and np.array_equal(ours[2][k], theirs[2][k]) for k in theirs[2])
+    assert json.loads((exported / "config.json").read_text()) == json.loads((pack / "config.json").read_text())

@@ -96,7 +96,9 @@ def _config(model: Any) -> dict[str, Any]:
     tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
     heads = model.alignment_heads.to_dense() if model.alignment_heads.is_sparse else model.alignment_heads
     return {
-        "suppress_ids": sorted(tokenizer.non_speech_tokens),
+        # what openai-whisper's decoding suppresses by default (suppress_tokens="-1" and the task tokens)
+        "suppress_ids": sorted({*tokenizer.non_speech_tokens, tokenizer.transcribe, tokenizer.translate, tokenizer.sot,
+                                tokenizer.sot_prev, tokenizer.sot_lm, tokenizer.no_speech}),
         "suppress_ids_begin": [tokenizer.encode(" ")[0], tokenizer.eot],
         "lang_ids": sorted(tokenizer.all_language_tokens) if model.is_multilingual else [],
         "alignment_heads": [[int(layer), int(head)] for layer, head in np.argwhere(heads.cpu().numpy())],
