@@ -70,9 +70,11 @@ _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
 _NO_STREAM = re.compile(r"does not contain any stream|matches no streams|no audio stream", re.I)
 
 
-def decode_command(path: Path, limits: DecodeLimits, keep_channels: bool = False) -> list[str]:
+def decode_command(path: Path, limits: DecodeLimits, keep_channels: bool = False, fingerprint_to: Path | None = None) -> list[str]:
     """ffmpeg's arguments: raw 16 kHz mono samples, or with ``keep_channels`` a WAV stream of every channel (its
-    header says how many)."""
+    header says how many). With ``fingerprint_to``, the same run also writes the audio's Chromaprint fingerprint
+    there (ffmpeg's ``chromaprint`` muxer, raw uint32, over the same 16 kHz mono), so fingerprinting costs no
+    second decode."""
     stream = ffmpeg.input(
         f"file:{path}",
         protocol_whitelist="file",
@@ -80,7 +82,14 @@ def decode_command(path: Path, limits: DecodeLimits, keep_channels: bool = False
         t=f"{limits.max_seconds + 1:.3f}",
     )
     layout = {"format": "wav"} if keep_channels else {"format": "s16le", "ac": 1}
-    stream = stream.output("pipe:1", acodec="pcm_s16le", ar=SAMPLE_RATE, vn=None, sn=None, dn=None, threads=1, **layout)
+    if fingerprint_to is None:
+        stream = stream.output("pipe:1", acodec="pcm_s16le", ar=SAMPLE_RATE, vn=None, sn=None, dn=None, threads=1, **layout)
+    else:
+        audio = stream["a:0"]
+        stream = ffmpeg.merge_outputs(
+            audio.output("pipe:1", acodec="pcm_s16le", ar=SAMPLE_RATE, threads=1, **layout),
+            audio.output(f"file:{fingerprint_to}", format="chromaprint", fp_format="raw", ac=1, ar=SAMPLE_RATE),
+        )
     command = stream.compile(cmd=ffmpeg_binary())
     return [command[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", *command[1:]]
 
@@ -142,8 +151,30 @@ def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits(), keep_c
                 return decode_audio(local, limits, keep_channels)
         except OSError as exc:
             raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
-    path = Path(path)
-    command = decode_command(path.resolve(), limits, keep_channels)
+    return _decode_local(Path(path), limits, keep_channels)
+
+
+def decode_audio_and_fingerprint(path: str | Path, limits: DecodeLimits = DecodeLimits(), keep_channels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``decode_audio`` and, from the same ffmpeg run, the audio's Chromaprint fingerprint (uint32 items, about 8 per
+    second of audio; empty for audio too short to fingerprint)."""
+    check_audio_file(path, limits)
+    if storage.is_uri(path):
+        try:
+            with storage.local_copy(str(path)) as local:
+                return decode_audio_and_fingerprint(local, limits, keep_channels)
+        except OSError as exc:
+            raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="wspsr-fp-") as folder:
+        target = Path(folder) / "fingerprint.raw"
+        pcm = _decode_local(Path(path), limits, keep_channels, target)
+        fingerprint = np.fromfile(target, dtype="<u4") if target.exists() else np.zeros(0, "<u4")
+    return pcm, fingerprint
+
+
+def _decode_local(path: Path, limits: DecodeLimits, keep_channels: bool, fingerprint_to: Path | None = None) -> np.ndarray:
+    command = decode_command(path.resolve(), limits, keep_channels, fingerprint_to)
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=limits.timeout_s, check=False)
     except subprocess.TimeoutExpired:

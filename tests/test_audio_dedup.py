@@ -1,0 +1,99 @@
+"""Audio duplicates on real speech: JFK's recording re-encoded, resampled, cut at the start, band-limited like a
+phone call, and inside a longer recording is found as the same recording (the clip as contained); other recordings,
+the same text read by other voices included, are not. Fingerprints come from the ffmpeg run that decodes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.io.media import decode_audio, decode_audio_and_fingerprint, ffmpeg_binary
+from stages.audio_dedup import ITEMS_PER_SECOND, AudioDedupOptions, containment, fingerprint_keys, is_duplicate, match
+from support.data import JFK
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = AudioDedupOptions()
+# (name, ffmpeg arguments between the input and the output file)
+VARIANTS = {
+    "mp3_32k.mp3": ["-b:a", "32k"],
+    "opus_16k.opus": ["-c:a", "libopus", "-b:a", "16k"],
+    "resampled_8k.wav": ["-ar", "8000"],
+    "phone.opus": ["-af", "volume=0.5,highpass=f=200,lowpass=f=3400", "-ar", "8000", "-c:a", "libopus", "-b:a", "12k"],
+}
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def fingerprint(path: Path) -> np.ndarray:
+    return decode_audio_and_fingerprint(path)[1]
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("copies")
+    made = {}
+    for name, args in VARIANTS.items():
+        ffmpeg("-i", str(JFK), *args, str(folder / name))
+        made[name] = folder / name
+    ffmpeg("-ss", "2.3", "-i", str(JFK), str(folder / "cut_2.3s.flac"))
+    made["cut_2.3s.flac"] = folder / "cut_2.3s.flac"
+    before, after = ROOT / "tests/data/speech/en_counting.flac", ROOT / "tests/data/speech/conversation_en.flac"
+    ffmpeg("-i", str(before), "-i", str(JFK), "-i", str(after), "-filter_complex",
+           "".join(f"[{i}:a]aresample=16000,aformat=channel_layouts=mono[s{i}];" for i in range(3)) + "[s0][s1][s2]concat=n=3:v=0:a=1",
+           str(folder / "longer.flac"))
+    made["longer.flac"] = folder / "longer.flac"
+    return made
+
+
+def test_the_fingerprint_comes_from_the_decoding_run():
+    pcm, fp = decode_audio_and_fingerprint(JFK)
+    assert np.array_equal(pcm, decode_audio(JFK)) and fp.dtype == np.dtype("<u4")
+    assert abs(len(fp) - len(pcm) / 16000 * ITEMS_PER_SECOND) < 3 * ITEMS_PER_SECOND  # Chromaprint's edges cost ~2 s
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, "cut_2.3s.flac"])
+def test_copies_of_a_real_recording_are_the_same_recording(copies, name):
+    original, copy = fingerprint(JFK), fingerprint(copies[name])
+    found = match(original, copy)
+    assert is_duplicate(found, OPTIONS) and found.bit_error_rate < 0.15, found
+    assert len(np.intersect1d(fingerprint_keys(original, OPTIONS), fingerprint_keys(copy, OPTIONS))) >= OPTIONS.min_shared_keys
+    if name.startswith("cut"):
+        assert abs(found.offset_s + 2.3) < 0.2 and containment(found, len(original), len(copy), OPTIONS) == "b_in_a"
+    else:
+        assert found.offset == 0 and containment(found, len(original), len(copy), OPTIONS) is None
+
+
+def test_a_clip_inside_a_longer_recording_is_found_as_contained(copies):
+    clip, longer = fingerprint(JFK), fingerprint(copies["longer.flac"])
+    found = match(clip, longer)
+    counting_s = len(decode_audio(ROOT / "tests/data/speech/en_counting.flac")) / 16000
+    assert is_duplicate(found, OPTIONS) and abs(found.offset_s - counting_s) < 0.3, found
+    assert containment(found, len(clip), len(longer), OPTIONS) == "a_in_b"
+
+
+def test_other_recordings_are_not_duplicates():
+    """Different speech, and the same text read by three other voices (the sample's near-duplicate group)."""
+    same_text = [ROOT / "sample/sources/en/en_dup1_a.opus", ROOT / "sample/media/en-dup1-b.opus", ROOT / "sample/media/en-dup1-c.mp3"]
+    others = [ROOT / "tests/data/speech" / n for n in ("conversation_en.flac", "en_quick_brown_fox.flac", "en_hello_world.flac")]
+    prints = {p.name: fingerprint(p) for p in [JFK, *same_text, *others]}
+    names = list(prints)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            found = match(prints[a], prints[b])
+            assert not is_duplicate(found, OPTIONS), (a, b, found)
+            assert found is None or found.bit_error_rate > 0.3, (a, b, found)
+
+
+def test_silence_and_tones_are_no_evidence(tmp_path):
+    """Two files that share only silence or a held tone are not the same recording."""
+    for name, source in (("a.wav", "anullsrc=r=16000:cl=mono"), ("b.wav", "sine=frequency=440:sample_rate=16000")):
+        ffmpeg("-f", "lavfi", "-t", "20", "-i", source, str(tmp_path / name))
+    for name in ("a.wav", "b.wav"):
+        fp = fingerprint(tmp_path / name)
+        assert len(fingerprint_keys(fp, OPTIONS)) == 0
+        assert not is_duplicate(match(fp, fp.copy()), OPTIONS)
