@@ -23,8 +23,14 @@ read by other voices included).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.stage import active_rows
+from stages.dedup import KEYED_SCHEMA, GroupingPlan
 
 ITEMS_PER_SECOND = 11025 / 1365  # Chromaprint: 11,025 Hz, a frame every 1,365 samples (4096-sample frames, 2/3 overlap)
 
@@ -170,3 +176,92 @@ def containment(found: AudioMatch, len_a: int, len_b: int, options: AudioDedupOp
     if found.overlap < options.contained_share * shorter or shorter >= options.contained_share * longer:
         return None
     return "a_in_b" if len_a < len_b else "b_in_a"
+
+
+# --- the global step: candidates by shared keys across the run, verified in one worker ------------------------
+
+SHARED_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("shared", pa.int64())])
+EDGE_SCHEMA = pa.schema([
+    ("a", pa.int64()), ("b", pa.int64()), ("a_id", pa.string()), ("b_id", pa.string()), ("bit_error_rate", pa.float64()),
+    ("offset_s", pa.float64()), ("overlap_s", pa.float64()), ("contained", pa.string()),
+])
+_MAX_GROUP = 64  # a key more than this many sources share is a common sound, not a recording: no pairs from it
+
+
+def audio_key_rows(batch: pa.Table, options: AudioDedupOptions) -> pa.Table:
+    """(key, ref) rows, one per sampled key of each row no stage rejected that has a fingerprint."""
+    rows = active_rows(batch) if batch.num_rows else batch
+    rows = rows.filter(pc.is_valid(rows["fingerprint"])) if rows.num_rows else rows
+    if rows.num_rows == 0:
+        return KEYED_SCHEMA.empty_table()
+    keys, refs = [], []
+    for ref, data in zip(rows["ref"].to_numpy(zero_copy_only=False).tolist(), rows["fingerprint"].to_pylist()):
+        found = fingerprint_keys(as_fingerprint(data), options)
+        keys.append(found)
+        refs.append(np.full(len(found), ref, np.int64))
+    return pa.table([pa.array(np.concatenate(keys).view(np.int64)), pa.array(np.concatenate(refs))], schema=KEYED_SCHEMA)
+
+
+def shared_key_pairs(keyed: pa.Table) -> pa.Table:
+    """Per partition of (key, ref) rows: each pair of refs that share keys here, with how many (groups larger than
+    ``_MAX_GROUP`` are left out: a key that common names a sound, not a recording)."""
+    if keyed.num_rows < 2:
+        return SHARED_SCHEMA.empty_table()
+    keys, refs = keyed["key"].to_numpy(zero_copy_only=False), keyed["ref"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((refs, keys))
+    keys, refs = keys[order], refs[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    sizes = np.diff(np.r_[starts, len(keys)])
+    pairs = []
+    for start, size in zip(starts[(sizes > 1) & (sizes <= _MAX_GROUP)].tolist(), sizes[(sizes > 1) & (sizes <= _MAX_GROUP)].tolist()):
+        members = np.unique(refs[start : start + size])
+        if len(members) > 1:
+            a, b = np.triu_indices(len(members), 1)
+            pairs.append(np.stack([members[a], members[b]], axis=1))
+    if not pairs:
+        return SHARED_SCHEMA.empty_table()
+    found, counts = np.unique(np.concatenate(pairs), axis=0, return_counts=True)
+    return pa.table([pa.array(found[:, 0]), pa.array(found[:, 1]), pa.array(counts.astype(np.int64))], schema=SHARED_SCHEMA)
+
+
+def judge_audio_pairs(rows: pa.Table, pairs: np.ndarray, options: AudioDedupOptions) -> pa.Table:
+    """In one worker over the candidates' rows (ref, source_id, fingerprint): the pairs that are the same recording,
+    with how they line up."""
+    if rows.num_rows == 0 or len(pairs) == 0:
+        return EDGE_SCHEMA.empty_table()
+    rows = rows.sort_by("ref")
+    refs = rows["ref"].to_numpy(zero_copy_only=False)
+    ids, prints = rows["source_id"].to_pylist(), rows["fingerprint"].to_pylist()
+    out: dict[str, list] = {name: [] for name in EDGE_SCHEMA.names}
+    for a, b in pairs.tolist():
+        i, j = np.searchsorted(refs, a), np.searchsorted(refs, b)
+        if i >= len(refs) or j >= len(refs) or refs[i] != a or refs[j] != b:
+            continue
+        x, y = as_fingerprint(prints[i]), as_fingerprint(prints[j])
+        found = match(x, y, options)
+        if not is_duplicate(found, options):
+            continue
+        for name, value in (("a", a), ("b", b), ("a_id", ids[i]), ("b_id", ids[j]), ("bit_error_rate", round(found.bit_error_rate, 4)),
+                            ("offset_s", round(found.offset_s, 2)), ("overlap_s", round(found.overlap_s, 2)),
+                            ("contained", containment(found, len(x), len(y), options))):
+            out[name].append(value)
+    return pa.table(out, schema=EDGE_SCHEMA)
+
+
+def find_audio_duplicates(plan: GroupingPlan, dataset: Any, options: AudioDedupOptions, rows_hint: int = 0, keys_per_row: int = 64) -> pa.Table:
+    """The audio step over a dataset of rows with ``ref``, ``source_id`` and ``fingerprint``: sampled keys
+    partitioned by key across the cluster give pairs with their shared-key counts per partition; the driver sums them
+    (arrays only, bounded by the candidates) and keeps pairs sharing ``min_shared_keys``; one worker reads those
+    rows' fingerprints and verifies each pair at any offset. Returns the verified edges (``EDGE_SCHEMA``)."""
+    explode = lambda batch: audio_key_rows(batch, options)  # noqa: E731
+    found = plan.by_key(dataset, explode, shared_key_pairs, None, rows_hint * keys_per_row)
+    if found.num_rows == 0:
+        return EDGE_SCHEMA.empty_table()
+    both = np.stack([found["a"].to_numpy(zero_copy_only=False), found["b"].to_numpy(zero_copy_only=False)], axis=1)
+    pairs, where = np.unique(both, axis=0, return_inverse=True)
+    shared = np.bincount(where.reshape(-1), weights=found["shared"].to_numpy(zero_copy_only=False), minlength=len(pairs))
+    del found, both
+    pairs = pairs[shared >= options.min_shared_keys]
+    if len(pairs) == 0:
+        return EDGE_SCHEMA.empty_table()
+    return plan.gather(dataset, "ref", np.unique(pairs), ["ref", "source_id", "fingerprint"], judge_audio_pairs, pairs, options)

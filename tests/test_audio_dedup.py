@@ -97,3 +97,29 @@ def test_silence_and_tones_are_no_evidence(tmp_path):
         fp = fingerprint(tmp_path / name)
         assert len(fingerprint_keys(fp, OPTIONS)) == 0
         assert not is_duplicate(match(fp, fp.copy()), OPTIONS)
+
+
+def test_the_global_step_finds_every_copy_and_nothing_else(copies):
+    """The step the corpus job runs over the whole run (here on an in-process plan): JFK's copies form one connected
+    set of verified edges; other speech, the same text in other voices and silence join none."""
+    from test_dedup import InProcessPlan
+
+    from pipeline.schema import table_from_rows
+    from stages.audio_dedup import find_audio_duplicates
+
+    paths = {"jfk": JFK, **{name: path for name, path in copies.items()}}
+    for name in ("conversation_en.flac", "en_quick_brown_fox.flac", "en_hello_world.flac", "es_pangrama.flac"):
+        paths[name] = ROOT / "tests/data/speech" / name
+    paths["dup1_a"] = ROOT / "sample/sources/en/en_dup1_a.opus"
+    paths["dup1_b"] = ROOT / "sample/media/en-dup1-b.opus"
+    rows = [{"ref": ref, "source_id": name, "fingerprint": fingerprint(path).tobytes(), "reject_reason": None}
+            for ref, (name, path) in enumerate(sorted(paths.items()))]
+    rows.append({"ref": len(rows), "source_id": "rejected copy", "fingerprint": fingerprint(JFK).tobytes(), "reject_reason": "bad_audio"})
+    table = table_from_rows(rows)
+    edges = find_audio_duplicates(InProcessPlan(), [table.slice(0, 7), table.slice(7)], OPTIONS, rows_hint=table.num_rows)
+    linked = set(edges["a_id"].to_pylist()) | set(edges["b_id"].to_pylist())
+    # longer.flac is counting + JFK + conversation: the conversation recording is in it too
+    assert linked == {"jfk", *copies, "conversation_en.flac"}, edges.to_pylist()
+    assert max(edges["bit_error_rate"].to_pylist()) < 0.15
+    contained = {(e["a_id"], e["b_id"], e["contained"]) for e in edges.to_pylist() if e["contained"]}
+    assert ("jfk", "longer.flac", "a_in_b") in contained and ("conversation_en.flac", "longer.flac", "a_in_b") in contained
