@@ -7,6 +7,7 @@
     python -m bench agreement [--model base]       # transcript agreement: matched vs mismatched pairs (bench/windows.py)
     python -m bench scoring [--windows 32]         # score_windows against the bare encoder, seconds per window
     python -m bench languages [--k 1 2 3]          # language per window and language-aware rescoring (bench/languages.py)
+    python -m bench audio-dedup [--fingerprints 1000000]  # fingerprinting's cost in decoding; the audio dedup step at scale
     python -m bench gpu-cluster [--model large-v3]  # the full job on a GPU cluster vs faster-whisper batched (make bench-gpu)
     python bench/gpu_engine.py [--shapes base large-v3]  # Ray-free engine check on a bare GPU machine (tools/gpu-engine-check)
 
@@ -27,6 +28,7 @@ import json
 import sys
 from typing import Any, Callable
 
+from bench.audio_dedup import bench_audio_dedup
 from bench.corpus import bench_corpus
 from bench.dedup import bench_dedup
 from bench.gpu_cluster import bench_gpu_cluster
@@ -52,6 +54,7 @@ def bench_all(args: argparse.Namespace) -> dict[str, Any]:
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "dedup": bench_dedup, "transcribe": bench_transcribe, "corpus": bench_corpus, "all": bench_all, "scale": bench_scale,
     "agreement": bench_agreement, "scoring": bench_scoring, "languages": bench_languages, "gpu-cluster": bench_gpu_cluster,
+    "audio-dedup": bench_audio_dedup,
 }
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,6 +120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu.add_argument("--compute-type", default="float16", help="CTranslate2 compute type (default float16)")
     gpu.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     gpu.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/gpu-cluster.json)")
+    audio = commands.add_parser("audio-dedup", help="fingerprinting's cost in decoding; the audio dedup step over N generated fingerprints")
+    audio.add_argument("--fingerprints", type=int, default=1_000_000, help="generated fingerprints for the global step (default 1000000; 0: skip)")
+    audio.add_argument("--splits", type=int, default=200, help="read tasks that generate them (default 200)")
+    audio.add_argument("--decode-files", type=int, default=60, help="files of bench/data/en decoded with and without the fingerprint (default 60)")
+    audio.add_argument("--repeat", type=int, default=3, help="decode passes, the fastest counts (default 3)")
+    audio.add_argument("--seed", type=int, default=0)
+    audio.add_argument("--out", help=f"result file (default {RESULTS.relative_to(REPO)}/audio-dedup.json)")
     args = parser.parse_args(argv)
     if args.benchmark in ("dedup", "all") and (args.docs < 1 or args.batch_size < 1 or args.cluster_docs < 0):
         parser.error("--docs and --batch-size must be positive")
