@@ -127,7 +127,7 @@ def bench_shape(shape: str, args: argparse.Namespace, device: str) -> dict[str, 
     from pipeline.whisper.models import model_dims, random_whisper
 
     model = random_whisper(model_dims(**SHAPES[shape]), seed=0)
-    engine = OpenAIWhisperEngine.from_model(model, device)
+    engine = OpenAIWhisperEngine(None, device, model=model)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows = []

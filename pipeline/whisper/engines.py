@@ -324,29 +324,18 @@ class OpenAIWhisperEngine:
 
     name = "openai-whisper"
 
-    def __init__(self, ref: ModelRef, device: str | None = None, threads: int = 0):
+    def __init__(self, ref: ModelRef | None, device: str | None = None, threads: int = 0, model: Any = None):
+        """The model ``ref`` names, loaded; or ``model``, an openai-whisper ``Whisper`` already in memory (the Ray-free
+        GPU benchmark's random-weight models)."""
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_openai_whisper(ref, self.device)
+        self.model = (model.to(self.device).eval() if model is not None else load_openai_whisper(ref, self.device))
         self.fp16 = self.device != "cpu"
         if self.fp16:
             self.model = self.model.half()
-
-    @classmethod
-    def from_model(cls, model: Any, device: str | None = None) -> "OpenAIWhisperEngine":
-        """An engine over a model already in memory (the Ray-free GPU benchmark's random-weight models)."""
-        engine = cls.__new__(cls)
-        import torch
-
-        engine.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        engine.fp16 = engine.device != "cpu"
-        engine.model = model.to(engine.device).eval()
-        if engine.fp16:
-            engine.model = engine.model.half()
-        return engine
 
     def _mel(self, audios: Sequence[np.ndarray]):
         import torch
