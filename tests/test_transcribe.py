@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from pipeline.schema import TRANSCRIPTS_SCHEMA
 from pipeline.io.transcripts import render
 from stages.transcribe_windows import HallucinationOptions, hallucination_flag
 from support.output import committed_rows, committed_table
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEECH = ROOT / "tests" / "data" / "speech"
 
 REPO = Path(__file__).resolve().parent.parent
 SEGMENTS = [
@@ -155,3 +159,19 @@ def test_corpus_drops_sources_whose_transcript_whisper_disagrees_with(tmp_path, 
     assert summary["inputs"]["kept"] == 1 and summary["inputs"]["rejected_by_reason"] == {"high_error_rate": 1}
     (reject,) = committed_rows(tmp_path / "corpus", "rejects")
     assert reject["source"].endswith("wrong.flac") and reject["stage"] == "check_pseudo_labels" and "WER" in reject["detail"]
+
+
+@pytest.mark.slow
+def test_a_gpu_cluster_gets_one_model_actor_per_gpu(tmp_path):
+    """On a Ray that declares two GPUs (logical ones here: the engines fall back to the CPU), the transcribe job's
+    model stage is an autoscaling pool of up to two actors, each asking for one GPU, and the job completes."""
+    files = [str(SPEECH / name) for name in ("en_counting.flac", "en_hello_world.flac", "es_conteo.flac")]
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.transcribe", "--inputs", *files, "--out", str(tmp_path / "out"), "--quiet",
+         "--model", "tiny-random-v3", "--set", "ray.num_gpus=2", "--set", "ray.num_cpus=2", "--set", "ray.sources_per_block=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in 1-2 model actors" in done.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["inputs"]["in"] == summary["inputs"]["kept"] == 3

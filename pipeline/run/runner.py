@@ -33,6 +33,7 @@ log = logging.getLogger("wspsr")
 class RayOptions:
     address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); default $RAY_ADDRESS or local
     num_cpus: int | None = None  # local Ray only: CPUs to use (default: all)
+    num_gpus: int | None = None  # local Ray only: GPUs to declare (default: those Ray detects)
     sources_per_block: int = 16  # sources per task and per committed shard where audio is decoded
     keys_per_block: int = 2_000_000  # rows (16 bytes each) per partition of the corpus job's global dedup step
     # Actors per model stage. None: one on a CPU-only cluster; on GPUs an autoscaling pool from one actor up to
@@ -60,7 +61,7 @@ def init_ray(options: RayOptions) -> None:
         address = options.address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address is None:
-            kwargs.update(include_dashboard=options.dashboard, num_cpus=options.num_cpus)
+            kwargs.update(include_dashboard=options.dashboard, num_cpus=options.num_cpus, num_gpus=options.num_gpus)
         ray.init(address=address, **kwargs)
     import ray.data
 
