@@ -84,11 +84,19 @@ def decode_command(path: Path, limits: DecodeLimits, keep_channels: bool = False
     layout = {"format": "wav"} if keep_channels else {"format": "s16le", "ac": 1}
     if fingerprint_to is None:
         stream = stream.output("pipe:1", acodec="pcm_s16le", ar=SAMPLE_RATE, vn=None, sn=None, dn=None, threads=1, **layout)
-    else:
+    elif keep_channels:  # every channel to the pipe, a mono mix to the fingerprint: two chains (asplit shares formats)
         audio = stream["a:0"]
         stream = ffmpeg.merge_outputs(
             audio.output("pipe:1", acodec="pcm_s16le", ar=SAMPLE_RATE, threads=1, **layout),
             audio.output(f"file:{fingerprint_to}", format="chromaprint", fp_format="raw", ac=1, ar=SAMPLE_RATE),
+        )
+    else:
+        # One resampling for both outputs (the PCM is byte for byte what the plain decode gives): a second
+        # resampling chain cost about 20 points more CPU than this on Opus (BENCHMARKS.md, "Audio duplicates").
+        split = stream["a:0"].filter("aresample", SAMPLE_RATE).filter("aformat", channel_layouts="mono").filter_multi_output("asplit", 2)
+        stream = ffmpeg.merge_outputs(
+            split[0].output("pipe:1", acodec="pcm_s16le", format="s16le", threads=1),
+            split[1].output(f"file:{fingerprint_to}", format="chromaprint", fp_format="raw"),
         )
     command = stream.compile(cmd=ffmpeg_binary())
     return [command[0], "-nostdin", "-hide_banner", "-nostats", "-loglevel", "error", *command[1:]]
