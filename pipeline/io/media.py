@@ -152,33 +152,32 @@ def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits(), keep_c
     """Decode to int16 16 kHz mono (with ``keep_channels``: shape (frames, channels), every channel of the file);
     raise ``DecodeError`` with a reject reason for anything unusable. A URI (``s3://...``) is copied to a local
     temporary file first: ffmpeg only ever reads local files."""
-    check_audio_file(path, limits)
-    if storage.is_uri(path):
-        try:
-            with storage.local_copy(str(path)) as local:
-                return decode_audio(local, limits, keep_channels)
-        except OSError as exc:
-            raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
-    return _decode_local(Path(path), limits, keep_channels)
+    return _decode(path, limits, keep_channels, fingerprint=False)[0]
 
 
 def decode_audio_and_fingerprint(path: str | Path, limits: DecodeLimits = DecodeLimits(), keep_channels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``decode_audio`` and, from the same ffmpeg run, the audio's Chromaprint fingerprint (uint32 items, about 8 per
     second of audio; empty for audio too short to fingerprint)."""
+    pcm, fingerprint = _decode(path, limits, keep_channels, fingerprint=True)
+    return pcm, fingerprint
+
+
+def _decode(path: str | Path, limits: DecodeLimits, keep_channels: bool, fingerprint: bool) -> tuple[np.ndarray, np.ndarray | None]:
     check_audio_file(path, limits)
     if storage.is_uri(path):
         try:
             with storage.local_copy(str(path)) as local:
-                return decode_audio_and_fingerprint(local, limits, keep_channels)
+                return _decode(local, limits, keep_channels, fingerprint)
         except OSError as exc:
             raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
+    if not fingerprint:
+        return _decode_local(Path(path), limits, keep_channels), None
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="wspsr-fp-") as folder:
         target = Path(folder) / "fingerprint.raw"
         pcm = _decode_local(Path(path), limits, keep_channels, target)
-        fingerprint = np.fromfile(target, dtype="<u4") if target.exists() else np.zeros(0, "<u4")
-    return pcm, fingerprint
+        return pcm, np.fromfile(target, dtype="<u4") if target.exists() else np.zeros(0, "<u4")
 
 
 def _decode_local(path: Path, limits: DecodeLimits, keep_channels: bool, fingerprint_to: Path | None = None) -> np.ndarray:

@@ -553,8 +553,9 @@ def convert(
     return out_pt
 
 
-def load_converted_model(path: str | os.PathLike[str], device: str = "cpu") -> Any:
-    """``whisper.load_model(path)`` plus the checkpoint's alignment heads, if any.
+def load_converted_model(path: str | os.PathLike[str], device: str = "cpu", default_heads: bytes | None = None) -> Any:
+    """``whisper.load_model(path)`` plus the checkpoint's alignment heads, else ``default_heads`` (a published
+    model's, which ``whisper.load_model`` only knows for the files it downloads).
 
     ``whisper.load_model`` only sets alignment heads (used for word timestamps)
     for the models it downloads; for a local file it keeps its default (all heads
@@ -565,7 +566,7 @@ def load_converted_model(path: str | os.PathLike[str], device: str = "cpu") -> A
 
     model = whisper.load_model(str(path), device=device)
     checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    heads = checkpoint.get("alignment_heads")
+    heads = checkpoint.get("alignment_heads") or default_heads  # default: a published model's, by name
     if heads:
         model.set_alignment_heads(heads)
     return model

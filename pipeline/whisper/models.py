@@ -321,13 +321,4 @@ def load_openai_whisper(ref: ModelRef, device: str = "cpu") -> Any:
 
     from pipeline.whisper.ct2 import load_converted_model
 
-    model = load_converted_model(ref.checkpoint, device=device)
-    if ref.name in whisper._ALIGNMENT_HEADS and not _has_alignment_heads(ref.checkpoint):
-        model.set_alignment_heads(whisper._ALIGNMENT_HEADS[ref.name])
-    return model.eval()
-
-
-def _has_alignment_heads(checkpoint: Path) -> bool:
-    import torch
-
-    return bool(torch.load(str(checkpoint), map_location="cpu", weights_only=True, mmap=True).get("alignment_heads"))
+    return load_converted_model(ref.checkpoint, device=device, default_heads=whisper._ALIGNMENT_HEADS.get(ref.name or "")).eval()
