@@ -139,9 +139,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if todo:
         plan = Plan(config["ray"])
         fewest, most = plan.model_pool_size()
+        memory_gb = ref.memory_gb(whisper.engine)
         log.info("Whisper %s (%s) in %s model actor%s, %.1f GiB reserved each", whisper.model, whisper.engine,
-                 fewest if fewest == most else f"{fewest}-{most}", "" if most == 1 else "s", ref.memory_gb(whisper.engine))
-        dataset = plan.apply(plan.source(table_from_rows(todo)), build_stages(config, bool(args.compare_with), ref.memory_gb(whisper.engine)))
+                 fewest if fewest == most else f"{fewest}-{most}", "" if most == 1 else "s", config["ray"].model_memory_gb or memory_gb)
+        dataset = plan.apply(plan.source(table_from_rows(todo)), build_stages(config, bool(args.compare_with), memory_gb))
         output_options = config["output"]
         files_done, audio_ms = 0, 0
         for marker in plan.commit(dataset, lambda batch: commit_transcribe_batch(batch, out, output_options, formats)):

@@ -1,8 +1,8 @@
 """The Ray Data side of every job: jobs describe stages, this turns them into a plan.
 
 Plain stages run as Ray tasks over whole blocks of source rows (consecutive ones fuse, so decoded audio never
-leaves its worker); model stages run in actor pools that load their model once (``model_actors`` actors,
-a GPU each when the cluster has GPUs). Global steps (dedup) group rows by key across the dataset with Ray's
+leaves its worker); model stages run in actor pools that load their model once (one actor on CPUs; with GPUs an
+autoscaling pool up to one actor per GPU, ``pool_bounds``). Global steps (dedup) group rows by key across the dataset with Ray's
 ``groupby``. The sink commits each block as a shard and returns its marker. Locally Ray starts in-process;
 ``address`` (or ``RAY_ADDRESS``) joins an existing cluster.
 
