@@ -197,3 +197,25 @@ def test_tiny_random_model_is_the_same_everywhere():
 
     a, b = tiny_random_whisper().state_dict(), tiny_random_whisper().state_dict()
     assert all(a[k].equal(b[k]) for k in a) and not any(v.isnan().any() for v in a.values() if v.is_floating_point())
+
+
+def test_the_gpu_half_precision_model_computes_what_fp32_does():
+    """The openai-whisper engine's fp16 model on a GPU (run here on the CPU's fp16 kernels): half weights for the matrix
+    work, LayerNorms in fp32 as openai-whisper's LayerNorm needs (a plain ``.half()`` fails on the first encoder
+    block, as it did on an H200), the same greedy tokens as fp32."""
+    import torch
+    import whisper
+
+    from pipeline.whisper.engines import half_precision
+    from pipeline.whisper.models import tiny_random_whisper
+
+    audio = torch.from_numpy(decode_audio(JFK).astype(np.float32) / 32768.0)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio))
+    with pytest.raises(RuntimeError):
+        tiny_random_whisper().half().embed_audio(mel[None].half())
+    half = half_precision(tiny_random_whisper())
+    assert {p.dtype for name, p in half.named_parameters() if "ln" not in name} == {torch.float16}
+    fp32 = tiny_random_whisper()
+    got = whisper.decode(half, mel.half(), whisper.DecodingOptions(language="en", fp16=True, sample_len=12))
+    want = whisper.decode(fp32, mel, whisper.DecodingOptions(language="en", fp16=False, sample_len=12))
+    assert got.tokens == want.tokens

@@ -319,6 +319,19 @@ def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], 
     )
 
 
+def half_precision(model: Any) -> Any:
+    """The model in fp16 for its matrix work, its LayerNorms kept in fp32: openai-whisper's LayerNorm normalises a
+    half input in fp32 and needs fp32 weights for it (a plain ``model.half()`` fails on the first encoder block).
+    Half weights, not openai-whisper's own fp32 weights cast at every call, so no layer copies its weights per batch."""
+    import torch
+
+    model = model.half()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
+    return model
+
+
 class OpenAIWhisperEngine:
     """openai-whisper on torch: fp16 on GPU, fp32 on CPU; a batch is one forward pass."""
 
@@ -335,7 +348,7 @@ class OpenAIWhisperEngine:
         self.model = (model.to(self.device).eval() if model is not None else load_openai_whisper(ref, self.device))
         self.fp16 = self.device != "cpu"
         if self.fp16:
-            self.model = self.model.half()
+            self.model = half_precision(self.model)
 
     def _mel(self, audios: Sequence[np.ndarray]):
         import torch
