@@ -67,6 +67,10 @@ class DecodeLimits:
 
 
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+# Four-second frames after resampling (the samples are the same): a codec's 20 ms frames each cross ffmpeg's thread
+# queues, which cost more system time than the decoding itself (10.8-minute Opus: 1.66 s of CPU -> 1.25 s), and a
+# second output (the fingerprint) multiplies those crossings (BENCHMARKS.md, "Audio duplicates").
+_BIG_FRAMES = f"asetnsamples=n={4 * SAMPLE_RATE}:p=0"
 _NO_STREAM = re.compile(r"does not contain any stream|matches no streams|no audio stream", re.I)
 
 
@@ -82,8 +86,11 @@ def decode_command(path: Path, limits: DecodeLimits, keep_channels: bool = False
         t=f"{limits.max_seconds + 1:.3f}",
     )
     layout = {"format": "wav"} if keep_channels else {"format": "s16le", "ac": 1}
-    if fingerprint_to is None:
+    if fingerprint_to is None and keep_channels:
         stream = stream.output("pipe:1", acodec="pcm_s16le", ar=SAMPLE_RATE, vn=None, sn=None, dn=None, threads=1, **layout)
+    elif fingerprint_to is None:
+        stream = stream.output("pipe:1", acodec="pcm_s16le", af=f"aresample={SAMPLE_RATE},aformat=channel_layouts=mono,{_BIG_FRAMES}",
+                               vn=None, sn=None, dn=None, threads=1, format="s16le")
     elif keep_channels:  # every channel to the pipe, a mono mix to the fingerprint: two chains (asplit shares formats)
         audio = stream["a:0"]
         stream = ffmpeg.merge_outputs(
@@ -93,7 +100,8 @@ def decode_command(path: Path, limits: DecodeLimits, keep_channels: bool = False
     else:
         # One resampling for both outputs (the PCM is byte for byte what the plain decode gives): a second
         # resampling chain cost about 20 points more CPU than this on Opus (BENCHMARKS.md, "Audio duplicates").
-        split = stream["a:0"].filter("aresample", SAMPLE_RATE).filter("aformat", channel_layouts="mono").filter_multi_output("asplit", 2)
+        split = (stream["a:0"].filter("aresample", SAMPLE_RATE).filter("aformat", channel_layouts="mono")
+                 .filter("asetnsamples", n=4 * SAMPLE_RATE, p=0).filter_multi_output("asplit", 2))
         stream = ffmpeg.merge_outputs(
             split[0].output("pipe:1", acodec="pcm_s16le", format="s16le", threads=1),
             split[1].output(f"file:{fingerprint_to}", format="chromaprint", fp_format="raw"),
