@@ -17,7 +17,7 @@ MAX_CLIP_S = 28.0  # longer clips would be one cue over 30 s (rejected as cue_to
 
 BENCH_ENGLISH = REPO / "bench" / "data" / "en"  # built by bench/english_set.py
 
-FAITHFUL = ("keep", "duplicate", "all_uppercase", "all_lowercase", "missing_punctuation", "machine_generated_captions")
+FAITHFUL = ("keep", "duplicate", "audio_duplicate", "all_uppercase", "all_lowercase", "missing_punctuation", "machine_generated_captions")
 
 def generate_transcripts(count: int, seed: int) -> list[str]:
     """Transcript-like texts: 10-200 words (skewed to shorter) from a Zipf-distributed vocabulary of made-up
@@ -135,7 +135,8 @@ def english_sample(repeat: int, folder: Path) -> list[tuple[Path, str]]:
     labels = [json.loads(line) for line in (REPO / "sample" / "labels.jsonl").read_text().splitlines() if line.strip()]
     chosen = [(REPO / "sample" / lab["audio"], lab["text"]) for lab in labels
               if lab.get("audio_language") == "en" and lab["expected"] in FAITHFUL and lab.get("duration_s")
-              and lab["kind"] != "code_switched_real_speech"]  # English, then Spanish: not an English reference
+              # English then Spanish, or condensed captions: not an English reference
+              and lab["kind"] not in ("code_switched_real_speech", "reupload_condensed_captions_real_speech")]
     references = BENCH_ENGLISH / "references.jsonl"
     if references.exists():
         chosen += [(BENCH_ENGLISH / r["audio"], r["text"]) for r in map(json.loads, references.read_text().splitlines())]

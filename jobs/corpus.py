@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.commit import OutputDir, OutputOptions, committed_files, without_refs
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, summarize
+from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, publish_shards, shards_to_publish, summarize
 from pipeline.whisper.engines import ENGINES
 from pipeline.sinks import accounting
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
@@ -34,7 +34,8 @@ from pipeline.io.storage import is_uri
 from pipeline.io.ytdlp import FetchOptions
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
-from stages.decode_audio import DecodeOptions, decode_audio, find_audio
+from stages.audio_dedup import EDGE_SCHEMA, AudioDedupOptions, find_audio_duplicates, resolve_audio_duplicates
+from stages.decode_audio import DecodeOptions, decode_and_fingerprint, decode_audio, find_audio
 from stages.dedup import DedupOptions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
 from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
 from stages.detect_text_language import detect_text_language
@@ -47,6 +48,7 @@ from stages.segment_into_windows import SegmentOptions, segment_into_windows
 log = logging.getLogger("wspsr")
 
 REPO = Path(__file__).resolve().parent.parent
+AUDIO_DUPLICATES = "audio_duplicates.parquet"  # the verified pairs of sources that are the same recording
 SAMPLE_SOURCES = ["sample/sources", "sample/manifest.jsonl"]
 SECTIONS: dict[str, type] = {
     "sources": SourceOptions,
@@ -54,6 +56,7 @@ SECTIONS: dict[str, type] = {
     "machine_generated": MachineGeneratedOptions,
     "language": LanguageOptions,
     "dedup": DedupOptions,
+    "audio_dedup": AudioDedupOptions,
     "decode": DecodeOptions,
     "speaking_rate": SpeakingRateOptions,
     "segment": SegmentOptions,
@@ -79,7 +82,8 @@ def text_stages(config: dict[str, Any], verdicts: PseudoLabelVerdicts | None = N
 
 
 def audio_stages(config: dict[str, Any], model_memory_gb: float | None = None) -> list[Stage]:
-    stages = [Stage("decode_audio", decode_audio, config["decode"])]
+    # With audio dedup the decode also fingerprints (the same ffmpeg run); the step itself runs after the commit.
+    stages = [Stage("decode_audio", decode_and_fingerprint if config["audio_dedup"].enabled else decode_audio, config["decode"])]
     if config["speaking_rate"].enabled:
         stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"]))
     stages.append(Stage("segment_into_windows", segment_into_windows, config["segment"]))
@@ -183,7 +187,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     plain = to_plain(config)
     verdicts = load_pseudo_label_verdicts(config["pseudo_labels"])
     # The contents of the files the config names decide the output too, not only their names.
-    out = OutputDir(args.out, CORPUS_TABLES, output_fingerprint(config, source_paths, [config["dedup"].exclude_texts, *verdicts_files(config)]))
+    out = OutputDir(args.out, CORPUS_TABLES, output_fingerprint(config, source_paths, [config["dedup"].exclude_texts, *verdicts_files(config)]),
+                    side_files=(AUDIO_DUPLICATES,))
     started = time.monotonic()
 
     model_memory_gb = check_engine(config["language"]) if config["language"].enabled else None
@@ -192,6 +197,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     committed = out.committed_refs()
     ray_options, output_options = config["ray"], config["output"]
     found = count_sources(splits, config["sources"]) if len(committed) else None  # a rerun: anything left?
+    plan = None
     if found is None or found > len(committed):
         plan = Plan(ray_options)
         read = functools.partial(read_split, options=config["sources"])
@@ -214,10 +220,39 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             pass
     else:
         log.info("%d sources found in %d splits, %d already committed, 0 to process", found, len(splits), len(committed))
-    summary = summarize(out, found, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location})
+    audio = dedup_audio(out, config, plan, reuse_pairs=plan is None)
+    summary = summarize(out, found, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location, "audio_duplicates": audio})
     accounting.reject_fraction(summary, args.max_reject_fraction)
     out.write_json("summary.json", summary)
     return summary
+
+
+def dedup_audio(out: OutputDir, config: dict[str, Any], plan: Plan | None, reuse_pairs: bool) -> dict[str, Any]:
+    """After every source is committed: the audio dedup step over the committed fingerprints (verified pairs into
+    ``audio_duplicates.parquet``), one decision per cluster, and the shards it changes rewritten (``publish_shard``).
+    A rerun that processed nothing new reads the pairs back instead of searching again; shards already published
+    under the same decisions are left alone, so a crash anywhere in here is finished by running again."""
+    options = config["audio_dedup"]
+    if not options.enabled:
+        return {"enabled": False}
+    fingerprinted = sum(marker["rows"].get("fingerprints", 0) for marker in out.iter_markers())
+    edges = out.read_side_table(AUDIO_DUPLICATES) if reuse_pairs else None
+    if edges is None:
+        if fingerprinted:
+            plan = plan or Plan(config["ray"])
+            edges = find_audio_duplicates(plan, plan.read_parquet(out.committed_files("fingerprints")), options, rows_hint=fingerprinted)
+        else:
+            edges = EDGE_SCHEMA.empty_table()
+        out.write_side_table(AUDIO_DUPLICATES, edges.sort_by([("a_id", "ascending"), ("b_id", "ascending")]), config["output"])
+    decisions = resolve_audio_duplicates(edges)
+    shards = shards_to_publish(out, decisions.dropped, decisions.version)
+    if shards:
+        plan = plan or Plan(config["ray"])
+        plan.each(pa.table({"shard": shards}), publish_shards, out, config["output"], decisions)
+    log.info("audio dedup: %d fingerprinted sources, %d pairs of the same recording, %d clusters; %d sources dropped (%d clips of a "
+             "longer recording), %d shards rewritten", fingerprinted, edges.num_rows, decisions.clusters, len(decisions), decisions.contained, len(shards))
+    return {"enabled": True, "fingerprinted": fingerprinted, "pairs": edges.num_rows, "clusters": decisions.clusters,
+            "dropped": len(decisions), "contained": decisions.contained, "decisions": decisions.version}
 
 
 def count_sources(splits: list[SourceSplit], options: SourceOptions) -> int:
@@ -235,6 +270,10 @@ def print_summary(summary: dict[str, Any]) -> None:
           f"{summary.get('sources_code_switched', 0)} code-switched sources")
     for reason, dropped in summary.get("stretches_dropped", {}).items():
         print(f"    stretches dropped: {reason:21s} {dropped['count']}")
+    audio = summary.get("audio_duplicates", {})
+    if audio.get("enabled"):
+        print(f"  audio duplicates: {audio['dropped']} sources dropped in {audio['clusters']} clusters "
+              f"({audio['contained']} clips of a longer recording), from {audio['pairs']} matching pairs of {audio['fingerprinted']} fingerprints")
     print(f"  hours:   {h['in']:.3f} in, {h['out']:.3f} out; per language: " + ", ".join(f"{k} {v:.3f}" for k, v in h["per_language"].items()))
     print(f"  accounting: {'ok' if summary['accounting']['ok'] else 'VIOLATED'}; summary.json, corpus/, rejects/ under the folder above")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"  # 3: per-window language and transcript-agreement columns; 2: corpus markers name their sources' refs too
+SCHEMA_VERSION = "4"  # 4: cluster_id on corpus and reject rows, the fingerprints table; 3: per-window language and transcript-agreement columns; 2: corpus markers name their sources' refs too
 METADATA_SCHEMA_VERSION = b"wspsr.schema_version"
 METADATA_FINGERPRINT = b"wspsr.config_fingerprint"
 
@@ -67,6 +67,7 @@ class RejectReason(str, enum.Enum):
     # deduplication
     DUPLICATE = "duplicate"
     EVAL_OVERLAP = "eval_overlap"
+    AUDIO_DUPLICATE = "audio_duplicate"  # the same recording as a kept source (re-upload, re-encode, clip of it)
     # fetching from the web (wspsr fetch; also uses MACHINE_GENERATED_CAPTIONS, MISSING_TRANSCRIPT,
     # FILE_TOO_LARGE, AUDIO_TOO_LONG, DUPLICATE_SOURCE)
     UNSAFE_URL = "unsafe_url"
@@ -183,6 +184,7 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "audio_language_probs": pa.string(),  # JSON: the top languages and the transcript's, averaged over windows
     "minhash": pa.binary(),
     "dedup_quality": pa.string(),
+    "fingerprint": pa.binary(),  # Chromaprint's raw uint32 items (little-endian), from the decode
     "reject_stage": pa.string(),
     "reject_reason": pa.string(),
     "reject_detail": pa.string(),
@@ -197,6 +199,7 @@ CORPUS_SCHEMA = pa.schema(
         ("segment_id", pa.string()),
         ("source_id", pa.string()),
         ("source", pa.string()),
+        ("cluster_id", pa.string()),  # the duplicate cluster: its kept source's id (the source's own id when alone)
         ("window_index", pa.int32()),
         ("start_ms", pa.int64()),
         ("end_ms", pa.int64()),
@@ -257,6 +260,18 @@ REJECTS_SCHEMA = pa.schema(
         ("end_ms", pa.int64()),
         ("duration_ms", pa.int64()),
         ("duplicate_of", pa.string()),
+        ("cluster_id", pa.string()),  # corpus job: as in CORPUS_SCHEMA (a rejected duplicate: the source kept for it)
+    ]
+)
+
+# The corpus job: one row per kept source with an acoustic fingerprint, read back by the audio dedup step.
+FINGERPRINTS_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("ref", pa.int64()),
+        ("fingerprint", pa.binary()),
+        ("dedup_quality", pa.string()),
+        ("duration_ms", pa.int64()),
     ]
 )
 

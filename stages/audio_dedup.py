@@ -22,6 +22,7 @@ read by other voices included).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.stage import active_rows
-from stages.dedup import KEYED_SCHEMA, GroupingPlan
+from stages.dedup import KEYED_SCHEMA, GroupingPlan, dataset_columns, resolve_arrays
 
 ITEMS_PER_SECOND = 11025 / 1365  # Chromaprint: 11,025 Hz, a frame every 1,365 samples (4096-sample frames, 2/3 overlap)
 
@@ -184,6 +185,7 @@ SHARED_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("shared", pa.i
 EDGE_SCHEMA = pa.schema([
     ("a", pa.int64()), ("b", pa.int64()), ("a_id", pa.string()), ("b_id", pa.string()), ("bit_error_rate", pa.float64()),
     ("offset_s", pa.float64()), ("overlap_s", pa.float64()), ("contained", pa.string()),
+    ("a_quality", pa.string()), ("b_quality", pa.string()),  # dedup_quality of each side (which copy to keep)
 ])
 _MAX_GROUP = 64  # a key more than this many sources share is a common sound, not a recording: no pairs from it
 
@@ -232,6 +234,7 @@ def judge_audio_pairs(rows: pa.Table, pairs: np.ndarray, options: AudioDedupOpti
     rows = rows.sort_by("ref")
     refs = rows["ref"].to_numpy(zero_copy_only=False)
     ids, prints = rows["source_id"].to_pylist(), rows["fingerprint"].to_pylist()
+    quality = rows["dedup_quality"].to_pylist() if "dedup_quality" in rows.column_names else [None] * rows.num_rows
     out: dict[str, list] = {name: [] for name in EDGE_SCHEMA.names}
     for a, b in pairs.tolist():
         i, j = np.searchsorted(refs, a), np.searchsorted(refs, b)
@@ -243,7 +246,7 @@ def judge_audio_pairs(rows: pa.Table, pairs: np.ndarray, options: AudioDedupOpti
             continue
         for name, value in (("a", a), ("b", b), ("a_id", ids[i]), ("b_id", ids[j]), ("bit_error_rate", round(found.bit_error_rate, 4)),
                             ("offset_s", round(found.offset_s, 2)), ("overlap_s", round(found.overlap_s, 2)),
-                            ("contained", containment(found, len(x), len(y), options))):
+                            ("contained", containment(found, len(x), len(y), options)), ("a_quality", quality[i]), ("b_quality", quality[j])):
             out[name].append(value)
     return pa.table(out, schema=EDGE_SCHEMA)
 
@@ -264,4 +267,77 @@ def find_audio_duplicates(plan: GroupingPlan, dataset: Any, options: AudioDedupO
     pairs = pairs[shared >= options.min_shared_keys]
     if len(pairs) == 0:
         return EDGE_SCHEMA.empty_table()
-    return plan.gather(dataset, "ref", np.unique(pairs), ["ref", "source_id", "fingerprint"], judge_audio_pairs, pairs, options)
+    columns = ["ref", "source_id", "fingerprint", *(["dedup_quality"] if "dedup_quality" in dataset_columns(plan, dataset) else [])]
+    return plan.gather(dataset, "ref", np.unique(pairs), columns, judge_audio_pairs, pairs, options)
+
+
+# --- one decision per cluster ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AudioDuplicateDecisions:
+    """What the audio step decided, as the corpus sink's publishing options: the dropped source ids (sorted), the
+    source kept for each (its cluster's id) and a detail that says how they match, as Arrow arrays; ``version`` names
+    this set of decisions (a shard's marker records the one it was published under)."""
+
+    dropped: pa.Array
+    keepers: pa.Array
+    details: pa.Array
+    version: str
+    clusters: int = 0  # clusters of two or more sources
+    contained: int = 0  # dropped sources that are clips of a longer recording kept
+
+    def __len__(self) -> int:
+        return len(self.dropped)
+
+
+def resolve_audio_duplicates(edges: pa.Table) -> AudioDuplicateDecisions:
+    """Clusters of the verified edges (connected components, ``stages.dedup.resolve_arrays``: the same quality rule
+    as text duplicates: punctuated, then cased captions, then the longer recording, then finer cue timing, lossless
+    audio, bit rate, and the smallest id), so a clip contained in a longer recording is dropped for it unless its
+    captions are better. Each dropped source's detail names the edge to its keeper (or its closest match)."""
+    if edges.num_rows == 0:
+        empty = pa.array([], pa.string())
+        return AudioDuplicateDecisions(empty, empty, empty, _version([], [], []))
+    dropped, keepers = resolve_arrays(edges["a_id"], edges["b_id"], edges["a_quality"], edges["b_quality"])
+    keeper_of = dict(zip(dropped.to_pylist(), keepers.to_pylist()))
+    best: dict[str, tuple[bool, float, dict[str, Any]]] = {}  # dropped id -> (not its keeper's edge, BER, edge)
+    for edge in edges.to_pylist():
+        for mine, other in ((edge["a_id"], edge["b_id"]), (edge["b_id"], edge["a_id"])):
+            if mine in keeper_of:
+                rank = (other != keeper_of[mine], edge["bit_error_rate"], edge)
+                if mine not in best or rank[:2] < best[mine][:2]:
+                    best[mine] = rank
+    ids = sorted(keeper_of)
+    details = [_detail(mine, keeper_of[mine], best[mine][2]) for mine in ids]
+    contained = sum(1 for mine in ids if _role(mine, best[mine][2]) == "contained in")
+    keepers_sorted = [keeper_of[i] for i in ids]
+    return AudioDuplicateDecisions(pa.array(ids, pa.string()), pa.array(keepers_sorted, pa.string()), pa.array(details, pa.string()),
+                                   _version(ids, keepers_sorted, details), len(set(keepers_sorted)), contained)
+
+
+def _role(mine: str, edge: dict[str, Any]) -> str | None:
+    if not edge["contained"]:
+        return None
+    inside = edge["a_id"] if edge["contained"] == "a_in_b" else edge["b_id"]
+    return "contained in" if inside == mine else "contains"
+
+
+def _detail(mine: str, keeper: str, edge: dict[str, Any]) -> str:
+    other = edge["b_id"] if edge["a_id"] == mine else edge["a_id"]
+    # b's item i + offset is a's item i: where this source's start falls in the other's time
+    at = edge["offset_s"] if edge["a_id"] == mine else -edge["offset_s"]
+    role = _role(mine, edge)
+    how = f"{'a clip ' + role + ' it' if role == 'contained in' else role + ' it' if role else 'the same recording'}"
+    text = (f"same audio as {other} ({how}): bit error rate {edge['bit_error_rate']:.3f} over {edge['overlap_s']:.1f} s, "
+            f"starting at {at:+.2f} s of it")
+    return text if other == keeper else f"{text}; its cluster keeps {keeper}"
+
+
+def _version(*columns: list[str]) -> str:
+    digest = hashlib.sha256()
+    for column in columns:
+        for value in column:
+            digest.update(value.encode("utf-8") + b"\0")
+        digest.update(b"\1")
+    return digest.hexdigest()[:16]

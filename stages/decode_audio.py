@@ -46,11 +46,20 @@ def decode_audio(batch: pa.Table, options: DecodeOptions) -> pa.Table:
     return map_rows(batch, lambda row: _decode(row, options))
 
 
-def _decode(row: dict[str, Any], options: DecodeOptions) -> dict[str, Any] | Reject:
+def decode_and_fingerprint(batch: pa.Table, options: DecodeOptions) -> pa.Table:
+    """``decode_audio`` plus ``fingerprint``: the audio's Chromaprint fingerprint (raw little-endian uint32 items) from
+    the same ffmpeg run, for the audio dedup step (``stages.audio_dedup``). Mono only (the corpus job's decode)."""
+    return map_rows(batch, lambda row: _decode(row, options, fingerprint=True))
+
+
+def _decode(row: dict[str, Any], options: DecodeOptions, fingerprint: bool = False) -> dict[str, Any] | Reject:
     """``pcm`` is 16 kHz mono; with ``channels = "split"`` a file of several channels keeps them interleaved in
     ``pcm``, and ``channels`` says how many (``segment_at_silences`` cuts each channel into its own windows)."""
     split = getattr(options, "channels", "mix") == "split"
     try:
+        if fingerprint:
+            pcm, items = media.decode_audio_and_fingerprint(row["audio_path"], options)
+            return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm), fingerprint=items.tobytes())
         pcm = media.decode_audio(row["audio_path"], options, keep_channels=split)
     except DecodeError as err:
         return Reject(err.reason, err.detail)

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipeline.io.media import decode_audio, decode_audio_and_fingerprint, ffmpeg_binary
@@ -123,3 +124,91 @@ def test_the_global_step_finds_every_copy_and_nothing_else(copies):
     assert max(edges["bit_error_rate"].to_pylist()) < 0.15
     contained = {(e["a_id"], e["b_id"], e["contained"]) for e in edges.to_pylist() if e["contained"]}
     assert ("jfk", "longer.flac", "a_in_b") in contained and ("conversation_en.flac", "longer.flac", "a_in_b") in contained
+
+
+# --- one decision per cluster, and the committed output rewritten by it (no Ray) -----------------------------------
+
+
+def edge(a_id, b_id, ber=0.03, contained=None, offset_s=0.0, qa="12:0000000010000", qb="12:0000000010000"):
+    return {"a": 0, "b": 1, "a_id": a_id, "b_id": b_id, "bit_error_rate": ber, "offset_s": offset_s, "overlap_s": 9.0,
+            "contained": contained, "a_quality": qa, "b_quality": qb}
+
+
+def test_a_cluster_keeps_its_best_copy_and_a_clip_goes_to_the_longer_recording():
+    from stages.audio_dedup import EDGE_SCHEMA, resolve_audio_duplicates
+
+    long_talk, clip, mirror = "12:0000000038000", "12:0000000011000", "12:0000000011000"
+    edges = [edge("clip", "talk", contained="a_in_b", offset_s=2.0, qa=clip, qb=long_talk), edge("clip", "mirror", qa=clip, qb=mirror),
+             # captions that are clearly better (punctuated and cased against all lowercase) win over a longer recording
+             edge("lowercase-talk", "cased-clip", contained="b_in_a", qa="01:0000000060000", qb="12:0000000005000")]
+    decisions = resolve_audio_duplicates(pa.Table.from_pylist(edges, schema=EDGE_SCHEMA))
+    assert dict(zip(decisions.dropped.to_pylist(), decisions.keepers.to_pylist())) == {"clip": "talk", "mirror": "talk", "lowercase-talk": "cased-clip"}
+    details = dict(zip(decisions.dropped.to_pylist(), decisions.details.to_pylist()))
+    assert details["clip"].startswith("same audio as talk (a clip contained in it): bit error rate 0.030 over 9.0 s, starting at +2.00 s")
+    assert details["mirror"].endswith("; its cluster keeps talk") and "same audio as clip" in details["mirror"]
+    assert details["lowercase-talk"].startswith("same audio as cased-clip (contains it)")
+    assert (decisions.clusters, decisions.contained) == (2, 1)
+    again = resolve_audio_duplicates(pa.Table.from_pylist(edges[::-1], schema=EDGE_SCHEMA))
+    assert again.version == decisions.version and again.dropped.equals(decisions.dropped)
+
+
+def _source(source_id, ref, windows=0, reject=None, duplicate_of=None, seconds=10):
+    from pipeline.io.media import encode_flac
+
+    flac = encode_flac(np.zeros(16000, np.int16))
+    return {
+        "source_id": source_id, "source": f"/data/{source_id}.flac", "ref": ref, "duration_ms": None if reject else seconds * 1000,
+        "reject_reason": reject, "reject_stage": "remove_duplicates" if reject else None, "reject_detail": reject and f"near-duplicate of {duplicate_of}",
+        "duplicate_of": duplicate_of, "language": "en", "code_switched": False, "fingerprint": None if reject else b"\x01\x00\x00\x00" * 8,
+        "dedup_quality": "12:x", "dropped": [{"stage": "judge_windows", "reason": "transcript_mismatch", "detail": "d", "start_ms": 0, "end_ms": 1000}] if windows else [],
+        "windows": [{"segment_id": f"{source_id}-{k:05d}", "window_index": k, "start_ms": k * 1000, "end_ms": k * 1000 + 1000, "flac": flac,
+                     "text": "Hello there.", "has_speech": True, "language": "en", "task": "transcribe"} for k in range(windows)],
+    }
+
+
+def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_accounts(tmp_path, monkeypatch):
+    """Two committed shards: the keeper and a source the audio step drops in one, a text duplicate kept for the dropped
+    source in the other. Publishing rewrites both, a second publish changes nothing, and a crash between the new files
+    and the marker leaves the shard as it was until the next run finishes it."""
+    from pipeline.io.commit import OutputDir, OutputOptions
+    from pipeline.schema import table_from_rows
+    from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, publish_shard, shards_to_publish, summarize
+    from stages.audio_dedup import AudioDuplicateDecisions
+    from support.output import corpus_rows, markers, reject_rows
+
+    out = OutputDir(tmp_path, CORPUS_TABLES, "fp", side_files=())
+    out.prepare({"job": "test"}, overwrite=False)
+    options = OutputOptions()
+    first = commit_corpus_batch(table_from_rows([_source("keeper", 0, windows=2), _source("copy", 1, windows=3)]), out, options)
+    second = commit_corpus_batch(table_from_rows([_source("text-dup", 2, reject="duplicate", duplicate_of="copy"), _source("alone", 3, windows=1)]), out, options)
+    before = summarize(out, 4)
+    assert before["inputs"]["kept"] == 3 and before["windows"]["total"] == 6 and second["clusters"] == ["copy"]
+    assert {r["source_id"]: r["cluster_id"] for r in corpus_rows(tmp_path)} == {"keeper": "keeper", "copy": "copy", "alone": "alone"}
+    decisions = AudioDuplicateDecisions(pa.array(["copy"]), pa.array(["keeper"]), pa.array(["same audio as keeper"]), "v1", 1, 0)
+    assert sorted(shards_to_publish(out, decisions.dropped, "v1")) == sorted([first["shard"], second["shard"]])
+
+    monkeypatch.setenv("WSPSR_FAULTS", "raise@commit")
+    monkeypatch.setenv("WSPSR_FAULTS_DIR", str(tmp_path.parent))
+    with pytest.raises(RuntimeError, match="injected"):
+        publish_shard(out, first["shard"], options, decisions)
+    assert summarize(out, 4)["inputs"] == before["inputs"]  # the marker still names the old files: nothing changed
+    assert out.remove_uncommitted()  # the new files without a marker are leftovers of the crash
+    for shard in shards_to_publish(out, decisions.dropped, "v1"):
+        publish_shard(out, shard, options, decisions)
+
+    after = summarize(out, 4)
+    assert after["accounting"]["ok"] and after["inputs"]["kept"] == 2 and after["inputs"]["rejected_by_reason"] == {"audio_duplicate": 1, "duplicate": 1}
+    assert after["windows"]["total"] == 3 and after["hours"]["rejected_by_reason"]["audio_duplicate"] == round(10 / 3600, 4)
+    assert "transcript_mismatch" in after["stretches_dropped"] and after["stretches_dropped"]["transcript_mismatch"]["count"] == 2  # copy's went
+    rows = {r["source_id"]: r for r in reject_rows(tmp_path) if r["scope"] == "source"}
+    assert (rows["copy"]["reason"], rows["copy"]["duplicate_of"], rows["copy"]["cluster_id"]) == ("audio_duplicate", "keeper", "keeper")
+    assert rows["text-dup"]["cluster_id"] == "keeper" and rows["text-dup"]["duplicate_of"] == "copy"
+    assert {r["source_id"] for r in corpus_rows(tmp_path)} == {"keeper", "alone"}
+    assert not [r for r in reject_rows(tmp_path) if r["source_id"] == "copy" and r["scope"] == "stretch"]
+    # Published: the markers say under which decisions, the old files are gone, and publishing again does nothing.
+    assert {m.get("version") for m in markers(tmp_path)} == {"v1"}
+    assert all("-v1-" in p.name for table in CORPUS_TABLES for p in (tmp_path / table).glob("*.parquet"))
+    assert shards_to_publish(out, decisions.dropped, "v1") == [] and publish_shard(out, first["shard"], options, decisions) == 0
+    other = AudioDuplicateDecisions(pa.array(["keeper"]), pa.array(["copy"]), pa.array(["x"]), "v2")
+    with pytest.raises(Exception, match="other audio dedup decisions"):
+        publish_shard(out, first["shard"], options, other)

@@ -115,7 +115,8 @@ def base():
 def english_windows():
     """Every sample source with English speech, cut into windows by the corpus stages (no Ray)."""
     labels = [json.loads(line) for line in (SAMPLE / "labels.jsonl").read_text().splitlines()]
-    english = {label["audio"]: label for label in labels if label.get("audio_language") == "en" and label["kind"] != "code_switched_real_speech"}
+    english = {label["audio"]: label for label in labels if label.get("audio_language") == "en"
+               and label["kind"] not in ("code_switched_real_speech", "reupload_condensed_captions_real_speech")}
     found = discover_sources([str(SAMPLE / "sources"), str(SAMPLE / "manifest.jsonl")])
     rows = [r for r in found.sources if any(r["source"].endswith("sample/" + a) for a in english)]
     stages = [

@@ -18,7 +18,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "sample"
 # Outcomes the filters must get exactly right on the sample: every planted defect and every X->en pair.
 EXACT = [
     "all_uppercase", "all_lowercase", "missing_punctuation", "repetitive_text", "mostly_non_speech_markers",
-    "machine_generated_captions", "duplicate", "translate",
+    "machine_generated_captions", "duplicate", "audio_duplicate", "translate",
 ]
 # Whisper base does not recognise espeak-ng's voices for these languages reliably (sample/README.md measured
 # median p = 0.55 it, 0.15 ru, 0.01 pt); their clean sources may fail the agreement rule, and that is reported.

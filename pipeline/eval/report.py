@@ -116,7 +116,7 @@ def rejects_section(totals: dict[str, Any]) -> str:
     reasons = [reason for reason, _ in by_reason.most_common()][::-1]
     axis.barh(reasons, [by_reason[r] for r in reasons], color="#cc6677")
     axis.set_xlabel("rows")
-    rows = [[stage, reason, scope, v["rows"], _hours(v["ms"]), v["unknown"] or ""]
+    rows = [[stage, reason, scope, v["rows"], _hours(v.get("ms", 0)), v.get("unknown") or ""]
             for (stage, reason, scope), v in sorted(entries.items(), key=lambda kv: (-kv[1]["rows"], kv[0]))]
     note = ("<p>Hours are the audio each reject dropped (a source's length, a stretch's span); sources refused before "
             "decoding have no known duration.</p>")

@@ -66,13 +66,14 @@ class OutputDir:
     """One job's output folder (a local path or a URI such as ``s3://bucket/prefix``): ``<table>/part-*.parquet``
     files, ``_commits/*.json`` markers, ``run.json``."""
 
-    def __init__(self, root: str | Path, tables: tuple[str, ...], fingerprint: str, file_dir: str | None = None):
+    def __init__(self, root: str | Path, tables: tuple[str, ...], fingerprint: str, file_dir: str | None = None, side_files: tuple[str, ...] = ()):
         self.store = Store(root)
         self.location = self.store.uri()  # how messages name the folder
         self.root = Path(self.store.base) if self.store.local else None  # jobs that need local files (fetch) use this
         self.tables = tables
         self.fingerprint = fingerprint
         self.file_dir = file_dir  # a folder of per-source files (subtitles), committed with the shards that write them
+        self.side_files = side_files  # files of the whole run beside the tables (written by write_side_table)
 
     def read_json(self, relative: str) -> Any:
         return json.loads(self.store.read_bytes(relative).decode("utf-8"))
@@ -101,7 +102,7 @@ class OutputDir:
     def clear(self) -> None:
         for name in (*self.tables, MARKERS, *([self.file_dir] if self.file_dir else [])):
             self.store.delete_dir(name)
-        for name in (RUN_FILE, "summary.json"):
+        for name in (RUN_FILE, "summary.json", *self.side_files):
             self.store.delete(name)
 
     def markers(self) -> list[dict[str, Any]]:
@@ -159,16 +160,20 @@ class OutputDir:
         options: OutputOptions,
         extra_files: dict[str, str] | None = None,
         refs: list[int] | None = None,
+        marker_fields: dict[str, Any] | None = None,
+        version: str | None = None,
     ) -> dict[str, Any]:
         """Write each table's files and the extra files (path under ``file_dir`` -> text), then the marker (with the
-        sources' ``refs`` when given). Idempotent: the same shard rewrites the same files."""
+        sources' ``refs`` when given, and ``marker_fields``). Idempotent: the same shard rewrites the same files.
+        A ``version`` (a shard rewritten after the run: ``replace_shard``) goes into the file names and the marker's
+        ``version``, so the new files never overwrite the ones the current marker names."""
         files: dict[str, list[str]] = {}
         rows: dict[str, int] = {}
         for table_name, parts in tables.items():
             files[table_name] = []
             rows[table_name] = 0
             for k, part in enumerate(p for p in parts if p.num_rows):
-                name = f"part-{shard}-{k:03d}.parquet"
+                name = f"part-{shard}-{version + '-' if version else ''}{k:03d}.parquet"
                 self._write_parquet(part, f"{table_name}/{name}", options)
                 files[table_name].append(name)
                 rows[table_name] += part.num_rows
@@ -190,7 +195,42 @@ class OutputDir:
         }
         if refs is not None:
             marker["refs"] = sorted(refs)
+        if version:
+            marker["version"] = version
+        marker.update(marker_fields or {})
         self.write_json(f"{MARKERS}/{shard}.json", marker)
+        return marker
+
+    def write_side_table(self, relative: str, table: pa.Table, options: OutputOptions) -> None:
+        """A Parquet file of the whole run beside the tables (one of ``side_files``), written whole or not at all."""
+        assert relative in self.side_files, relative
+        self._write_parquet(table, relative, options)
+
+    def read_side_table(self, relative: str) -> pa.Table | None:
+        """A side table this config wrote (None when it is missing or another config's)."""
+        if not self.store.exists(relative):
+            return None
+        table = pq.read_table(self.store.path(relative), filesystem=self.store.fs)
+        return table if (table.schema.metadata or {}).get(METADATA_FINGERPRINT, b"").decode() == self.fingerprint else None
+
+    def read_marker(self, shard: str) -> dict[str, Any]:
+        return self.read_json(f"{MARKERS}/{shard}.json")
+
+    def read_shard(self, marker: dict[str, Any], table: str, schema: pa.Schema) -> pa.Table:
+        """One committed shard's rows of ``table`` (empty when it wrote none)."""
+        found = _read(self.store, _files_of(self.store, [marker], table), schema, None)
+        return found if found is not None else schema.empty_table()
+
+    def replace_shard(self, old: dict[str, Any], version: str, tables: dict[str, list[pa.Table]], sources: dict[str, list[str]],
+                      stats: dict[str, Any], options: OutputOptions, marker_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A committed shard rewritten (decisions made after the run, such as audio duplicates): the new files under
+        new names, then the marker in one atomic write, then the old files deleted. A crash before the marker leaves
+        the old shard whole (the new files are unnamed leftovers); after it, the old files are (both are removed at
+        the next start)."""
+        marker = self.commit_shard(old["shard"], tables, sources, stats, options, refs=old.get("refs"), marker_fields=marker_fields, version=version)
+        for table, names in old["files"].items():
+            for name in set(names) - set(marker["files"].get(table, [])):
+                self.store.delete(f"{table}/{name}")
         return marker
 
     def _write_parquet(self, table: pa.Table, relative: str, options: OutputOptions) -> None:

@@ -310,6 +310,16 @@ class Plan:
         reduced = selected.repartition(1).map_batches(_call_with, fn_args=(reduce, *args), batch_format="pyarrow", batch_size=None)
         return timed("phase", f"gather_{column}", 0, _collect, reduced, None)
 
+    def each(self, table: pa.Table, fn: Callable[..., pa.Table], *args: Any) -> pa.Table:
+        """``fn(row, *args)`` for each row of a small driver table (one task a row, spread over the cluster), the
+        results collected: work per named item, such as rewriting a committed shard."""
+        import ray.data
+
+        if table.num_rows == 0:
+            return pa.table({})
+        dataset = ray.data.from_arrow(blocks_of(table, 1))
+        return timed("phase", "each", table.num_rows, _collect, dataset.map_batches(_call_with, fn_args=(fn, *args), batch_format="pyarrow", batch_size=None), None)
+
     def commit(self, dataset, sink: Callable[[pa.Table], dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run the plan into the sink; yields each shard's marker as it commits, as counts (``shard``, ``rows``,
         ``counts`` per kind of id, ``stats``): the ids stay in the marker files."""

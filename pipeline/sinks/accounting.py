@@ -40,6 +40,25 @@ def add_counts(total: dict[str, Any], part: Mapping[str, Any]) -> dict[str, Any]
     return total
 
 
+def negated(part: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested dict of numbers with every number's sign flipped: ``add_counts(total, negated(part))`` takes a part
+    back out of a total."""
+    return {key: negated(value) if isinstance(value, Mapping) else -value for key, value in part.items()}
+
+
+def pruned(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Statistics without the entries a subtraction left at zero: zero counts inside dicts, and dicts left empty
+    (top-level numbers stay, zero or not). Readers of nested entries take a missing count as 0."""
+
+    def inner(value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        kept = {k: inner(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (0, {})}
+
+    return {key: inner(value) for key, value in stats.items() if inner(value) != {}}
+
+
 def count(counter: dict[str, Any], key: str, value: float = 1) -> None:
     counter[key] = counter.get(key, 0) + value
 

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.audio import SAMPLE_RATE
-from pipeline.io.commit import OutputDir, OutputOptions, shard_id, split_by_bytes
-from pipeline.schema import AUDIO_TYPE, CORPUS_SCHEMA, REJECTS_SCHEMA, WINDOW_TYPE, RejectScope
+from pipeline.io.commit import OutputDir, OutputError, OutputOptions, shard_id, split_by_bytes
+from pipeline.schema import AUDIO_TYPE, CORPUS_SCHEMA, FINGERPRINTS_SCHEMA, REJECTS_SCHEMA, WINDOW_TYPE, RejectReason, RejectScope
 from pipeline.sinks import accounting
 from pipeline.sinks.accounting import count
 
-CORPUS_TABLES = ("corpus", "rejects")
+CORPUS_TABLES = ("corpus", "rejects", "fingerprints")
 WINDOW_FIELDS = frozenset(field.name for field in WINDOW_TYPE)
 # Small per-source columns the rejects and statistics need (never the windows or the audio).
 SOURCE_COLUMNS = ("source_id", "source", "duration_ms", "reject_reason", "reject_stage", "reject_detail", "duplicate_of", "cues", "dropped")
@@ -46,6 +46,8 @@ def window_rows(kept: pa.Table) -> pa.Table:
             column = pa.array(np.full(len(flat), SAMPLE_RATE, dtype=np.int32))
         elif field.name == "code_switched":
             column = pc.fill_null(_column(kept, "code_switched", pa.bool_()), False).take(parent)
+        elif field.name == "cluster_id":  # a kept source keeps its own cluster (the audio dedup step may drop it later)
+            column = kept["source_id"].combine_chunks().take(parent)
         else:
             column = _column(kept, field.name, field.type).take(parent)
         if field.name == "task":
@@ -58,34 +60,31 @@ def _column(table: pa.Table, name: str, type_: pa.DataType) -> pa.ChunkedArray:
     return table[name] if name in table.column_names else pa.chunked_array([pa.nulls(table.num_rows, type_)])
 
 
-def window_stats(kept: pa.Table, stats: dict[str, Any]) -> None:
-    """Windows and their hours (all, with speech, per language and task) into the shard's statistics."""
-    if kept.num_rows == 0:
+def window_stats(corpus: pa.Table, stats: dict[str, Any]) -> None:
+    """Windows and their hours (all, with speech, per language and task) into the shard's statistics, from the
+    ``CORPUS_SCHEMA`` rows (so publishing can take a dropped source's windows out again the same way)."""
+    if corpus.num_rows == 0:
         return
-    flat = pc.list_flatten(kept["windows"].combine_chunks())
-    parent = pc.list_parent_indices(kept["windows"].combine_chunks()).to_numpy()
-    length = (pc.subtract(flat.field("end_ms"), flat.field("start_ms"))).to_numpy(zero_copy_only=False)
-    speech = flat.field("has_speech").to_numpy(zero_copy_only=False)
+    length = pc.subtract(corpus["end_ms"], corpus["start_ms"]).to_numpy(zero_copy_only=False)
+    speech = pc.fill_null(corpus["has_speech"], False).to_numpy(zero_copy_only=False)
     stats["windows"] += len(length)
     stats["windows_speech"] += int(speech.sum())
     stats["ms_out"] += int(length.sum())
     stats["ms_out_speech"] += int(length[speech].sum())
     # Hours per language and task, window by window (a code-switched source counts in each of its languages).
-    languages = pc.coalesce(flat.field("language"), _column(kept, "language", pa.string()).combine_chunks().take(parent)).to_pylist()
-    tasks = pc.coalesce(flat.field("task"), _column(kept, "task", pa.string()).combine_chunks().take(parent)).to_pylist()
-    for ms, language, task in zip(length.tolist(), languages, tasks):
+    for ms, language, task in zip(length.tolist(), corpus["language"].to_pylist(), corpus["task"].to_pylist()):
         count(stats["ms_per_language"], str(language), ms)
         count(stats["ms_per_task"], task or "transcribe", ms)
         count(stats["ms_per_language_task"], f"{language or '?'}\t{task or 'transcribe'}", ms)
-    switched = _column(kept, "code_switched", pa.bool_()).to_pylist()
-    stats["sources_code_switched"] += sum(1 for s in switched if s)
-    for value in flat.field("agreement_logprob").drop_null().to_numpy(zero_copy_only=False):
+    switched = corpus.filter(pc.fill_null(corpus["code_switched"], False))
+    stats["sources_code_switched"] += len(pc.unique(switched["source_id"])) if switched.num_rows else 0
+    for value in corpus["agreement_logprob"].drop_null().to_numpy(zero_copy_only=False):
         # tenths of a nat per token, -10 = -10 or lower: the report's histogram of kept windows' agreement
         count(stats["agreement_logprob"], f"{max(np.floor(float(value) * 10) / 10, -10.0):.1f}", 1)
     # Histograms for the report (whole seconds; characters per second of speech windows, 60 = 60 or more).
     for second, n in zip(*np.unique(np.minimum(length // 1000, 30), return_counts=True)):
         count(stats["window_seconds"], str(int(second)), int(n))
-    chars = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(flat.field("text"), ""))).to_numpy(zero_copy_only=False)
+    chars = pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(corpus["text"], ""))).to_numpy(zero_copy_only=False)
     spoken = speech & (length > 0)
     rates = np.minimum(chars[spoken] * 1000 // length[spoken], 60)
     for rate, n in zip(*np.unique(rates, return_counts=True)):
@@ -108,26 +107,35 @@ def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, 
             count(stats["rejected"], reason)
             # Rejected before decoding: the transcript's last cue tells roughly how much audio was dropped.
             count(stats["ms_rejected"], reason, duration or max((c["end_ms"] for c in row.get("cues") or []), default=0))
-            rejects.append(accounting.source_reject(row))
+            reject = accounting.source_reject(row)
+            # A near-duplicate (or a copy of an evaluation text) belongs to the cluster of the source kept for it.
+            linked = reason in (RejectReason.DUPLICATE.value, RejectReason.EVAL_OVERLAP.value) and row.get("duplicate_of")
+            rejects.append(dict(reject, cluster_id=row["duplicate_of"] if linked else row["source_id"]))
             _reject_stats(stats, row.get("reject_stage"), reason, RejectScope.SOURCE.value, duration)
             continue
         sources["kept"].append(row["source_id"])
         stats["sources_kept"] += 1
         for dropped in row.get("dropped") or []:
-            stretch = (dropped["end_ms"] - dropped["start_ms"]) if dropped["start_ms"] is not None else 0
-            entry = stats["stretches_dropped"].setdefault(dropped["reason"], {"count": 0, "ms": 0})
-            entry["count"] += 1
-            entry["ms"] += stretch
-            _reject_stats(stats, dropped["stage"], dropped["reason"], RejectScope.STRETCH.value, stretch if dropped["start_ms"] is not None else None)
+            _stretch_stats(stats, dropped)
             rejects.append(
                 {
                     "source_id": row["source_id"], "source": row["source"], "scope": RejectScope.STRETCH.value,
                     "stage": dropped["stage"], "reason": dropped["reason"], "detail": dropped["detail"],
-                    "start_ms": dropped["start_ms"], "end_ms": dropped["end_ms"], "duration_ms": duration,
+                    "start_ms": dropped["start_ms"], "end_ms": dropped["end_ms"], "duration_ms": duration, "cluster_id": row["source_id"],
                 }
             )
     rejects.sort(key=lambda r: (r["source_id"], r["scope"], r.get("start_ms") or 0, r["reason"]))
     return rejects, sources
+
+
+def _stretch_stats(stats: dict[str, Any], dropped: dict[str, Any]) -> None:
+    """A stretch dropped from a kept source (``DROPPED_TYPE``, or its reject row) into the statistics."""
+    timed = dropped["start_ms"] is not None
+    stretch = dropped["end_ms"] - dropped["start_ms"] if timed else 0
+    entry = stats["stretches_dropped"].setdefault(dropped["reason"], {"count": 0, "ms": 0})
+    entry["count"] += 1
+    entry["ms"] += stretch
+    _reject_stats(stats, dropped["stage"], dropped["reason"], RejectScope.STRETCH.value, stretch if timed else None)
 
 
 def _reject_stats(stats: dict[str, Any], stage: str | None, reason: str, scope: str, ms: int | None) -> None:
@@ -140,24 +148,127 @@ def _reject_stats(stats: dict[str, Any], stage: str | None, reason: str, scope: 
         entry["ms"] += ms
 
 
+def empty_stats() -> dict[str, Any]:
+    return {"sources_kept": 0, "ms_in": 0, "ms_out": 0, "ms_out_speech": 0, "windows": 0, "windows_speech": 0,
+            "rejected": {}, "ms_rejected": {}, "ms_per_language": {}, "ms_per_task": {}, "stretches_dropped": {},
+            "ms_per_language_task": {}, "window_seconds": {}, "chars_per_second": {}, "rejects": {},
+            "sources_code_switched": 0, "agreement_logprob": {}}
+
+
+def fingerprint_rows(kept: pa.Table) -> pa.Table:
+    """The kept sources' fingerprints (``FINGERPRINTS_SCHEMA``), for the audio dedup step after the run: a few KB a
+    source, kept apart from the windows so that step never reads audio."""
+    if kept.num_rows == 0 or "fingerprint" not in kept.column_names:
+        return FINGERPRINTS_SCHEMA.empty_table()
+    rows = kept.filter(pc.is_valid(kept["fingerprint"]))
+    return pa.table({field.name: _column(rows, field.name, field.type).cast(field.type) for field in FINGERPRINTS_SCHEMA}, schema=FINGERPRINTS_SCHEMA)
+
+
 def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) -> dict[str, Any]:
-    stats: dict[str, Any] = {"sources_kept": 0, "ms_in": 0, "ms_out": 0, "ms_out_speech": 0, "windows": 0, "windows_speech": 0,
-                             "rejected": {}, "ms_rejected": {}, "ms_per_language": {}, "ms_per_task": {}, "stretches_dropped": {},
-                             "ms_per_language_task": {}, "window_seconds": {}, "chars_per_second": {}, "rejects": {},
-                             "sources_code_switched": 0, "agreement_logprob": {}}
+    stats = empty_stats()
     rejects, sources = reject_rows(batch, stats)
     kept = batch.filter(pc.is_null(batch["reject_reason"])) if "reject_reason" in batch.column_names else batch
     if kept.num_rows and pc.any(pc.equal(pc.fill_null(pc.list_value_length(kept["windows"]), 0), 0)).as_py():
         raise RuntimeError("a source is neither rejected nor has windows (a stage bug)")
-    window_stats(kept, stats)
     corpus = window_rows(kept)
-    sizes = pc.binary_length(pc.struct_field(corpus["audio"], "bytes")).to_pylist() if corpus.num_rows else []
-    parts = split_by_bytes(corpus, sizes, int(options.max_shard_mb * 1024 * 1024))
+    window_stats(corpus, stats)
     rejects_table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
     stats = {key: value for key, value in stats.items() if value != {}}
     refs = batch["ref"].to_pylist() if "ref" in batch.column_names else None
-    return out.commit_shard(shard_id(sources["kept"] + sources["rejected"]), {"corpus": parts, "rejects": [rejects_table]}, sources, stats, options,
-                            refs=refs)
+    tables = {"corpus": _corpus_parts(corpus, options), "rejects": [rejects_table], "fingerprints": [fingerprint_rows(kept)]}
+    return out.commit_shard(shard_id(sources["kept"] + sources["rejected"]), tables, sources, stats, options, refs=refs,
+                            marker_fields={"clusters": _linked_clusters(rejects_table)})
+
+
+def _corpus_parts(corpus: pa.Table, options: OutputOptions) -> list[pa.Table]:
+    sizes = pc.binary_length(pc.struct_field(corpus["audio"], "bytes")).to_pylist() if corpus.num_rows else []
+    return split_by_bytes(corpus, sizes, int(options.max_shard_mb * 1024 * 1024))
+
+
+def _linked_clusters(rejects: pa.Table) -> list[str]:
+    """The clusters this shard's rejects belong to other than their own (the kept sources of its duplicates): the
+    marker lists them, so publishing finds the shards a changed keeper touches without reading any rows."""
+    if rejects.num_rows == 0:
+        return []
+    linked = rejects.filter(pc.not_equal(rejects["cluster_id"], rejects["source_id"]))
+    return sorted(pc.unique(linked["cluster_id"]).to_pylist()) if linked.num_rows else []
+
+
+# --- publishing decisions made after the run (audio duplicates) -------------------------------------------------
+
+
+def shards_to_publish(out: OutputDir, dropped: pa.Array, version: str) -> list[str]:
+    """The committed shards that ``dropped`` sources (sorted ids) touch and that are not published as ``version``:
+    those that kept one of them, or hold duplicates kept for one of them. Markers are read one at a time."""
+    found = []
+    for marker in out.iter_markers():
+        if marker.get("version") == version:
+            continue
+        named = marker["sources"].get("kept", []) + marker.get("clusters", [])
+        if named and len(dropped) and pc.any(pc.is_in(pa.array(named, pa.string()), value_set=dropped)).as_py():
+            found.append(marker["shard"])
+    return found
+
+
+def publish_shards(shards: pa.Table, out: OutputDir, options: OutputOptions, decisions: Any) -> pa.Table:
+    """For each shard named in ``shards["shard"]``: ``publish_shard``. One Ray task per shard (``Plan.each``)."""
+    dropped = [publish_shard(out, shard, options, decisions) for shard in shards["shard"].to_pylist()]
+    return pa.table({"shard": shards["shard"], "dropped": pa.array(dropped, pa.int64())})
+
+
+def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions: Any) -> int:
+    """Rewrite one committed shard under the audio dedup ``decisions`` (``stages.audio_dedup.AudioDuplicateDecisions``:
+    sorted ``dropped`` ids, their ``keepers`` and ``details``, a ``version``): the dropped sources' windows and
+    stretch rejects leave, each becomes one ``audio_duplicate`` reject row, duplicates kept for a dropped source move
+    to its keeper's cluster, and the marker's statistics follow. The fingerprints stay as they were (a rerun decides
+    again from them and gets the same decisions). Returns how many sources it dropped; 0 when already published."""
+    marker = out.read_marker(shard)
+    if marker.get("version") == decisions.version:
+        return 0
+    if marker.get("version"):
+        raise OutputError(f"shard {shard} of {out.location} was published under other audio dedup decisions ({marker['version']}, now "
+                          f"{decisions.version}): its dropped rows are gone; rerun with --overwrite")
+    corpus = out.read_shard(marker, "corpus", CORPUS_SCHEMA)
+    rejects = out.read_shard(marker, "rejects", REJECTS_SCHEMA)
+    fingerprints = out.read_shard(marker, "fingerprints", FINGERPRINTS_SCHEMA)
+    leaving = pc.is_in(corpus["source_id"], value_set=decisions.dropped)
+    removed, corpus = corpus.filter(leaving), corpus.filter(pc.invert(leaving))
+    here = sorted(set(pc.unique(removed["source_id"]).to_pylist()))
+    # What the dropped sources counted as kept (windows, hours, their dropped stretches) comes out of the statistics.
+    delta = empty_stats()
+    window_stats(removed, delta)
+    delta["sources_kept"] = len(here)
+    theirs = pc.is_in(rejects["source_id"], value_set=pa.array(here, pa.string()))
+    for row in rejects.filter(theirs).to_pylist():
+        _stretch_stats(delta, row)
+    stats = accounting.add_counts(dict(marker["stats"]), accounting.negated(delta))
+    # Each dropped source becomes one reject row; the duplicates kept for it join its keeper's cluster.
+    at = pc.index_in(pa.array(here, pa.string()), value_set=decisions.dropped).to_pylist()
+    durations = dict(zip(fingerprints["source_id"].to_pylist(), fingerprints["duration_ms"].to_pylist()))
+    paths = dict(zip(removed["source_id"].to_pylist(), removed["source"].to_pylist()))
+    added = []
+    for source_id, i in zip(here, at):
+        keeper, duration = decisions.keepers[i].as_py(), durations.get(source_id)
+        added.append({"source_id": source_id, "source": paths[source_id], "scope": RejectScope.SOURCE.value, "stage": "audio_dedup",
+                      "reason": RejectReason.AUDIO_DUPLICATE.value, "detail": decisions.details[i].as_py(), "duration_ms": duration,
+                      "duplicate_of": keeper, "cluster_id": keeper})
+        for name in ("rejected", "ms_rejected", "rejects"):
+            stats.setdefault(name, {})
+        count(stats["rejected"], RejectReason.AUDIO_DUPLICATE.value)
+        count(stats["ms_rejected"], RejectReason.AUDIO_DUPLICATE.value, duration or 0)
+        _reject_stats(stats, "audio_dedup", RejectReason.AUDIO_DUPLICATE.value, RejectScope.SOURCE.value, duration)
+    rejects = rejects.filter(pc.invert(theirs))
+    moved = pc.index_in(rejects["cluster_id"], value_set=decisions.dropped)
+    rejects = rejects.set_column(rejects.schema.get_field_index("cluster_id"), "cluster_id",
+                                 pc.coalesce(decisions.keepers.take(moved), rejects["cluster_id"]))
+    rejects = pa.concat_tables([rejects, pa.Table.from_pylist(added, schema=REJECTS_SCHEMA)])
+    rejects = rejects.sort_by([("source_id", "ascending"), ("scope", "ascending"), ("start_ms", "ascending"), ("reason", "ascending")])
+    kept = [i for i in marker["sources"].get("kept", []) if i not in set(here)]
+    sources = {"kept": kept, "rejected": sorted(marker["sources"].get("rejected", []) + here)}
+    tables = {"corpus": _corpus_parts(corpus, options), "rejects": [rejects], "fingerprints": [fingerprints]}
+    out.replace_shard(marker, decisions.version, tables, sources, accounting.pruned(stats), options,
+                      marker_fields={"clusters": _linked_clusters(rejects)})
+    return len(here)
 
 
 def summarize(out: OutputDir, found: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -193,6 +304,6 @@ def summarize(out: OutputDir, found: int, extra: dict[str, Any] | None = None) -
             "no_speech": totals.get("windows", 0) - totals.get("windows_speech", 0),
         },
         sources_code_switched=totals.get("sources_code_switched", 0),
-        stretches_dropped={k: {"count": v["count"], "hours": hours(v["ms"])} for k, v in sorted(totals.get("stretches_dropped", {}).items())},
+        stretches_dropped={k: {"count": v.get("count", 0), "hours": hours(v.get("ms", 0))} for k, v in sorted(totals.get("stretches_dropped", {}).items())},
         **(extra or {}),
     )
