@@ -17,7 +17,8 @@ from support.output import committed_table, corpus_rows, reject_rows
 
 pytestmark = pytest.mark.slow
 # These tests check the corpus foundation (sources, decoding, windows, commit); the filters have their own tests.
-NO_FILTERS = ["--set", "machine_generated.enabled=false", "--set", "dedup.enabled=false", "--set", "language.enabled=false"]
+NO_FILTERS = ["--set", "machine_generated.enabled=false", "--set", "dedup.enabled=false", "--set", "audio_dedup.enabled=false",
+              "--set", "language.enabled=false"]
 TOKEN = re.compile(r"<\|(\d+\.\d\d)\|>")
 LONG_CUES = [(0.0, 4.5, "And so my fellow Americans,"), (4.5, 10.6, "ask not what your country can do for you, ask what you can do for your country.")]
 

@@ -88,3 +88,30 @@ def test_rerunning_the_sample_does_no_work_and_changes_nothing(sample_run):
     again = run(["--out", str(out), "--quiet"])
     assert again["inputs"] == summary["inputs"] and again["windows"] == summary["windows"]
     assert committed_table(out, "corpus").sort_by("segment_id").equals(before)
+
+
+def test_the_same_recording_under_other_captions_is_found_by_its_audio(sample_run):
+    """The Kennedy recording is in the sample three times (#21): jfk.opus, a re-upload cut 2 s at the start, resampled
+    to 22.05 kHz MP3 with condensed captions (text dedup cannot see it), and the start of the code-switched
+    jfk_then_spanish. The longest keeps; the other two are rejected as its audio duplicates, clips contained in it.
+    The same text read by other voices (the dup1 group) is not the same recording; every row carries its cluster."""
+    import pyarrow.parquet as pq
+
+    out, summary = sample_run
+    corpus, rejects = corpus_rows(out), reject_rows(out)
+    kept = {r["source_id"] for r in corpus if r["source"].endswith("sample/sources/mixed/jfk_then_spanish.opus")}
+    assert len(kept) == 1
+    (keeper,) = kept
+    dropped = {r["source"].split("sample/")[-1]: r for r in rejects if r["reason"] == "audio_duplicate"}
+    assert set(dropped) == {"sources/en/jfk.opus", "sources/mixed/jfk_reupload.mp3"}
+    for r in dropped.values():
+        assert r["scope"] == "source" and r["duplicate_of"] == r["cluster_id"] == keeper and r["duration_ms"] > 8000
+        assert "contained in it" in r["detail"] and "bit error rate" in r["detail"], r["detail"]
+    assert summary["audio_duplicates"]["dropped"] == 2 and summary["audio_duplicates"]["clusters"] == 1
+    assert summary["inputs"]["rejected_by_reason"]["audio_duplicate"] == 2
+    # every row has its cluster: a kept source its own id, a text duplicate its keeper's, an audio duplicate its keeper's
+    assert all(r["cluster_id"] == r["source_id"] for r in corpus)
+    assert all(r["cluster_id"] == (r["duplicate_of"] if r["reason"] in ("duplicate", "audio_duplicate") else r["source_id"]) for r in rejects)
+    pairs = pq.read_table(out / "audio_duplicates.parquet").to_pylist()
+    linked = {r["a_id"] for r in pairs} | {r["b_id"] for r in pairs}
+    assert linked == {keeper, *(r["source_id"] for r in dropped.values())} and max(r["bit_error_rate"] for r in pairs) < 0.1

@@ -82,4 +82,4 @@ def test_eval_command_prints_the_table(sample_run):
     done = subprocess.run([sys.executable, "-m", "jobs.eval", "--corpus", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "precision" in done.stdout and "translate" in done.stdout
-    assert json.loads((out / "eval.json").read_text())["sources"] == 64
+    assert json.loads((out / "eval.json").read_text())["sources"] == 65

@@ -32,7 +32,8 @@ SECTIONS = (
     ("examples", "Examples of rejected transcripts"),
     ("duplicates", "Top duplicate clusters"),
 )
-REJECT_COLUMNS = ["source_id", "source", "reason", "detail", "start_ms", "duplicate_of"]
+REJECT_COLUMNS = ["source_id", "source", "reason", "detail", "start_ms", "cluster_id"]
+DUPLICATE_REASONS = {"duplicate": "transcript", "eval_overlap": "transcript", "audio_duplicate": "audio"}  # how a member was found
 TOP_CLUSTERS = 10
 WORST_SOURCES = 15
 EXAMPLES_PER_REASON = 3
@@ -212,9 +213,10 @@ def _transcripts_of(run: dict[str, Any], source_ids: set[str]) -> dict[str, str]
     return texts
 
 
-def scan_rejects(root: Path) -> tuple[dict[str, list[dict[str, Any]]], Counter, dict[str, list[str]]]:
+def scan_rejects(root: Path) -> tuple[dict[str, list[dict[str, Any]]], Counter, dict[str, list[tuple[str, str]]]]:
     """Streaming passes over the rejects table: the first examples per reason (by source id and start), the size
-    of every duplicate cluster, and the members of the largest ones; memory bounded by the duplicates."""
+    of every duplicate cluster (by ``cluster_id``: near-duplicate transcripts and the same recording alike), and the
+    members of the largest ones with how they were found; memory bounded by the duplicates."""
     chosen: dict[str, list[tuple]] = defaultdict(list)  # per reason: the smallest keys so far, sorted
     clusters: Counter = Counter()
     for batch in iter_committed(root, "rejects", REJECT_COLUMNS):
@@ -224,16 +226,16 @@ def scan_rejects(root: Path) -> tuple[dict[str, list[dict[str, Any]]], Counter, 
             if len(smallest) < EXAMPLES_PER_REASON or key < smallest[-1]:
                 bisect.insort(smallest, key)
                 del smallest[EXAMPLES_PER_REASON:]
-            if r["reason"] in ("duplicate", "eval_overlap") and r["duplicate_of"]:
-                clusters[r["duplicate_of"]] += 1
+            if r["reason"] in DUPLICATE_REASONS and r["cluster_id"]:
+                clusters[r["cluster_id"]] += 1
     examples = {reason: [dict(zip(("source_id", "start_ms", "source", "detail"), key)) for key in keys] for reason, keys in chosen.items()}
     top = {kept for kept, _ in sorted(clusters.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CLUSTERS]}
-    members: dict[str, list[str]] = defaultdict(list)
+    members: dict[str, list[tuple[str, str]]] = defaultdict(list)
     if top:
-        for batch in iter_committed(root, "rejects", ["source_id", "duplicate_of"]):
+        for batch in iter_committed(root, "rejects", ["source_id", "reason", "cluster_id"]):
             for r in batch.to_pylist():
-                if r["duplicate_of"] in top:
-                    members[r["duplicate_of"]].append(r["source_id"])
+                if r["cluster_id"] in top and r["reason"] in DUPLICATE_REASONS:
+                    members[r["cluster_id"]].append((r["source_id"], DUPLICATE_REASONS[r["reason"]]))
     return examples, clusters, members
 
 
@@ -254,9 +256,9 @@ def examples_section(examples: dict[str, list[dict[str, Any]]], run: dict[str, A
     return "".join(parts)
 
 
-def duplicates_section(root: Path, clusters: Counter, members: dict[str, list[str]]) -> str:
+def duplicates_section(root: Path, clusters: Counter, members: dict[str, list[tuple[str, str]]]) -> str:
     if not clusters:
-        return "<p>No near-duplicates were found.</p>"
+        return "<p>No duplicates were found (neither near-duplicate transcripts nor the same recording twice).</p>"
     top = sorted(clusters.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CLUSTERS]
     wanted = {kept for kept, _ in top}
     first_text: dict[str, tuple[str, str]] = {}
@@ -264,8 +266,17 @@ def duplicates_section(root: Path, clusters: Counter, members: dict[str, list[st
         for w in batch.to_pylist():
             if w["source_id"] in wanted and (w["source_id"] not in first_text or w["segment_id"] < first_text[w["source_id"]][0]):
                 first_text[w["source_id"]] = (w["segment_id"], w["text"] or "")
-    rows = [[kept, n + 1, ", ".join(sorted(members.get(kept, []))), first_text.get(kept, ("", ""))[1][:120]] for kept, n in top]
-    return _table(["kept (or evaluation text)", "size", "dropped as its duplicates", "kept text (first window)"], rows)
+
+    def dropped(kept: str, kind: str) -> str:
+        return ", ".join(sorted(source for source, found_by in members.get(kept, []) if found_by == kind))
+
+    rows = [[kept, n + 1, dropped(kept, "transcript"), dropped(kept, "audio"), first_text.get(kept, ("", ""))[1][:120]] for kept, n in top]
+    note = ("<p>A cluster is every source whose rows carry its <code>cluster_id</code>: transcripts that are near-duplicates "
+            "(MinHash) and recordings that are the same audio (acoustic fingerprints: re-uploads, re-encodes, clips of a longer "
+            "recording, whatever their captions say). Each keeps one source; how each dropped one matched is in its reject "
+            "detail, and the audio pairs with their bit error rates are in <code>audio_duplicates.parquet</code>.</p>")
+    return note + _table(["kept (or evaluation text)", "size", "dropped: near-duplicate transcript", "dropped: the same recording",
+                          "kept text (first window)"], rows)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
