@@ -326,7 +326,7 @@ def _role(mine: str, edge: dict[str, Any]) -> str | None:
 def _detail(mine: str, keeper: str, edge: dict[str, Any]) -> str:
     other = edge["b_id"] if edge["a_id"] == mine else edge["a_id"]
     # b's item i + offset is a's item i: where this source's start falls in the other's time
-    at = edge["offset_s"] if edge["a_id"] == mine else -edge["offset_s"]
+    at = (edge["offset_s"] if edge["a_id"] == mine else -edge["offset_s"]) + 0.0  # (+ 0.0: never "-0.00")
     role = _role(mine, edge)
     how = f"{'a clip ' + role + ' it' if role == 'contained in' else role + ' it' if role else 'the same recording'}"
     text = (f"same audio as {other} ({how}): bit error rate {edge['bit_error_rate']:.3f} over {edge['overlap_s']:.1f} s, "

@@ -15,7 +15,8 @@ from support.output import assert_accounted, committed_rows
 from support.data import JFK, JFK_TEXT, ffmpeg, srt, write_wav
 
 pytestmark = pytest.mark.slow
-NO_FILTERS = ["--set", "machine_generated.enabled=false", "--set", "dedup.enabled=false", "--set", "language.enabled=false"]
+NO_FILTERS = ["--set", "machine_generated.enabled=false", "--set", "dedup.enabled=false", "--set", "audio_dedup.enabled=false",
+              "--set", "language.enabled=false"]
 CUE = srt([(0.2, 10.7, JFK_TEXT)])
 
 
