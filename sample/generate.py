@@ -990,12 +990,14 @@ and the clips are joined with 0.3-1.5 s pauses (0.2-0.6 s padding at both ends).
 Four long recordings ({long_range}) span several 30 s windows; one starts with 38 s of low noise, so
 audio language ID has to look beyond the first window.
 
-`sources/mixed/` (made by `real_speech.py`, which `generate.py` runs last) holds two sources built from the
+`sources/mixed/` (made by `real_speech.py`, which `generate.py` runs last) holds three sources built from the
 real Kennedy recording: `jfk_then_spanish` switches language (11 s of Kennedy, then Spanish read speech from
 31 s, one timed transcript without a language suffix): it is kept with its first window `en` and its second
 `es`, and marked `code_switched`; `jfk_other_passage` pairs the recording with the transcript of another passage
 of the same address (plausible timing and speaking rate, other words): it is rejected `misaligned_transcript` by
-the per-window transcript agreement.
+the per-window transcript agreement; `jfk_reupload` is the recording uploaded again (2 s cut at the start, 22.05 kHz
+MP3) with condensed captions, which text dedup cannot match: audio dedup finds it, and finds `sources/en/jfk.opus`
+inside `jfk_then_spanish` too, so both are rejected `audio_duplicate` for that longer recording.
 
 ## Sources per language
 
