@@ -11,8 +11,9 @@ feature, so a re-encode or a resample flips a few bits and a different recording
 - ``match``: verification of a candidate pair at any offset: offsets voted by equal top bits, then the bit error
   rate (the share of differing bits) over the overlap at the best of them. A pair is a duplicate when it is at most
   ``max_bit_error_rate`` over at least ``min_overlap_s`` of audio that is not a stationary sound (silence, a tone:
-  identical items in a row carry no evidence); the shorter is ``contained`` in the longer when the overlap covers
-  nearly all of it.
+  identical items in a row carry no evidence) that covers most of the shorter (``min_overlap_share``: two
+  recordings that only share a stretch, one ending as the other begins, each hold audio of their own); the shorter
+  is ``contained`` in the longer when the overlap covers nearly all of it.
 
 Calibrated on real speech (``tests/test_audio_dedup.py``: JFK's 11 s): re-encoded to MP3 32 kbit/s 0.014,
 Opus 16 kbit/s 0.038, resampled to 8 kHz 0.000, telephone band + Opus 12 kbit/s 0.086, cut 2.3 s at the start
@@ -42,6 +43,9 @@ class AudioDedupOptions:
     max_bit_error_rate: float = 0.2  # at or below: the same recording (re-encodes measured 0.00-0.09, others 0.38+)
     min_overlap_s: float = 5.0  # the shortest shared stretch judged (a 5 s jingle shared by two podcasts is not enough)
     contained_share: float = 0.9  # the overlap covers this much of the shorter: a clip contained in the longer
+    # Less of the shorter than this shared: recordings that only share a stretch (one ends as the other begins, a
+    # quoted clip), each with audio of its own; not duplicates (dropping either would lose what only it holds).
+    min_overlap_share: float = 0.8
     max_stationary_share: float = 0.5  # more of the overlap than this in repeated items (silence, a tone): no evidence
     key_bits: int = 12  # top bits of an item that go into a key (the ones a re-encode flips least)
     key_items: int = 3  # consecutive items per key
@@ -52,8 +56,8 @@ class AudioDedupOptions:
     def __post_init__(self) -> None:
         if not 0.0 < self.max_bit_error_rate < 0.5:
             raise ValueError("max_bit_error_rate must be in (0, 0.5): unrelated audio sits near 0.5")
-        if self.min_overlap_s <= 0 or not 0 < self.contained_share <= 1 or not 0 <= self.max_stationary_share <= 1:
-            raise ValueError("min_overlap_s must be positive; contained_share and max_stationary_share in (0, 1]")
+        if self.min_overlap_s <= 0 or not 0 < self.contained_share <= 1 or not 0 <= self.max_stationary_share <= 1 or not 0 < self.min_overlap_share <= 1:
+            raise ValueError("min_overlap_s must be positive; contained_share, min_overlap_share and max_stationary_share in (0, 1]")
         if not 1 <= self.key_bits * self.key_items <= 60 or min(self.key_sample, self.min_shared_keys) < 1 or not 1 <= self.vote_bits <= 32:
             raise ValueError("key_bits x key_items must be 1-60 bits, key_sample at least 1, vote_bits 1-32")
 
@@ -162,11 +166,14 @@ def match(a: np.ndarray | bytes, b: np.ndarray | bytes, options: AudioDedupOptio
     return best
 
 
-def is_duplicate(found: AudioMatch | None, options: AudioDedupOptions) -> bool:
+def is_duplicate(found: AudioMatch | None, options: AudioDedupOptions, shorter_items: int | None = None) -> bool:
+    """The same recording: few differing bits over an overlap that is no stationary sound and, given the shorter
+    fingerprint's length, covers most of it (``min_overlap_share``)."""
     return (
         found is not None
         and found.bit_error_rate <= options.max_bit_error_rate
         and found.stationary_share <= options.max_stationary_share
+        and (shorter_items is None or found.overlap >= options.min_overlap_share * shorter_items)
     )
 
 
@@ -242,7 +249,7 @@ def judge_audio_pairs(rows: pa.Table, pairs: np.ndarray, options: AudioDedupOpti
             continue
         x, y = as_fingerprint(prints[i]), as_fingerprint(prints[j])
         found = match(x, y, options)
-        if not is_duplicate(found, options):
+        if not is_duplicate(found, options, min(len(x), len(y))):
             continue
         for name, value in (("a", a), ("b", b), ("a_id", ids[i]), ("b_id", ids[j]), ("bit_error_rate", round(found.bit_error_rate, 4)),
                             ("offset_s", round(found.offset_s, 2)), ("overlap_s", round(found.overlap_s, 2)),

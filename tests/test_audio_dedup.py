@@ -77,6 +77,24 @@ def test_a_clip_inside_a_longer_recording_is_found_as_contained(copies):
     assert containment(found, len(clip), len(longer), OPTIONS) == "a_in_b"
 
 
+def test_recordings_that_only_share_a_stretch_are_not_duplicates(tmp_path):
+    """One recording ends with Kennedy's words, the other begins with them (as consecutive parts of a stream cut with
+    overlap): the shared 11 s match at their offset, but each holds 10-20 s that the other lacks, so neither is a
+    duplicate of the other; the same file against a copy of itself with a second of silence added still is."""
+    counting, conversation = ROOT / "tests/data/speech/en_counting.flac", ROOT / "tests/data/speech/conversation_en.flac"
+    for name, parts in (("ends.flac", [counting, JFK]), ("begins.flac", [JFK, conversation])):
+        inputs = [arg for p in parts for arg in ("-i", str(p))]
+        chain = "".join(f"[{i}:a]aresample=16000,aformat=channel_layouts=mono[s{i}];" for i in range(len(parts)))
+        ffmpeg(*inputs, "-filter_complex", chain + "".join(f"[s{i}]" for i in range(len(parts))) + f"concat=n={len(parts)}:v=0:a=1", str(tmp_path / name))
+    ends, begins = fingerprint(tmp_path / "ends.flac"), fingerprint(tmp_path / "begins.flac")
+    found = match(ends, begins)
+    assert found is not None and found.bit_error_rate < 0.1, found  # the shared stretch lines up
+    assert not is_duplicate(found, OPTIONS, min(len(ends), len(begins))), found
+    ffmpeg("-i", str(tmp_path / "ends.flac"), "-af", "adelay=1000", str(tmp_path / "later.flac"))
+    later = fingerprint(tmp_path / "later.flac")
+    assert is_duplicate(match(ends, later), OPTIONS, min(len(ends), len(later)))
+
+
 def test_other_recordings_are_not_duplicates():
     """Different speech, and the same text read by three other voices (the sample's near-duplicate group)."""
     same_text = [ROOT / "sample/sources/en/en_dup1_a.opus", ROOT / "sample/media/en-dup1-b.opus", ROOT / "sample/media/en-dup1-c.mp3"]
