@@ -97,6 +97,18 @@ def ffmpeg_floor(files: list[Path], processes: int) -> dict[str, Any]:
     return {"processes": processes, "files": len(files), "audio_s": round(samples / 16000, 1), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "x_real_time": round(samples / 16000 / wall, 1)}
 
+def fingerprint_cost(with_audio_dedup: dict[str, Any], without: dict[str, Any]) -> dict[str, Any]:
+    """What audio dedup costs (issue 21): the decode stage's CPU with the fingerprint in the same ffmpeg run against
+    without it, and the job's wall and CPU time with the audio dedup step after the commit against without."""
+    def decode_cpu(run: dict[str, Any]) -> float:
+        return run["stages"].get("decode_audio", {}).get("cpu_s") or 0.0
+
+    return {"decode_cpu_s": decode_cpu(with_audio_dedup), "decode_cpu_s_without": decode_cpu(without),
+            "decode_cpu_overhead": round(decode_cpu(with_audio_dedup) / decode_cpu(without) - 1, 3) if decode_cpu(without) else None,
+            "job_wall_s": with_audio_dedup["wall_s"], "job_wall_s_without": without["wall_s"],
+            "job_cpu_s": with_audio_dedup["cpu_s"], "job_cpu_s_without": without["cpu_s"]}
+
+
 def bench_corpus(args: argparse.Namespace) -> dict[str, Any]:
     """Corpus build throughput with a per-stage breakdown, the bare-ffmpeg floor, and 1x/2x/4x scaling."""
     cores = machine_info()["usable_cores"] or 1
@@ -115,6 +127,8 @@ def bench_corpus(args: argparse.Namespace) -> dict[str, Any]:
     print(f"corpus (language.max_windows={CAPPED_WINDOWS}): {runs['capped']['wall_s']} s", file=sys.stderr)
     runs["no_models"] = run_corpus(base, work / "no-models", common + ["language.enabled=false"])
     print(f"corpus (language.enabled=false): {runs['no_models']['wall_s']} s", file=sys.stderr)
+    runs["no_audio_dedup"] = run_corpus(base, work / "no-audio-dedup", common + ["language.enabled=false", "audio_dedup.enabled=false"])
+    print(f"corpus (language.enabled=false, audio_dedup.enabled=false): {runs['no_audio_dedup']['wall_s']} s", file=sys.stderr)
     # Scaling runs without the Whisper stage by default: it only adds a constant actor and time linear in the
     # sources, and with it the 4x run alone takes several minutes on 2 cores (--scaling-models includes it).
     scaling, scale_set = {}, common if args.scaling_models else common + ["language.enabled=false"]
@@ -151,6 +165,7 @@ def bench_corpus(args: argparse.Namespace) -> dict[str, Any]:
         run["model_stage_task_s"] = round(model, 2)
     return {
         "benchmark": "corpus",
+        "fingerprint_cost": fingerprint_cost(runs["no_models"], runs["no_audio_dedup"]),
         "what": ("the corpus job as a subprocess on a generated workload (real English speech, Opus, SRT); wall time from outside "
                  "(Ray's start included); cpu_s = user+sys of the whole process tree; memory = peak over 0.2 s samples of the "
                  "summed PSS of the process tree (driver, GCS, raylet, workers, actors; Ray's shared-memory object store pages "
