@@ -283,13 +283,16 @@ def find_audio_duplicates(plan: GroupingPlan, dataset: Any, options: AudioDedupO
 
 @dataclass(frozen=True, eq=False)
 class AudioDuplicateDecisions:
-    """What the audio step decided, as the corpus sink's publishing options: the dropped source ids (sorted), the
-    source kept for each (its cluster's id) and a detail that says how they match, as Arrow arrays; ``version`` names
-    this set of decisions (a shard's marker records the one it was published under)."""
+    """What the audio step decided, as the corpus sink's publishing options, in Arrow arrays aligned with ``dropped``
+    (the dropped source ids, sorted): ``keepers`` (the source each cluster kept: its ``cluster_id``) and ``matches``
+    (the edge each dropped source is reported by: ``other``, ``bit_error_rate``, ``overlap_s``, ``at_s`` (where its
+    start falls in the other's time), ``role``), so the driver holds numbers and ids, and each shard formats the
+    details of its own rows (``detail``). ``version`` names this set of decisions (a published shard's marker
+    records it)."""
 
     dropped: pa.Array
     keepers: pa.Array
-    details: pa.Array
+    matches: pa.Table
     version: str
     clusters: int = 0  # clusters of two or more sources
     contained: int = 0  # dropped sources that are clips of a longer recording kept
@@ -297,54 +300,59 @@ class AudioDuplicateDecisions:
     def __len__(self) -> int:
         return len(self.dropped)
 
+    def detail(self, i: int) -> str:
+        m = {name: self.matches[name][i].as_py() for name in self.matches.column_names}
+        how = {"contained in": "a clip contained in it", "contains": "contains it"}.get(m["role"], "the same recording")
+        text = (f"same audio as {m['other']} ({how}): bit error rate {m['bit_error_rate']:.3f} over {m['overlap_s']:.1f} s, "
+                f"starting at {m['at_s'] + 0.0:+.2f} s of it")
+        keeper = self.keepers[i].as_py()
+        return text if m["other"] == keeper else f"{text}; its cluster keeps {keeper}"
+
+
+MATCH_SCHEMA = pa.schema([("other", pa.string()), ("bit_error_rate", pa.float64()), ("overlap_s", pa.float64()), ("at_s", pa.float64()),
+                          ("role", pa.string())])
+
 
 def resolve_audio_duplicates(edges: pa.Table) -> AudioDuplicateDecisions:
     """Clusters of the verified edges (connected components, ``stages.dedup.resolve_arrays``: the same quality rule
     as text duplicates: punctuated, then cased captions, then the longer recording, then finer cue timing, lossless
     audio, bit rate, and the smallest id), so a clip contained in a longer recording is dropped for it unless its
-    captions are better. Each dropped source's detail names the edge to its keeper (or its closest match)."""
+    captions are better. Each dropped source is reported by its edge to its keeper (or else its closest match). In
+    Arrow arrays over the edges: nothing per source in Python objects."""
     if edges.num_rows == 0:
         empty = pa.array([], pa.string())
-        return AudioDuplicateDecisions(empty, empty, empty, _version([], [], []))
+        return AudioDuplicateDecisions(empty, empty, MATCH_SCHEMA.empty_table(), _version(empty, empty, MATCH_SCHEMA.empty_table()))
     dropped, keepers = resolve_arrays(edges["a_id"], edges["b_id"], edges["a_quality"], edges["b_quality"])
-    keeper_of = dict(zip(dropped.to_pylist(), keepers.to_pylist()))
-    best: dict[str, tuple[bool, float, dict[str, Any]]] = {}  # dropped id -> (not its keeper's edge, BER, edge)
-    for edge in edges.to_pylist():
-        for mine, other in ((edge["a_id"], edge["b_id"]), (edge["b_id"], edge["a_id"])):
-            if mine in keeper_of:
-                rank = (other != keeper_of[mine], edge["bit_error_rate"], edge)
-                if mine not in best or rank[:2] < best[mine][:2]:
-                    best[mine] = rank
-    ids = sorted(keeper_of)
-    details = [_detail(mine, keeper_of[mine], best[mine][2]) for mine in ids]
-    contained = sum(1 for mine in ids if _role(mine, best[mine][2]) == "contained in")
-    keepers_sorted = [keeper_of[i] for i in ids]
-    return AudioDuplicateDecisions(pa.array(ids, pa.string()), pa.array(keepers_sorted, pa.string()), pa.array(details, pa.string()),
-                                   _version(ids, keepers_sorted, details), len(set(keepers_sorted)), contained)
+    order = pc.sort_indices(dropped)
+    dropped, keepers = dropped.take(order), keepers.take(order)
+    # Each edge seen from both ends; keep the dropped ends, then per dropped source its keeper's edge, else the closest.
+    a_id, b_id = edges["a_id"].combine_chunks(), edges["b_id"].combine_chunks()
+    offset, contained = edges["offset_s"].combine_chunks(), edges["contained"].combine_chunks()
+    ber, overlap = edges["bit_error_rate"].combine_chunks(), edges["overlap_s"].combine_chunks()
+    inside = pc.if_else(pc.equal(contained, "a_in_b"), a_id, pc.if_else(pc.equal(contained, "b_in_a"), b_id, pa.scalar(None, pa.string())))
+    mine = pa.concat_arrays([a_id, b_id])
+    half = pa.table({
+        "mine": mine, "other": pa.concat_arrays([b_id, a_id]), "bit_error_rate": pa.concat_arrays([ber, ber]),
+        "overlap_s": pa.concat_arrays([overlap, overlap]), "at_s": pa.concat_arrays([offset, pc.negate(offset)]),
+        "role": pc.if_else(pc.is_null(pa.concat_arrays([inside, inside])), pa.scalar(None, pa.string()),
+                           pc.if_else(pc.equal(pa.concat_arrays([inside, inside]), mine), "contained in", "contains")),
+    })
+    at = pc.index_in(half["mine"], value_set=dropped)
+    half = half.filter(pc.is_valid(at)).append_column("at", at.filter(pc.is_valid(at)))
+    half = half.append_column("not_keeper", pc.not_equal(half["other"], keepers.take(half["at"])))
+    half = half.sort_by([("at", "ascending"), ("not_keeper", "ascending"), ("bit_error_rate", "ascending"), ("other", "ascending")])
+    position = half["at"].to_numpy()
+    first = np.flatnonzero(np.r_[True, position[1:] != position[:-1]])
+    matches = half.take(pa.array(first)).select(MATCH_SCHEMA.names).cast(MATCH_SCHEMA)
+    contained_count = int(pc.sum(pc.equal(matches["role"], "contained in")).as_py() or 0)
+    return AudioDuplicateDecisions(dropped, keepers, matches, _version(dropped, keepers, matches), len(pc.unique(keepers)), contained_count)
 
 
-def _role(mine: str, edge: dict[str, Any]) -> str | None:
-    if not edge["contained"]:
-        return None
-    inside = edge["a_id"] if edge["contained"] == "a_in_b" else edge["b_id"]
-    return "contained in" if inside == mine else "contains"
-
-
-def _detail(mine: str, keeper: str, edge: dict[str, Any]) -> str:
-    other = edge["b_id"] if edge["a_id"] == mine else edge["a_id"]
-    # b's item i + offset is a's item i: where this source's start falls in the other's time
-    at = (edge["offset_s"] if edge["a_id"] == mine else -edge["offset_s"]) + 0.0  # (+ 0.0: never "-0.00")
-    role = _role(mine, edge)
-    how = f"{'a clip ' + role + ' it' if role == 'contained in' else role + ' it' if role else 'the same recording'}"
-    text = (f"same audio as {other} ({how}): bit error rate {edge['bit_error_rate']:.3f} over {edge['overlap_s']:.1f} s, "
-            f"starting at {at:+.2f} s of it")
-    return text if other == keeper else f"{text}; its cluster keeps {keeper}"
-
-
-def _version(*columns: list[str]) -> str:
+def _version(dropped: pa.Array, keepers: pa.Array, matches: pa.Table, chunk: int = 65_536) -> str:
+    """A digest of the decisions (the same edges give the same one), read a chunk of rows at a time."""
     digest = hashlib.sha256()
-    for column in columns:
-        for value in column:
-            digest.update(value.encode("utf-8") + b"\0")
-        digest.update(b"\1")
+    for column in (dropped, keepers, *matches.columns):
+        for start in range(0, len(column), chunk):
+            digest.update("\0".join(map(str, column.slice(start, chunk).to_pylist())).encode("utf-8") + b"\1")
+        digest.update(b"\2")
     return digest.hexdigest()[:16]

@@ -161,7 +161,7 @@ def test_a_cluster_keeps_its_best_copy_and_a_clip_goes_to_the_longer_recording()
              edge("lowercase-talk", "cased-clip", contained="b_in_a", qa="01:0000000060000", qb="12:0000000005000")]
     decisions = resolve_audio_duplicates(pa.Table.from_pylist(edges, schema=EDGE_SCHEMA))
     assert dict(zip(decisions.dropped.to_pylist(), decisions.keepers.to_pylist())) == {"clip": "talk", "mirror": "talk", "lowercase-talk": "cased-clip"}
-    details = dict(zip(decisions.dropped.to_pylist(), decisions.details.to_pylist()))
+    details = {source: decisions.detail(i) for i, source in enumerate(decisions.dropped.to_pylist())}
     assert details["clip"].startswith("same audio as talk (a clip contained in it): bit error rate 0.030 over 9.0 s, starting at +2.00 s")
     assert details["mirror"].endswith("; its cluster keeps talk") and "same audio as clip" in details["mirror"]
     assert details["lowercase-talk"].startswith("same audio as cased-clip (contains it)")
@@ -191,7 +191,7 @@ def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_acco
     from pipeline.io.commit import OutputDir, OutputOptions
     from pipeline.schema import table_from_rows
     from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, publish_shard, shards_to_publish, summarize
-    from stages.audio_dedup import AudioDuplicateDecisions
+    from stages.audio_dedup import MATCH_SCHEMA, AudioDuplicateDecisions
     from support.output import corpus_rows, markers, reject_rows
 
     out = OutputDir(tmp_path, CORPUS_TABLES, "fp", side_files=())
@@ -202,7 +202,8 @@ def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_acco
     before = summarize(out, 4)
     assert before["inputs"]["kept"] == 3 and before["windows"]["total"] == 6 and second["clusters"] == ["copy"]
     assert {r["source_id"]: r["cluster_id"] for r in corpus_rows(tmp_path)} == {"keeper": "keeper", "copy": "copy", "alone": "alone"}
-    decisions = AudioDuplicateDecisions(pa.array(["copy"]), pa.array(["keeper"]), pa.array(["same audio as keeper"]), "v1", 1, 0)
+    match = pa.Table.from_pylist([{"other": "keeper", "bit_error_rate": 0.03, "overlap_s": 9.0, "at_s": 0.0, "role": None}], schema=MATCH_SCHEMA)
+    decisions = AudioDuplicateDecisions(pa.array(["copy"]), pa.array(["keeper"]), match, "v1", 1, 0)
     assert sorted(shards_to_publish(out, decisions.dropped, "v1")) == sorted([first["shard"], second["shard"]])
 
     monkeypatch.setenv("WSPSR_FAULTS", "raise@commit")
@@ -220,6 +221,7 @@ def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_acco
     assert "transcript_mismatch" in after["stretches_dropped"] and after["stretches_dropped"]["transcript_mismatch"]["count"] == 2  # copy's went
     rows = {r["source_id"]: r for r in reject_rows(tmp_path) if r["scope"] == "source"}
     assert (rows["copy"]["reason"], rows["copy"]["duplicate_of"], rows["copy"]["cluster_id"]) == ("audio_duplicate", "keeper", "keeper")
+    assert rows["copy"]["detail"] == "same audio as keeper (the same recording): bit error rate 0.030 over 9.0 s, starting at +0.00 s of it"
     assert rows["text-dup"]["cluster_id"] == "keeper" and rows["text-dup"]["duplicate_of"] == "copy"
     assert {r["source_id"] for r in corpus_rows(tmp_path)} == {"keeper", "alone"}
     assert not [r for r in reject_rows(tmp_path) if r["source_id"] == "copy" and r["scope"] == "stretch"]
@@ -227,6 +229,6 @@ def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_acco
     assert {m.get("version") for m in markers(tmp_path)} == {"v1"}
     assert all("-v1-" in p.name for table in CORPUS_TABLES for p in (tmp_path / table).glob("*.parquet"))
     assert shards_to_publish(out, decisions.dropped, "v1") == [] and publish_shard(out, first["shard"], options, decisions) == 0
-    other = AudioDuplicateDecisions(pa.array(["keeper"]), pa.array(["copy"]), pa.array(["x"]), "v2")
+    other = AudioDuplicateDecisions(pa.array(["keeper"]), pa.array(["copy"]), match, "v2")
     with pytest.raises(Exception, match="other audio dedup decisions"):
         publish_shard(out, first["shard"], options, other)

@@ -218,7 +218,7 @@ def publish_shards(shards: pa.Table, out: OutputDir, options: OutputOptions, dec
 
 def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions: Any) -> int:
     """Rewrite one committed shard under the audio dedup ``decisions`` (``stages.audio_dedup.AudioDuplicateDecisions``:
-    sorted ``dropped`` ids, their ``keepers`` and ``details``, a ``version``): the dropped sources' windows and
+    sorted ``dropped`` ids, their ``keepers``, ``detail(i)``, a ``version``): the dropped sources' windows and
     stretch rejects leave, each becomes one ``audio_duplicate`` reject row, duplicates kept for a dropped source move
     to its keeper's cluster, and the marker's statistics follow. The fingerprints stay as they were (a rerun decides
     again from them and gets the same decisions). Returns how many sources it dropped; 0 when already published."""
@@ -250,7 +250,7 @@ def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions:
     for source_id, i in zip(here, at):
         keeper, duration = decisions.keepers[i].as_py(), durations.get(source_id)
         added.append({"source_id": source_id, "source": paths[source_id], "scope": RejectScope.SOURCE.value, "stage": "audio_dedup",
-                      "reason": RejectReason.AUDIO_DUPLICATE.value, "detail": decisions.details[i].as_py(), "duration_ms": duration,
+                      "reason": RejectReason.AUDIO_DUPLICATE.value, "detail": decisions.detail(i), "duration_ms": duration,
                       "duplicate_of": keeper, "cluster_id": keeper})
         for name in ("rejected", "ms_rejected", "rejects"):
             stats.setdefault(name, {})
