@@ -76,7 +76,7 @@ def _generated(split: tuple[int, int, int]) -> Iterator[pa.Table]:
 
 def bench_global_step(count: int, splits: int, seed: int) -> dict[str, Any]:
     from pipeline.run.runner import Plan, RayOptions
-    from stages.audio_dedup import AudioDedupOptions, find_audio_duplicates
+    from stages.audio_dedup import AudioDedupOptions, find_audio_duplicates, resolve_audio_duplicates
 
     plan = Plan(RayOptions(progress=False))
     step = -(-count // splits)
@@ -86,10 +86,14 @@ def bench_global_step(count: int, splits: int, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     edges = find_audio_duplicates(plan, dataset, AudioDedupOptions(), rows_hint=count)
     seconds = time.perf_counter() - started
+    resolved = time.perf_counter()
+    decisions = resolve_audio_duplicates(edges)  # the cluster decision the corpus job publishes
+    resolve_seconds = time.perf_counter() - resolved
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     planted = {(r - 1, r) for r in range(COPY_EVERY - 1, count, COPY_EVERY)}
     found = {(a, b) for a, b in zip(edges["a"].to_pylist(), edges["b"].to_pylist())}
-    return {"fingerprints": count, "splits": len(parts), "seconds": round(seconds, 1), "planted_pairs": len(planted),
+    return {"fingerprints": count, "splits": len(parts), "seconds": round(seconds, 1), "resolve_seconds": round(resolve_seconds, 2),
+            "dropped": len(decisions), "clusters": decisions.clusters, "planted_pairs": len(planted),
             "recall": round(len(found & planted) / max(1, len(planted)), 4), "false_edges": len(found - planted),
             "driver_peak_rss_growth_mb": round((rss_after - rss_before) / 1024, 1), "driver_peak_rss_mb": round(rss_after / 1024, 1)}
 
