@@ -29,16 +29,17 @@ from pipeline.io.storage import atomic_file
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.run.runner import Plan, RayOptions
-from pipeline.eval.splits import select_split, threshold_of_positions, window_positions
+from pipeline.eval.splits import group_of, select_split, threshold_of_positions, window_positions
 from pipeline.stage import Stage
 from pipeline.io.storage import is_uri
 from pipeline.run.train import TrainingFailed, fit
 from pipeline.whisper.finetune import MODEL_FILE, TrainOptions, load_trainer_state
 from stages.build_training_examples import ExampleOptions, build_training_examples
+from stages.sample_windows import SamplingOptions, WindowRates, sample_windows, sampling_rates, target_shares
 
 log = logging.getLogger("wspsr")
 
-CORPUS_COLUMNS = ["segment_id", "source_id", "audio", "text", "text_timestamped", "prev_text", "language", "task", "has_speech"]
+CORPUS_COLUMNS = ["segment_id", "source_id", "audio", "text", "text_timestamped", "prev_text", "language", "task", "has_speech", "code_switched"]
 CHECKPOINTS = "checkpoints"
 
 
@@ -73,7 +74,7 @@ class TrainRayOptions(RayOptions):
             raise ValueError("workers must be at least 1 and cpus_per_worker positive")
 
 
-SECTIONS: dict[str, type] = {"data": DataOptions, "examples": ExampleOptions, "train": TrainOptions, "ray": TrainRayOptions}
+SECTIONS: dict[str, type] = {"data": DataOptions, "sampling": SamplingOptions, "examples": ExampleOptions, "train": TrainOptions, "ray": TrainRayOptions}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="optimizer steps (default 100)")
     parser.add_argument("--batch-size", type=int, help="examples per worker per micro-batch (default 8)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-5)")
+    parser.add_argument("--lora-rank", type=int, metavar="R", help="train LoRA adapters of rank R (peft) instead of every weight; "
+                        "alpha, dropout and targets are [train] lora_* options (default 0: full fine-tuning)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     add_common_arguments(parser, "train", reject_fraction=False)
     return parser.parse_args(argv)
@@ -130,7 +133,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     config = resolve_config(
         args,
         SECTIONS,
-        {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr, "ray.workers": args.workers, "ray.use_gpu": args.gpu},
+        {"train.steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr, "train.lora_rank": args.lora_rank,
+         "ray.workers": args.workers, "ray.use_gpu": args.gpu},
     )
     dims = model_dims(args.model)
     config["examples"] = replace(config["examples"], n_mels=dims["n_mels"], n_vocab=dims["n_vocab"], n_text_ctx=dims["n_text_ctx"])
@@ -152,18 +156,21 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     data = config["data"]
     ordered = list(files)
     random.Random(data.file_seed).shuffle(ordered)
-    positions = read_positions(ordered, data.max_windows, data.split_seed)
+    positions, groups = read_windows(ordered, data.max_windows, data.split_seed)
     threshold = threshold_of_positions(positions, data.held_out_fraction)
+    natural = group_counts(groups, positions >= threshold)
+    sampling = config["sampling"]
+    rates = sampling_rates(natural, sampling)
 
     plan = Plan(config["ray"])
     corpus_rows = plan.read_parquet(ordered, CORPUS_COLUMNS)
     if data.max_windows:
         corpus_rows = plan.limit(corpus_rows, data.max_windows)
     examples = config["examples"]
-    train_ds = plan.apply(
-        plan.map(corpus_rows, select_split, threshold, data.split_seed, False),
-        [Stage("build_training_examples", build_training_examples, examples)],
-    )
+    train_rows = plan.map(corpus_rows, select_split, threshold, data.split_seed, False)
+    if not sampling.is_natural:  # windows repeated or left out by their group's rate
+        train_rows = plan.map(train_rows, sample_windows, WindowRates(tuple(rates), tuple(rates.values()), sampling.seed))
+    train_ds = plan.apply(train_rows, [Stage("build_training_examples", build_training_examples, examples)])
     held_out = replace(examples, prompt_probability=0.0, timestamp_probability=0.0)  # comparable loss: text only
     eval_ds = plan.apply(
         plan.map(corpus_rows, select_split, threshold, data.split_seed, True),
@@ -188,10 +195,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         state = load_trainer_state(Path(folder))["state"]
     checkpoint = Path(result.checkpoint.path) / MODEL_FILE
     metrics = training_metrics(state, config, args.model, corpus, checkpoint, split)
+    metrics["sampling"] = {"natural": natural, "target_shares": {g: round(v, 4) for g, v in target_shares(natural, sampling).items()},
+                           "rates": {g: round(v, 4) for g, v in rates.items()}, "realised": state.get("mix", {})}
     write_json_atomically(out / "metrics.json", metrics)
     plot_loss_curve(metrics, out / "loss_curve.png")
     summary = {
-        "job": "train", "output": str(out), "checkpoint": str(checkpoint), "steps": state["step"],
+        "job": "train", "output": str(out), "checkpoint": str(checkpoint), "steps": state["step"], "method": metrics["method"],
+        "parameters": metrics["parameters"],
         "held_out": {k: metrics["eval"].get(k) for k in ("before", "after")}, "elapsed_s": round(time.monotonic() - started, 1),
         "accounting": {"ok": True},
     }
@@ -199,20 +209,28 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def read_positions(files: list[str], max_windows: int, seed: int) -> np.ndarray:
-    """The source position of every window to train on, file by file (only the source_id column is read)."""
+def read_windows(files: list[str], max_windows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source position and the group (language, or code_switched) of every window to train on, file by file
+    (three small columns read): 8 bytes and a group name reference a window."""
     import pyarrow.parquet as pq
 
-    parts, left = [], max_windows or None
+    parts, groups, left = [], [], max_windows or None
     for file in files:
         if left is not None and left <= 0:
             break
-        ids = pq.read_table(file, columns=["source_id"])["source_id"]
+        table = pq.read_table(file, columns=["source_id", "language", "code_switched"])
         if left is not None:
-            ids = ids.slice(0, left)
-            left -= len(ids)
-        parts.append(window_positions(ids, seed))
-    return np.concatenate(parts) if parts else np.zeros(0)
+            table = table.slice(0, left)
+            left -= table.num_rows
+        parts.append(window_positions(table["source_id"], seed))
+        groups.append(np.asarray(group_of(table["language"], table["code_switched"]).to_numpy(zero_copy_only=False), dtype=object))
+    return (np.concatenate(parts), np.concatenate(groups)) if parts else (np.zeros(0), np.zeros(0, dtype=object))
+
+
+def group_counts(groups: np.ndarray, training: np.ndarray) -> dict[str, int]:
+    """Windows of the training split per group."""
+    names, counts = np.unique(groups[training].astype(str), return_counts=True) if training.any() else ([], [])
+    return {str(name): int(n) for name, n in zip(names, counts)}
 
 
 def split_counts(positions: np.ndarray, threshold: float) -> dict[str, int]:
@@ -223,11 +241,15 @@ def split_counts(positions: np.ndarray, threshold: float) -> dict[str, int]:
 
 def training_metrics(state: dict[str, Any], config: dict[str, Any], model: str, corpus: str, checkpoint: Path,
                      split: dict[str, int]) -> dict[str, Any]:
-    evals = state["evals"]
+    evals, train = state["evals"], config["train"]
+    parameters = state.get("parameters") or {}
     return {
         "model": model,
         "corpus": corpus,
         "checkpoint": str(checkpoint),
+        "method": "lora" if train.lora_rank else "full",
+        "parameters": dict(parameters, trainable_fraction=round(parameters["trainable"] / parameters["total"], 6)) if parameters else {},
+        "frozen_encoder": train.freeze_encoder,
         "steps": state["step"],
         "epochs_started": state["epoch"] + 1,
         "examples_seen": state["examples"],
@@ -260,9 +282,20 @@ def plot_loss_curve(metrics: dict[str, Any], path: Path) -> None:
         axis.plot([e["step"] for e in points], [e["loss"] for e in points], "o-", label="held-out loss")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("cross-entropy per token")
-    axis.set_title(f"wspsr train: {metrics['model']}")
+    axis.set_title(f"wspsr train: {metrics['model']}" + (" (LoRA)" if metrics.get("method") == "lora" else ""))
     axis.grid(alpha=0.3)
-    axis.legend()
+    handles, labels = axis.get_legend_handles_labels()
+    groups = sorted({g for e in points for g in (e.get("error_rates") or {})})
+    if groups:  # error rates on their own axis: each group in its measure (WER, CER, MER)
+        rates = axis.twinx()
+        for group in groups:
+            marks = [(e["step"], e["error_rates"][group]) for e in points if group in (e.get("error_rates") or {})]
+            rates.plot([s for s, _ in marks], [100 * v["rate"] for _, v in marks], "s--", linewidth=1,
+                       label=f"{group} {marks[0][1]['measure'].upper()}")
+        rates.set_ylabel("held-out error rate (%)")
+        more_handles, more_labels = rates.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    axis.legend(handles, labels, fontsize="small")
     figure.tight_layout()
     with atomic_file(path) as handle:
         figure.savefig(handle, format="png")
@@ -272,11 +305,15 @@ def plot_loss_curve(metrics: dict[str, Any], path: Path) -> None:
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"\nwspsr train: {summary['output']}")
     print(f"  steps: {summary['steps']}; checkpoint: {summary['checkpoint']}")
+    parameters = summary.get("parameters") or {}
+    if parameters:
+        print(f"  {summary.get('method', 'full')} fine-tuning: {parameters['trainable']:,} of {parameters['total']:,} parameters trained "
+              f"({parameters['trainable_fraction']:.2%})")
     for when in ("before", "after"):
         figures = summary["held_out"].get(when)
         if figures and figures["loss"] is not None:
-            wer = f", WER {figures['wer']:.1%}" if figures.get("wer") is not None else ""
-            print(f"  held-out {when}: loss {figures['loss']:.4f}{wer} ({figures['examples']} windows)")
+            rates = ", ".join(f"{group} {v['measure'].upper()} {v['rate']:.1%}" for group, v in (figures.get("error_rates") or {}).items())
+            print(f"  held-out {when}: loss {figures['loss']:.4f} ({figures['examples']} windows){'; ' + rates if rates else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,6 +131,7 @@ EXAMPLE_SCHEMA = pa.schema(
         ("language", pa.string()),
         ("task", pa.string()),
         ("has_speech", pa.bool_()),
+        ("code_switched", pa.bool_()),  # its source switches language (a window of the code-switched subset)
         ("text", pa.string()),
         ("mel", pa.large_binary()),  # float32, n_mels x 3000, row-major
         ("tokens", pa.list_(pa.int32())),
@@ -145,7 +146,7 @@ def build_training_examples(batch: pa.Table, options: ExampleOptions) -> pa.Tabl
     """Corpus rows -> one example row each (``EXAMPLE_SCHEMA``), always with the same columns."""
     rows = []
     for row in batch.to_pylist():
-        out = {k: row.get(k) for k in ("segment_id", "source_id", "language", "task", "has_speech", "text")}
+        out = {k: row.get(k) for k in ("segment_id", "source_id", "language", "task", "has_speech", "code_switched", "text")}
         built = example_tokens(row, options)
         if not isinstance(built, Reject):
             try:

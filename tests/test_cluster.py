@@ -149,3 +149,19 @@ def test_fetch_then_transcribe_submitted_to_the_cluster(cluster, tmp_path):
     assert summary["accounting"]["ok"] and summary["inputs"]["kept"] == 1
     text = " ".join(read_table(tmp_path / "tr", "transcripts")["text"].to_pylist()).lower()
     assert "ask not what your country can do for you" in text, text
+
+
+def test_train_submitted_to_the_cluster(sample_run, cluster, tmp_path):
+    """`wspsr train` through `ray job submit`: LoRA on the tiny random model over the sample corpus, one Ray Train
+    worker on the cluster (the working dir shipped by Ray), checkpoints and metrics in a folder every node sees."""
+    corpus, _ = sample_run
+    out = tmp_path / "train"
+    code, _, output = ray_cli(
+        cluster, "job", "submit", "--submission-id", "train-sample", "--working-dir", str(REPO),
+        "--", "python", "-m", "jobs.train", "--corpus", str(corpus), "--out", str(out), "--model", "tiny-random", "--lora-rank", "4",
+        "--steps", "3", "--batch-size", "2", "--lr", "1e-3", "--quiet", "--set", "data.max_windows=8", "--set", "train.warmup_steps=0",
+        "--set", "train.eval_max_examples=1", "--set", "ray.cpus_per_worker=0.5", timeout=900,
+    )
+    assert code == 0 and "Job 'train-sample' succeeded" in output, output[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["method"] == "lora" and Path(metrics["checkpoint"]).exists()

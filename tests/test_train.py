@@ -36,33 +36,52 @@ def trainer_state(out: Path, step: int) -> dict:
 
 
 @pytest.mark.slow
-def test_tiny_model_loss_falls_by_half_and_checkpoint_loads(sample_run, tmp_path):
+def test_lora_trains_few_parameters_merges_and_reports_error_rates_per_language(sample_run, tmp_path):
+    """LoRA (peft) on the tiny random model over the sample corpus, with temperature sampling and an evaluation every
+    10 steps: under 10 % of the parameters train, the loss halves, checkpoints hold the adapters (the last one also
+    the merged model, which openai-whisper loads and `wspsr export` serves), and every evaluation has error rates
+    per language in its own measure, MER for the code-switched source (held out by this split seed)."""
     import whisper
 
     corpus, _ = sample_run
-    out = tmp_path / "tiny"
-    train_in_process(out, corpus, "--model", "tiny-random", "--steps", "30", "--batch-size", "4", "--lr", "3e-3", "--set", "train.warmup_steps=3",
-                     "--set", "train.checkpoint_every=15", "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=1")
+    out = tmp_path / "lora"
+    train_in_process(out, corpus, "--model", "tiny-random", "--lora-rank", "8", "--steps", "30", "--batch-size", "4", "--lr", "3e-3",
+                     "--set", "train.warmup_steps=3", "--set", "train.checkpoint_every=15", "--set", "train.eval_every=10",
+                     "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=16", "--set", "data.held_out_fraction=0.2",
+                     "--set", "data.split_seed=6", "--set", "sampling.temperature=3")
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "lora" and 0 < metrics["parameters"]["trainable_fraction"] < 0.1, metrics["parameters"]
     losses = metrics["train_loss"]
     assert len(losses) == metrics["steps"] == 30
     assert sum(losses[-5:]) / 5 <= 0.5 * losses[0], losses
-    assert metrics["split"]["held_out_sources"] >= 1 and metrics["split"]["train_windows"] > 0
-    before, after = metrics["eval"]["before"], metrics["eval"]["after"]
-    assert before["step"] == 0 and after["step"] == 30 and after["loss"] < before["loss"]
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000015", "step-000030"]
-    model = whisper.load_model(metrics["checkpoint"], device="cpu")  # openai-whisper's own loader
-    assert model.dims.n_text_state == 64
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 30 and summary["checkpoint"] == metrics["checkpoint"]
+    # adapters only until the end; the end also merged, in openai-whisper's format
+    middle, last = out / "checkpoints" / "step-000015", out / "checkpoints" / "step-000030"
+    assert sorted(p.name for p in middle.iterdir()) == ["adapter.pt", "trainer_state.pt"]
+    assert {"adapter.pt", "model.pt"} <= {p.name for p in last.iterdir()} and metrics["checkpoint"] == str(last / "model.pt")
+    model = whisper.load_model(metrics["checkpoint"], device="cpu")  # openai-whisper's own loader, no peft
+    assert model.dims.n_text_state == 64 and type(model.decoder.blocks[0].attn.query).__module__ == "whisper.model"
+    # error rates before, during (every 10 steps) and after, per group in the measure that fits it
+    evals = metrics["eval"]
+    assert [e["step"] for e in evals["during"]] == [10, 20] and evals["before"]["step"] == 0 and evals["after"]["step"] == 30
+    for figures in (evals["before"], *evals["during"], evals["after"]):
+        rates = figures["error_rates"]
+        assert rates["code_switched"]["measure"] == "mer" and rates["code_switched"]["units"] > 0
+        assert rates["zh"]["measure"] == "cer" and rates["en"]["measure"] == "wer" and figures["error_rate"] is not None
+    assert evals["after"]["loss"] < evals["before"]["loss"]
+    # the realised mix is what was trained on, flatter than the corpus's
+    sampling = metrics["sampling"]
+    assert sum(sampling["realised"].values()) == metrics["examples_seen"]
+    natural = {g: n / sum(sampling["natural"].values()) for g, n in sampling["natural"].items()}
+    biggest = max(natural, key=natural.get)
+    assert sampling["target_shares"][biggest] < natural[biggest] and sampling["rates"][biggest] < 1
 
-    # train -> export -> wspsr transcribe with the default (faster-whisper) engine
+    # the merged checkpoint -> export -> wspsr transcribe with the default (faster-whisper) engine
     from jobs.export import main as export
     from jobs.transcribe import run as transcribe
 
     served = tmp_path / "served"
-    assert export([str(Path(metrics["checkpoint"]).parent), "--out", str(served), "--quantization", "int8"]) == 0
+    assert export([str(last), "--out", str(served), "--quantization", "int8"]) == 0
     assert json.loads((served / "config.json").read_text())["alignment_heads"]  # the start model's, kept by the checkpoint
     done = transcribe(["--inputs", str(JFK), "--out", str(tmp_path / "transcripts"), "--quiet", "--model", str(served)])
     assert done["inputs"]["in"] == done["inputs"]["kept"] == 1 and done["accounting"]["ok"]
@@ -105,6 +124,15 @@ def test_resumed_run_matches_an_uninterrupted_one(sample_run, tmp_path):
     weights_a = torch.load(whole / "checkpoints" / "step-000006" / "model.pt", weights_only=True)["model_state_dict"]
     weights_b = torch.load(broken / "checkpoints" / "step-000006" / "model.pt", weights_only=True)["model_state_dict"]
     assert all(torch.allclose(weights_a[k], weights_b[k], rtol=1e-4, atol=1e-6) for k in weights_a)
+
+    # A worker killed at step 4 with max_failures=1: Ray Train restarts it from the step-3 checkpoint by itself, and
+    # the run ends where the uninterrupted one did, with no --resume.
+    killed = tmp_path / "killed"
+    recovered = train(killed, corpus, *common, "--set", "train.max_failures=1", env={"WSPSR_FAULTS": "kill@train:step-4", "WSPSR_FAULTS_DIR": str(faults)})
+    assert recovered.returncode == 0, recovered.stderr[-3000:]
+    assert (faults / "kill@train_step-4").exists()  # the worker was killed (the fault fires once)
+    c = trainer_state(killed, 6)
+    assert c["state"]["train_loss"] == pytest.approx(a["state"]["train_loss"], rel=1e-5)
 
 
 @pytest.mark.slow

@@ -10,6 +10,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+CODE_SWITCHED = "code_switched"  # the group of every window of a source that switches language
+
+
+def window_group(language: str | None, code_switched: bool | None) -> str:
+    """The group a window is sampled and scored in: ``code_switched`` for a source that switches language, else
+    its language (the Arrow form: ``group_of``)."""
+    return CODE_SWITCHED if code_switched else (language or "?")
+
+
+def group_of(language: pa.Array | pa.ChunkedArray, code_switched: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``window_group`` over columns."""
+    return pc.if_else(pc.fill_null(code_switched, False), pa.scalar(CODE_SWITCHED), pc.fill_null(language, "?"))
+
 
 def source_position(source_id: str, seed: int = 0) -> float:
     """A source's place in [0, 1): the same on every machine and in every run."""

@@ -53,14 +53,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tuner.distribute(lambda model: ray.train.torch.prepare_model(model, move_to_device=False))
     eval_data = ray.train.get_dataset_shard("eval") if loop.has_eval else None
 
-    def held_out(with_wer: bool, when: str) -> None:
+    def held_out(when: str) -> None:
         batches = eval_data.iter_batches(batch_size=loop.options.batch_size, batch_format="numpy") if eval_data is not None else []
-        tuner.state.evals.append(dict(tuner.evaluate(batches, with_wer), when=when))
-        if when != "during":
-            log.info("held-out %s training: %s", when, brief(tuner.state.evals[-1]))
+        tuner.state.evals.append(dict(tuner.evaluate(batches, with_errors=True), when=when))
+        log.info("held-out %s training (step %d): %s", when, tuner.state.step, brief(tuner.state.evals[-1]))
 
     if rank == 0 and tuner.state.step == 0 and not tuner.state.evals:
-        held_out(with_wer=True, when="before")
+        held_out(when="before")
     _epochs(tuner, ray.train.get_dataset_shard("train"), rank, held_out)
 
 
@@ -107,11 +106,11 @@ def _epochs(tuner: FineTuner, train_data, rank: int, held_out) -> None:
                          state.learning_rate[-1], state.examples / max(state.seconds, 1e-9))
             done = state.step >= options.steps
             if rank == 0 and not done and options.eval_every and state.step % options.eval_every == 0:
-                held_out(with_wer=False, when="during")
+                held_out(when="during")
             if done or state.step % options.checkpoint_every == 0:
                 if done and rank == 0:
-                    held_out(with_wer=True, when="after")
-                _report(tuner, rank)
+                    held_out(when="after")
+                _report(tuner, rank, final=done)
             faults.inject(f"train:step-{state.step}")
             if done:
                 return
@@ -121,7 +120,7 @@ def _epochs(tuner: FineTuner, train_data, rank: int, held_out) -> None:
         state.batches_in_epoch = 0
 
 
-def _report(tuner: FineTuner, rank: int) -> None:
+def _report(tuner: FineTuner, rank: int, final: bool) -> None:
     import ray.train
 
     state = tuner.state
@@ -129,7 +128,7 @@ def _report(tuner: FineTuner, rank: int) -> None:
                "state": asdict(state)}
     with tempfile.TemporaryDirectory(prefix="wspsr-ckpt-") as folder:
         if rank == 0:
-            tuner.save(Path(folder))
+            tuner.save(Path(folder), final=final)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=f"step-{state.step:06d}")
         else:
             ray.train.report(metrics)

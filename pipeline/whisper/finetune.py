@@ -22,6 +22,10 @@ log = logging.getLogger("wspsr")
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "trainer_state.pt"
+ADAPTER_FILE = "adapter.pt"  # LoRA: the adapter weights alone (the start model is loaded again to resume)
+# openai-whisper's projections, as module name suffixes: attention (self and cross) query, key, value and output,
+# and the MLP's two layers.
+LORA_TARGETS = ("query", "key", "value", "out", "mlp.0", "mlp.2")
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 
 
@@ -39,11 +43,18 @@ class TrainOptions:
     mixed_precision: bool = True  # GPU only: bf16 where supported, else fp16 with loss scaling
     checkpoint_every: int = 50  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 3  # the newest ones; 0 keeps all
-    eval_every: int = 0  # held-out loss every N steps (0: only before and after); WER only before and after
-    eval_max_examples: int = 64  # held-out windows decoded for WER
+    eval_every: int = 0  # held-out loss and error rates every N steps too (0: only before and after)
+    eval_max_examples: int = 64  # held-out windows decoded for the error rates (WER, CER, MER)
     shuffle_buffer: int = 256  # examples per worker mixed by the local shuffle (plus file order shuffled by seed)
     seed: int = 0
     max_failures: int = 1  # worker failures Ray Train recovers from (restarting from the last checkpoint)
+    # LoRA (through peft): rank > 0 trains low-rank adapters on ``lora_targets`` and nothing else; checkpoints hold
+    # the adapters, the last one also the merged model. 0: full fine-tuning.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapters' scale is alpha / rank
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    freeze_encoder: bool = False  # train the decoder only (full fine-tuning: its weights; LoRA: adapters on it only)
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every, self.eval_max_examples) < 1:
@@ -52,6 +63,8 @@ class TrainOptions:
             raise ValueError("lr must be positive; warmup_steps, keep_checkpoints and shuffle_buffer not negative")
         if len(self.adam_betas) != 2:
             raise ValueError("adam_betas needs two values")
+        if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1 or (self.lora_rank and not self.lora_targets):
+            raise ValueError("lora_rank must not be negative, lora_alpha positive, lora_dropout in [0, 1), lora_targets not empty")
 
 
 @dataclass
@@ -67,6 +80,8 @@ class TrainState:
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "loss", ...}
     skipped: dict[str, int] = field(default_factory=dict)  # windows no example could be built from, by reason
     seconds: float = 0.0
+    mix: dict[str, int] = field(default_factory=dict)  # examples trained on per group (language, or code_switched)
+    parameters: dict[str, int] = field(default_factory=dict)  # trainable and total
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -87,6 +102,16 @@ def usable_examples(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, in
         if reason is not None:
             skipped[reason] = skipped.get(reason, 0) + 1
     return {k: v[keep] for k, v in batch.items()}, skipped
+
+
+def example_groups(batch: dict[str, Any]) -> list[str]:
+    """The group (language, or code_switched) of each example of a batch, for the realised training mix."""
+    from pipeline.eval.splits import window_group
+
+    n = len(batch["tokens"])
+    languages = batch.get("language", [None] * n)
+    switched = batch.get("code_switched", [False] * n)
+    return [window_group(language, flag) for language, flag in zip(languages, switched)]
 
 
 def collate(batch: dict[str, Any], n_mels: int):
@@ -134,6 +159,22 @@ def _parameter_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def add_lora(model, options: TrainOptions):
+    """LoRA adapters (peft) on the model's projections named by ``options.lora_targets`` (the decoder's only with
+    ``freeze_encoder``); everything else frozen. The model itself is changed in place (its Linear layers wrapped), so
+    its forward, openai-whisper's decoding and its kv-cache hooks stay as they are; returns the peft model, which
+    saves the adapters and merges them."""
+    import re
+
+    from peft import LoraConfig, get_peft_model
+
+    parts = "encoder|decoder" if not options.freeze_encoder else "decoder"
+    targets = "|".join(re.escape(t) for t in options.lora_targets)
+    config = LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
+                        target_modules=rf"(?:{parts})\..*\.(?:{targets})")
+    return get_peft_model(model, config)
+
+
 class FineTuner:
     """One worker's model, optimizer, schedule and loss scaling, and where training stands (``state``)."""
 
@@ -143,6 +184,9 @@ class FineTuner:
         torch.manual_seed(options.seed)
         self.options, self.device = options, device
         self.model = load_model_for_training(model_spec, device)
+        if options.freeze_encoder:
+            self.model.encoder.requires_grad_(False)
+        self.peft = add_lora(self.model, options) if options.lora_rank else None  # self.model now holds the adapters
         self.net = self.model  # what the step runs: the DDP wrapper once ``distribute`` is called
         self.n_mels = self.model.dims.n_mels
         self.optimizer = torch.optim.AdamW(
@@ -152,17 +196,28 @@ class FineTuner:
         self.use_amp = options.mixed_precision and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.state = TrainState()
+        self.state = TrainState(parameters=self.parameter_counts())
         self.distributed = False
         self._micro = 0
         self._step_loss = 0.0
 
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return {"trainable": trainable, "total": sum(p.numel() for p in self.model.parameters())}
+
     def restore(self, folder: Path) -> None:
-        """Continue from a checkpoint folder: weights, optimizer moments, schedule, RNG and position in the data."""
+        """Continue from a checkpoint folder: weights (or LoRA adapters), optimizer moments, schedule, RNG and
+        position in the data."""
         import torch
 
-        saved = torch.load(folder / MODEL_FILE, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(saved["model_state_dict"])
+        if self.peft is not None:
+            from peft import set_peft_model_state_dict
+
+            saved = torch.load(folder / ADAPTER_FILE, map_location=self.device, weights_only=True)
+            set_peft_model_state_dict(self.peft, saved["adapter_state_dict"])
+        else:
+            saved = torch.load(folder / MODEL_FILE, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(saved["model_state_dict"])
         trainer = load_trainer_state(folder)
         self.optimizer.load_state_dict(trainer["optimizer"])
         self.scheduler.load_state_dict(trainer["scheduler"])
@@ -178,21 +233,39 @@ class FineTuner:
         self.net = wrap(self.model)
         self.distributed = True
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, final: bool = False) -> None:
+        """A checkpoint: the model in openai-whisper's format (``model.pt``) and the trainer's state. With LoRA the
+        adapters alone (``adapter.pt``), and at the ``final`` step also the model with them merged in (after which
+        this tuner trains no more)."""
         import torch
 
-        from pipeline.whisper.ct2 import encode_alignment_heads
+        if self.peft is not None:
+            from peft import get_peft_model_state_dict
 
-        heads = self.model.alignment_heads.to_dense() if self.model.alignment_heads.is_sparse else self.model.alignment_heads
-        # The start model's alignment heads (word timings; not trained), which whisper.load_model would not know for
-        # a file: load_converted_model and the CTranslate2 export read them from here.
-        torch.save({"dims": dataclasses.asdict(self.model.dims), "model_state_dict": self.model.state_dict(),
-                    "alignment_heads": encode_alignment_heads(heads.nonzero().tolist(), *heads.shape)}, folder / MODEL_FILE)
+            lora = {k: getattr(self.options, k) for k in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "freeze_encoder")}
+            torch.save({"adapter_state_dict": get_peft_model_state_dict(self.peft), "lora": lora}, folder / ADAPTER_FILE)
+        if self.peft is None or final:
+            self._save_model(folder / MODEL_FILE)
         torch.save(
             {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "state": dataclasses.asdict(self.state),
              "torch_rng": torch.get_rng_state()},
             folder / STATE_FILE,
         )
+
+    def _save_model(self, path: Path) -> None:
+        import torch
+
+        from pipeline.whisper.ct2 import encode_alignment_heads
+
+        model = self.model
+        if self.peft is not None:  # the adapters merged into the weights: a plain Whisper again
+            model = self.peft.merge_and_unload()
+            self.peft = None
+        heads = model.alignment_heads.to_dense() if model.alignment_heads.is_sparse else model.alignment_heads
+        # The start model's alignment heads (word timings; not trained), which whisper.load_model would not know for
+        # a file: load_converted_model and the CTranslate2 export read them from here.
+        torch.save({"dims": dataclasses.asdict(model.dims), "model_state_dict": model.state_dict(),
+                    "alignment_heads": encode_alignment_heads(heads.nonzero().tolist(), *heads.shape)}, path)
 
     def micro_step(self, batch: dict[str, Any], index: int) -> bool:
         """Train on micro-batch ``index`` of the epoch; True when it completed an optimizer step."""
@@ -216,6 +289,8 @@ class FineTuner:
             self.scaler.scale(loss_sum / max(count, 1) / options.grad_accum).backward()
         self._step_loss += float(loss_sum.detach()) / max(count, 1) / options.grad_accum
         state.examples += len(labels)
+        for group in example_groups(batch):
+            state.mix[group] = state.mix.get(group, 0) + 1
         if not last_micro:
             return False
         self._optimizer_step()
@@ -235,19 +310,20 @@ class FineTuner:
         self.state.train_loss.append(self._step_loss)
         self._step_loss = 0.0
 
-    def evaluate(self, batches: Iterable[dict[str, Any]], with_wer: bool) -> dict[str, Any]:
-        return dict(evaluate(self.model, batches, self.n_mels, self.device, self.options.eval_max_examples, with_wer), step=self.state.step)
+    def evaluate(self, batches: Iterable[dict[str, Any]], with_errors: bool) -> dict[str, Any]:
+        return dict(evaluate(self.model, batches, self.n_mels, self.device, self.options.eval_max_examples, with_errors), step=self.state.step)
 
 
-def evaluate(model, batches: Iterable[dict[str, Any]], n_mels: int, device, max_decode: int, with_wer: bool) -> dict[str, Any]:
-    """Held-out loss over every example and, when asked, WER of greedy decoding over up to ``max_decode`` speech
-    windows (grouped by language and task, as Whisper decodes one language per batch)."""
+def evaluate(model, batches: Iterable[dict[str, Any]], n_mels: int, device, max_decode: int, with_errors: bool) -> dict[str, Any]:
+    """Held-out loss over every example and, when asked, error rates of greedy decoding over up to ``max_decode``
+    speech windows, per group (language, or code-switched speech) in the measure that fits it (WER, CER, MER:
+    ``pipeline.eval.metrics.error_measure``); decoded a language and task at a time, as Whisper decodes."""
     import torch
 
     was_training = model.training
     model.eval()
     loss_sum, tokens, examples = 0.0, 0, 0
-    to_decode: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+    to_decode: dict[tuple[str, str], list[tuple[Any, str, str]]] = {}
     decodable = 0
     with torch.no_grad():
         for batch in batches:
@@ -258,46 +334,50 @@ def evaluate(model, batches: Iterable[dict[str, Any]], n_mels: int, device, max_
             mel, inputs, labels = mel.to(device), inputs.to(device), labels.to(device)
             loss, count = token_loss(model, mel, inputs, labels)
             loss_sum, tokens, examples = loss_sum + float(loss), tokens + count, examples + len(labels)
-            if with_wer:
-                for i in range(len(labels)):
+            if with_errors:
+                for i, group in enumerate(example_groups(batch)):
                     if batch["has_speech"][i] and batch["text"][i] and decodable < max_decode:
                         key = (batch["language"][i], batch["task"][i])
-                        to_decode.setdefault(key, []).append((mel[i], batch["text"][i]))
+                        to_decode.setdefault(key, []).append((mel[i], batch["text"][i], group))
                         decodable += 1
         result: dict[str, Any] = {"loss": loss_sum / tokens if tokens else None, "examples": examples, "tokens": tokens}
-        if with_wer:
-            result.update(_decoded_wer(model, to_decode, device))
-            result["wer_windows"] = decodable
+        if with_errors:
+            result.update(_decoded_errors(model, to_decode, device))
+            result["decoded_windows"] = decodable
     model.train(was_training)
     return result
 
 
-def _decoded_wer(model, to_decode: dict[tuple[str, str], list[tuple[Any, str]]], device) -> dict[str, Any]:
+def _decoded_errors(model, to_decode: dict[tuple[str, str], list[tuple[Any, str, str]]], device) -> dict[str, Any]:
+    """``error_rates``: per group its measure, edits, reference units (words, characters or mixed units), windows and
+    rate; ``error_rate``: all edits over all units (each group counted in its own units)."""
     import torch
     import whisper
 
-    from pipeline.eval.metrics import word_errors
+    from pipeline.eval.metrics import error_measure, errors_of
+    from pipeline.eval.splits import CODE_SWITCHED
 
-    errors = words = 0
-    per_language: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, Any]] = {}
     for (language, task), items in sorted(to_decode.items()):
         options = whisper.DecodingOptions(language=language, task=task, without_timestamps=True, fp16=device.type == "cuda")
         for start in range(0, len(items), 16):
             chunk = items[start : start + 16]
-            decoded = whisper.decode(model, torch.stack([m for m, _ in chunk]), options)
-            for (_, reference), hypothesis in zip(chunk, decoded):
-                e, n = word_errors(reference, hypothesis.text, english=language == "en" or task == "translate")
-                errors, words = errors + e, words + n
-                entry = per_language.setdefault(language, {"errors": 0, "words": 0, "windows": 0})
+            decoded = whisper.decode(model, torch.stack([m for m, _, _ in chunk]), options)
+            for (_, reference, group), hypothesis in zip(chunk, decoded):
+                name = group if task != "translate" else f"{language}->en"
+                measure = error_measure(language, group == CODE_SWITCHED, task)
+                e, n = errors_of(reference, hypothesis.text, measure, english=language == "en" or task == "translate")
+                entry = groups.setdefault(name, {"measure": measure, "errors": 0, "units": 0, "windows": 0})
                 entry["errors"] += e
-                entry["words"] += n
+                entry["units"] += n
                 entry["windows"] += 1
-    return {"wer": errors / words if words else None,
-            "wer_per_language": {k: dict(v, wer=v["errors"] / max(v["words"], 1)) for k, v in per_language.items()}}
+    errors, units = sum(g["errors"] for g in groups.values()), sum(g["units"] for g in groups.values())
+    return {"error_rate": errors / units if units else None,
+            "error_rates": {k: dict(v, rate=v["errors"] / max(v["units"], 1)) for k, v in sorted(groups.items())}}
 
 
 def brief(figures: dict[str, Any]) -> str:
     if figures["loss"] is None:
         return "no held-out windows"
-    wer = figures.get("wer")
-    return f"loss {figures['loss']:.4f} over {figures['examples']} windows" + (f", WER {wer:.1%}" if wer is not None else "")
+    rates = ", ".join(f"{group} {v['measure'].upper()} {v['rate']:.1%}" for group, v in (figures.get("error_rates") or {}).items())
+    return f"loss {figures['loss']:.4f} over {figures['examples']} windows" + (f"; {rates}" if rates else "")

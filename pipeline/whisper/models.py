@@ -27,6 +27,7 @@ from typing import Any, Iterator
 log = logging.getLogger("wspsr")
 
 TINY_RANDOM = "tiny-random"
+TRAINING_FILES = frozenset({"trainer_state.pt", "adapter.pt"})  # what a wspsr train step folder holds besides model.pt
 PACKED = {"base": "whisper-base"}  # names `wspsr models` can install offline -> folder under the models dir
 # The names openai-whisper publishes (whisper._MODELS); we only ever look for them on disk.
 WHISPER_NAMES = (
@@ -102,8 +103,8 @@ def name_locations(name: str) -> list[Path]:
 
 def _from_folder(spec: str, path: Path) -> ModelRef:
     """A CTranslate2 folder and/or the openai-whisper checkpoint in it (a ``wspsr train`` step folder's model.pt,
-    not its trainer state)."""
-    checkpoint = next(iter(sorted(p for p in path.glob("*.pt") if p.name != "trainer_state.pt")), None)
+    not its trainer state or LoRA adapters: a LoRA step folder without model.pt holds no whole model)."""
+    checkpoint = next(iter(sorted(p for p in path.glob("*.pt") if p.name not in TRAINING_FILES)), None)
     return ModelRef(spec, checkpoint=checkpoint, ct2_dir=path if _is_ct2_dir(path) else None)
 
 
