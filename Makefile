@@ -11,12 +11,14 @@ CLUSTER_CPUS ?= 1
 .PHONY: setup models corpus test test-fast bench bench-gpu cluster-up cluster-down clean
 
 # The virtualenv is rebuilt only when pyproject.toml changes; a second `make test` reuses it.
+# pip's and setuptools' own messages go to $(VENV)/install.log; the last of them are shown when the install fails.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wspsr needs Python >= 3.11, found " + sys.version.split()[0]'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing wspsr and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[test]'; } > $(VENV)/install.log 2>&1 \
+		|| { tail -40 $(VENV)/install.log; echo "pip install failed: the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 setup: $(STAMP)
 

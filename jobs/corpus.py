@@ -35,7 +35,7 @@ from pipeline.io.ytdlp import FetchOptions
 from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, check_pseudo_labels
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.audio_dedup import EDGE_SCHEMA, AudioDedupOptions, find_audio_duplicates, resolve_audio_duplicates
-from stages.decode_audio import DecodeOptions, decode_and_fingerprint, decode_audio, find_audio
+from stages.decode_audio import DecodeOptions, decode_and_fingerprint, decode_audio, find_audio, probe_rejected
 from stages.dedup import DedupOptions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
 from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
 from stages.detect_text_language import detect_text_language
@@ -215,8 +215,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         dataset = plan.materialize(dataset)
         del text
         audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config, model_memory_gb))
-        dataset = plan.union(plan.map(dataset, rejected_rows), audio)
-        for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options)):
+        # Rejected before decoding: their length from the container's header, so every reject has its hours.
+        dataset = plan.union(plan.map(plan.map(dataset, rejected_rows), probe_rejected), audio)
+        for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options), total=found - len(committed), what="sources"):
             pass
     else:
         log.info("%d sources found in %d splits, %d already committed, 0 to process", found, len(splits), len(committed))
@@ -264,8 +265,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     s, h = summary["inputs"], summary["hours"]
     print(f"\nwspsr corpus: {summary['output']}")
     print(f"  sources: {s['in']} in = {s['kept']} kept + {s['rejected']} rejected")
-    for reason, count in s["rejected_by_reason"].items():
-        print(f"    {reason:32s} {count}")
+    print(wrapped("    rejected: ", [f"{reason} {count}" for reason, count in s["rejected_by_reason"].items()]))
     print(f"  windows: {summary['windows']['total']} ({summary['windows']['no_speech']} without speech); "
           f"{summary.get('sources_code_switched', 0)} code-switched sources")
     for reason, dropped in summary.get("stretches_dropped", {}).items():
@@ -276,6 +276,21 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"({audio['contained']} clips of a longer recording), from {audio['pairs']} matching pairs of {audio['fingerprinted']} fingerprints")
     print(f"  hours:   {h['in']:.3f} in, {h['out']:.3f} out; per language: " + ", ".join(f"{k} {v:.3f}" for k, v in h["per_language"].items()))
     print(f"  accounting: {'ok' if summary['accounting']['ok'] else 'VIOLATED'}; summary.json, corpus/, rejects/ under the folder above")
+
+
+def wrapped(head: str, items: list[str], width: int = 116) -> str:
+    """``items`` comma-separated after ``head``, lines no wider than ``width``, continued under the first item."""
+    lines, line = [], head
+    if not items:
+        return head + "none"
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if line.strip() and len(line) + len(piece) + 1 > width and line != head:
+            lines.append(line.rstrip())
+            line = " " * len(head)
+        line += piece + " "
+    lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

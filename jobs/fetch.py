@@ -159,10 +159,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         )
         dataset = plan.apply(plan.source(table_from_rows(todo)), [stage])
         output_options = config["output"]
-        finished = 0
-        for marker in plan.commit(dataset, lambda batch: commit_fetch_batch(batch, out, output_options)):
-            finished += marker["counts"]["urls"]
-            log.info("%d/%d URLs fetched", finished, len(todo))
+        for _ in plan.commit(dataset, lambda batch: commit_fetch_batch(batch, out, output_options), total=len(todo), what="URLs", counted="urls"):
+            pass
     lines, unlabelled = manifest_lines(committed_items(out), manifest_language)
     write_atomically(out.root / MANIFEST, jsonl_bytes(lines))
     if unlabelled:

@@ -144,14 +144,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                  fewest if fewest == most else f"{fewest}-{most}", "" if most == 1 else "s", config["ray"].model_memory_gb or memory_gb)
         dataset = plan.apply(plan.source(table_from_rows(todo)), build_stages(config, bool(args.compare_with), memory_gb))
         output_options = config["output"]
-        files_done, audio_ms = 0, 0
-        for marker in plan.commit(dataset, lambda batch: commit_transcribe_batch(batch, out, output_options, formats)):
-            files_done += sum(marker["counts"].values())
-            audio_ms += marker["stats"].get("ms_audio", 0)
-            wall = time.monotonic() - started
-            log.info(
-                "%d/%d files, %.3f audio hours, %.1fx real time", files_done, len(todo), audio_ms / 3_600_000, audio_ms / 1000 / max(wall, 1e-9)
-            )
+        for _ in plan.commit(dataset, lambda batch: commit_transcribe_batch(batch, out, output_options, formats), total=len(todo), what="files"):
+            pass
     summary = summarize_transcription(out, expected)
     elapsed = time.monotonic() - started
     summary.update(elapsed_s=round(elapsed, 1), output=out.location)

@@ -10,4 +10,14 @@ arguments (``jobargs``) and fault injection (``faults``). Sub-packages, each one
 - ``eval``: labels, the corpus report, error-rate metrics, held-out splits.
 
 Nothing here imports a stage or a job.
+
+For readers of a corpus: ``from pipeline import load_corpus`` (``pipeline.io.commit.load_corpus``).
 """
+
+
+def load_corpus(root, streaming: bool = False, decode_audio: bool | None = None):
+    """A ``wspsr corpus`` folder's committed windows as a Hugging Face ``datasets`` dataset (see
+    ``pipeline.io.commit.load_corpus``)."""
+    from pipeline.io.commit import load_corpus as load
+
+    return load(root, streaming=streaming, decode_audio=decode_audio)

@@ -25,7 +25,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, job: str, reject_fract
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray in-process)")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder written with a different config")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress output (bars on a terminal, a line every 10 s in a log)")
+    parser.add_argument("--verbose", action="store_true", help="Ray's own logs and progress dumps, and a line per committed shard")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     if not reject_fraction:
         return
@@ -49,6 +50,8 @@ def resolve_config(args: argparse.Namespace, sections: Mapping[str, type], flags
         overrides.append(f"ray.address={json.dumps(args.address)}")
     if args.quiet:
         overrides.append("ray.progress=false")
+    if getattr(args, "verbose", False):
+        overrides.append("ray.verbose=true")
     for key, value in flags.items():
         if value is not None:
             overrides.append(f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -226,6 +227,28 @@ CORPUS_SCHEMA = pa.schema(
         ("metadata", pa.string()),
     ]
 )
+
+def hf_features(schema: pa.Schema, audio_columns: tuple[str, ...] = ("audio",), sampling_rate: int = 16000) -> dict[str, Any]:
+    """Hugging Face ``datasets``' features of a schema, in the form its Parquet metadata key ``huggingface`` holds
+    (``{"info": {"features": ...}}``), so ``load_dataset("parquet", ...)`` gives an ``Audio`` column with no cast.
+    Written without importing ``datasets`` (not a dependency of the pipeline)."""
+
+    def feature(type_: pa.DataType) -> dict[str, Any]:
+        if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+            return {"feature": feature(type_.value_type), "_type": "List"}
+        if pa.types.is_struct(type_):
+            return {field.name: feature(field.type) for field in type_}
+        names = {pa.string(): "string", pa.large_string(): "large_string", pa.binary(): "binary", pa.large_binary(): "large_binary",
+                 pa.bool_(): "bool", pa.int32(): "int32", pa.int64(): "int64", pa.float32(): "float32", pa.float64(): "float64"}
+        return {"dtype": names[type_], "_type": "Value"}
+
+    features = {field.name: ({"sampling_rate": sampling_rate, "_type": "Audio"} if field.name in audio_columns else feature(field.type))
+                for field in schema}
+    return {"info": {"features": features}}
+
+
+# The corpus files carry their HF features: the audio column is datasets' Audio at 16 kHz.
+CORPUS_SCHEMA = CORPUS_SCHEMA.with_metadata({b"huggingface": json.dumps(hf_features(CORPUS_SCHEMA)).encode()})
 
 # wspsr transcribe: one row per segment.
 TRANSCRIPTS_SCHEMA = pa.schema(

@@ -42,6 +42,21 @@ def _find(row: dict[str, Any], options: DecodeOptions) -> dict[str, Any] | Rejec
     return row
 
 
+def probe_rejected(batch: pa.Table) -> pa.Table:
+    """Rows rejected before decoding (bad transcripts, duplicates, missing or too large files...) get ``duration_ms``
+    from their audio container's header (``media.probe_duration_ms``: no decode), so the hours of every reject of a
+    readable file are known. A plain function over rejected rows, not a stage (a stage sees only active rows)."""
+    if batch.num_rows == 0 or "audio_path" not in batch.column_names:
+        return batch
+    paths = batch["audio_path"].to_pylist()
+    known = batch["duration_ms"].to_pylist() if "duration_ms" in batch.column_names else [None] * batch.num_rows
+    durations = [ms if ms is not None or not path else media.probe_duration_ms(path) for ms, path in zip(known, paths)]
+    column = pa.array(durations, pa.int64())
+    if "duration_ms" in batch.column_names:
+        return batch.set_column(batch.column_names.index("duration_ms"), "duration_ms", column)
+    return batch.append_column("duration_ms", column)
+
+
 def decode_audio(batch: pa.Table, options: DecodeOptions) -> pa.Table:
     return map_rows(batch, lambda row: _decode(row, options))
 

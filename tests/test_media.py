@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,26 @@ def test_playlists_are_not_followed(tmp_path):
 def test_flac_round_trip_is_exact():
     pcm = (np.sin(np.arange(16000) / 10) * 10000).astype(np.int16)
     assert np.array_equal(decode_flac(encode_flac(pcm)), pcm)
+
+
+def test_the_header_probe_gives_the_length_without_decoding():
+    """Rejects made before decoding get their hours from the container (issue 23): libsndfile's header for WAV, FLAC,
+    Ogg Opus and MP3, ffmpeg's report of the input for WebM and M4A; within 10 ms of the decoded length."""
+    from pipeline.io.media import decode_audio, duration_ms, probe_duration_ms
+    from pipeline.schema import table_from_rows
+    from stages.decode_audio import probe_rejected
+
+    sample = Path(__file__).resolve().parent.parent / "sample"
+    for name in ("sources/en/en_long.opus", "sources/en/en_mp3_vtt.mp3", "sources/es/es_webm_srt.webm", "sources/ru/ru_m4a_vtt.m4a",
+                 "sources/it/it_wav8k_txt.wav", "sources/de/de_flac_txt.flac"):
+        probed, decoded = probe_duration_ms(sample / name), duration_ms(decode_audio(sample / name))
+        assert probed is not None and abs(probed - decoded) <= 10, (name, probed, decoded)
+    for unreadable in ("media/ru-video-no-audio.mp4", "no/such/file.opus"):
+        assert probe_duration_ms(sample / unreadable) is None
+    assert probe_duration_ms("s3://bucket/a.opus") is None
+    rows = table_from_rows([
+        {"source_id": "a", "audio_path": str(sample / "sources/en/en_mp3_vtt.mp3"), "duration_ms": None, "reject_reason": "all_lowercase"},
+        {"source_id": "b", "audio_path": None, "duration_ms": None, "reject_reason": "missing_audio"},
+        {"source_id": "c", "audio_path": str(sample / "sources/en/en_mp3_vtt.mp3"), "duration_ms": 5, "reject_reason": "x"},
+    ])
+    assert probe_rejected(rows)["duration_ms"].to_pylist() == [6123, None, 5]

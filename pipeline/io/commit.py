@@ -315,6 +315,30 @@ def committed_files(root: str | Path, table: str) -> list[str]:
     return _files_of(store, markers, table)
 
 
+def load_corpus(root: str | Path, streaming: bool = False, decode_audio: bool | None = None) -> Any:
+    """The committed windows of a ``wspsr corpus`` folder (a path or a URI) as a Hugging Face ``datasets``
+    dataset (a ``datasets.Dataset``; with ``streaming`` an ``IterableDataset`` read file by file): only the files
+    the markers name, whatever else the folder holds. The files carry their features, so ``audio`` is an ``Audio``
+    column at 16 kHz. ``datasets`` decodes audio with ``torchcodec``; without it (``decode_audio`` None and
+    torchcodec missing, or False) the column is ``Audio(decode=False)``: ``{"bytes": FLAC, "path": ...}``, which
+    ``soundfile.read(io.BytesIO(row["audio"]["bytes"]))`` decodes. ``datasets`` is not a dependency of wspsr:
+    ``pip install datasets``."""
+    import importlib.util
+
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError("load_corpus needs Hugging Face datasets: pip install datasets (the file list alone: "
+                          "committed_files(folder, 'corpus'))") from exc
+    files = committed_files(root, "corpus")
+    if not files:
+        raise FileNotFoundError(f"{root} has no committed corpus files")
+    loaded = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+    if decode_audio is None:
+        decode_audio = importlib.util.find_spec("torchcodec") is not None
+    return loaded if decode_audio else loaded.cast_column("audio", datasets.Audio(sampling_rate=16000, decode=False))
+
+
 def read_committed(root: str | Path, table: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table | None:
     """The committed rows of ``table`` in a wspsr output folder as one table (None when no shard holds any)."""
     store, markers = _store_with_markers(root)

@@ -209,6 +209,39 @@ def _decode_local(path: Path, limits: DecodeLimits, keep_channels: bool, fingerp
     return pcm
 
 
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def probe_duration_ms(path: str | Path, timeout_s: float = 10.0) -> int | None:
+    """How long a local audio file is, from its container's header, without decoding it: libsndfile's header read
+    (WAV, FLAC, Ogg/Opus/Vorbis, MP3: well under a millisecond to a few ms), else ffmpeg's report of the input
+    (WebM, M4A, MP4...: one process start, about 50 ms). None when it cannot tell (not a file, an object-store URI,
+    no audio, a header without a duration)."""
+    if storage.is_uri(path):
+        return None
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        import soundfile
+
+        info = soundfile.info(str(path))
+        if info.frames > 0 and info.samplerate > 0:
+            return round(info.frames * 1000 / info.samplerate)
+    except Exception:  # a format libsndfile does not read (or a broken file): ask ffmpeg
+        pass
+    try:
+        done = subprocess.run([ffmpeg_binary(), "-nostdin", "-hide_banner", "-i", f"file:{path.resolve()}"], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = _DURATION.search(done.stderr.decode("utf-8", "replace"))
+    if not found or b"Audio:" not in done.stderr:
+        return None
+    hours, minutes, seconds = found.groups()
+    return round((int(hours) * 3600 + int(minutes) * 60 + float(seconds)) * 1000)
+
+
 def duration_ms(pcm: np.ndarray) -> int:
     return samples_to_ms(len(pcm))
 

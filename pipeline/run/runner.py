@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from pipeline.run.progress import ProgressLine
 from pipeline.run.timing import STAGE_TIMES_ENV, cpu_seconds, record_time, timed
 from pipeline.stage import Stage, apply_stage
 
@@ -42,7 +44,9 @@ class RayOptions:
     model_actors_max: int | None = None  # GPU pools: the most actors (None: the GPUs counted at start / model_gpus)
     model_gpus: float | None = None  # GPUs per model actor (0.5: two small models share one); default 1 on GPUs, else 0
     model_memory_gb: float | None = None  # memory reserved per model actor; None: from the model's size (models.py)
-    progress: bool = True  # Ray Data progress bars
+    progress: bool = True  # progress: Ray Data's bars on a terminal, one line every progress_interval_s in a log
+    progress_interval_s: float = 10.0
+    verbose: bool = False  # Ray's own logs and progress dumps, and a line per committed shard (--verbose)
     preserve_order: bool = False  # rows in read order (deterministic, slower to stream): what training needs
     dashboard: bool = False  # local Ray only: start the dashboard (Ray Train's state monitoring needs it)
 
@@ -54,19 +58,31 @@ class RayOptions:
             raise ValueError("model_gpus must be 0 or more (a fraction shares a GPU between actors)")
 
 
+def on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 def init_ray(options: RayOptions) -> None:
+    """Ray for a job. Unless ``verbose``, Ray's own informational logs stay out of the job's output (a person reads
+    wspsr's progress line instead), and so does the driver's C++ log below fatal: its one routine line is the
+    warning that a restartable model actor's constructor arguments live in the object store (ray-project/ray#53727;
+    the driver holds them for the job's life)."""
     import ray
 
     if not ray.is_initialized():
         address = options.address or os.environ.get("RAY_ADDRESS") or None
-        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if not options.verbose:
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING if options.verbose else logging.ERROR, "log_to_driver": True}
         if address is None:
             kwargs.update(include_dashboard=options.dashboard, num_cpus=options.num_cpus, num_gpus=options.num_gpus)
         ray.init(address=address, **kwargs)
     import ray.data
 
+    logging.getLogger("ray.data").setLevel(logging.INFO if options.verbose else logging.ERROR)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = options.progress
+    # Ray's bars on a terminal; in a log they become per-operator dumps every few seconds: wspsr's line instead.
+    context.enable_progress_bars = options.progress and (on_terminal() or options.verbose)
     context.print_on_execution_start = False
     context.execution_options.preserve_order = options.preserve_order
     # The one all-to-all step (dedup's shared keys) hash-partitions by key: partitions sized by the data. (Sort-based
@@ -320,20 +336,25 @@ class Plan:
         dataset = ray.data.from_arrow(blocks_of(table, 1))
         return timed("phase", "each", table.num_rows, _collect, dataset.map_batches(_call_with, fn_args=(fn, *args), batch_format="pyarrow", batch_size=None), None)
 
-    def commit(self, dataset, sink: Callable[[pa.Table], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def commit(self, dataset, sink: Callable[[pa.Table], dict[str, Any]], total: int | None = None, what: str = "inputs",
+               counted: str | None = None) -> Iterator[dict[str, Any]]:
         """Run the plan into the sink; yields each shard's marker as it commits, as counts (``shard``, ``rows``,
-        ``counts`` per kind of id, ``stats``): the ids stay in the marker files."""
+        ``counts`` per kind of id, ``stats``): the ids stay in the marker files. Progress of the ``total`` inputs goes
+        to the log as one line at a steady interval when not on a terminal (``ProgressLine``)."""
         dataset = dataset.map_batches(_run_sink, fn_args=(sink,), batch_format="pyarrow", batch_size=None)
         started, cpu = time.monotonic(), cpu_seconds()
+        progress = ProgressLine(what, total, self.options.progress_interval_s, self.options.progress and not on_terminal(), counted)
         for row in dataset.iter_rows():
             marker = json.loads(row["marker"])
             if "storage_error" in marker:
                 raise SinkWriteError(*marker["storage_error"])
-            log.info(
-                "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
+            log.log(
+                logging.INFO if self.options.verbose else logging.DEBUG, "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
                 marker["shard"], sum(marker["counts"].values()), marker["counts"].get("kept", 0),
                 ", ".join(f"{table} {n}" for table, n in marker["rows"].items()), time.monotonic() - started,
             )
+            progress.add(marker)
             yield marker
+        progress.finish()
         if os.environ.get(STAGE_TIMES_ENV):  # the streaming part of the plan, as the driver waited for it
             record_time("phase", "commit_stream", 0, time.monotonic() - started, cpu_seconds() - cpu)

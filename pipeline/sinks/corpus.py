@@ -105,7 +105,8 @@ def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, 
         if reason is not None:
             sources["rejected"].append(row["source_id"])
             count(stats["rejected"], reason)
-            # Rejected before decoding: the transcript's last cue tells roughly how much audio was dropped.
+            # The audio's length (decoded, or probed from the container's header for rejects before decoding); for a
+            # file that cannot be read, the transcript's last cue tells roughly how much audio was dropped.
             count(stats["ms_rejected"], reason, duration or max((c["end_ms"] for c in row.get("cues") or []), default=0))
             reject = accounting.source_reject(row)
             # A near-duplicate (or a copy of an evaluation text) belongs to the cluster of the source kept for it.
