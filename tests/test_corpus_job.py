@@ -162,3 +162,24 @@ def test_other_config_in_same_folder_is_refused_unless_overwrite(built, sources,
     assert {w["segment_id"] for w in corpus_rows(target)} == {w["segment_id"] for w in corpus_rows(out)}
     timed = [w for w in corpus_rows(target) if w["text_timestamped"]]
     assert timed and all(w["text_timestamped"].startswith("<|0.00|>") for w in timed)  # no lead-in pad any more
+
+
+def test_a_log_gets_a_progress_line_and_none_of_rays_dumps(sources, tmp_path):
+    """Not on a terminal (CI, a file, `ray job logs`): wspsr's progress line (inputs done of the total, hours, real-time
+    factor, rejects, time left) at its interval, and no Ray progress dumps or informational logs; --verbose brings
+    Ray's back with a line per committed shard."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    paths, _ = sources
+    argv = [sys.executable, "-m", "jobs.corpus", "--sources", *paths, "--out", str(tmp_path / "out"), "--set", "ray.progress_interval_s=1", *NO_FILTERS]
+    done = subprocess.run(argv, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stderr.splitlines()
+    assert any(re.search(r"INFO sources: 9/9 \(100 %\), 0\.\d\d h of audio at [\d.]+x real time, 4 rejected, \d+:\d\d elapsed \(done\)", line) for line in log), log
+    assert not [line for line in log if "logging_progress" in line or "streaming_executor" in line or "committed shard" in line], log
+    assert len(log) + len(done.stdout.splitlines()) < 30, log
+    verbose = subprocess.run([*argv[:-len(NO_FILTERS)], "--out", str(tmp_path / "verbose"), *NO_FILTERS, "--verbose"],
+                             cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=600)
+    assert verbose.returncode == 0 and "committed shard" in verbose.stderr and "streaming_executor" in verbose.stderr

@@ -5,6 +5,7 @@ per-operator dumps. On a terminal Ray's own progress bars show instead; ``--verb
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -18,14 +19,22 @@ def _clock(seconds: float) -> str:
 
 class ProgressLine:
     """``what``: done of ``total`` inputs, audio hours, real-time factor (audio per wall second since the group
-    started), rejects so far, time left; logged every ``interval_s`` and once at the end. ``enabled`` false: silent."""
+    started), rejects so far, time left; logged every ``interval_s`` by a timer (also while nothing has committed
+    yet: models load, the first blocks decode) and once at the end. ``enabled`` false: silent."""
 
     def __init__(self, what: str, total: int | None, interval_s: float = 10.0, enabled: bool = True, counted: str | None = None):
         """``counted``: the marker's kind of id that counts the inputs (fetch: ``urls``); default kept + rejected."""
         self.what, self.total, self.interval_s, self.enabled, self.counted = what, total, interval_s, enabled, counted
-        self.started = self.last = time.monotonic()
+        self.started = time.monotonic()
         self.done = self.rejected = 0
         self.audio_ms = 0.0
+        self._stop = threading.Event()
+        if enabled:
+            threading.Thread(target=self._tick, name=f"progress-{what}", daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            log.info("%s", self.line())
 
     def add(self, marker: dict[str, Any]) -> None:
         """One committed shard as the runner reports it (``counts`` per kind of id, ``stats``)."""
@@ -33,9 +42,6 @@ class ProgressLine:
         self.done += counts.get(self.counted, 0) if self.counted else sum(counts.values())
         self.rejected += counts.get("rejected", 0)
         self.audio_ms += stats.get("ms_in", stats.get("ms_audio", 0)) or 0
-        if self.enabled and time.monotonic() - self.last >= self.interval_s:
-            self.last = time.monotonic()
-            log.info("%s", self.line())
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -47,6 +53,10 @@ class ProgressLine:
             parts.append(f"{_clock(elapsed)} elapsed, about {_clock(elapsed * max(self.total - self.done, 0) / self.done)} left")
         return ", ".join(parts)
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def finish(self) -> None:
+        self.stop()
         if self.enabled:
             log.info("%s (done)", self.line().split(", about")[0])

@@ -64,15 +64,14 @@ def on_terminal() -> bool:
 
 def init_ray(options: RayOptions) -> None:
     """Ray for a job. Unless ``verbose``, Ray's own informational logs stay out of the job's output (a person reads
-    wspsr's progress line instead), and so does the driver's C++ log below fatal: its one routine line is the
-    warning that a restartable model actor's constructor arguments live in the object store (ray-project/ray#53727;
-    the driver holds them for the job's life)."""
+    wspsr's progress line instead). One line of Ray's remains in a corpus or transcribe run: the driver's C++ log
+    (``core_worker.cc``) says that a restartable model actor's constructor arguments live in the object store
+    (ray-project/ray#53727; the driver holds them for the job's life, so a restart finds them). Silencing it would
+    take RAY_BACKEND_LOG_LEVEL, which makes every Ray process print a line of its own instead."""
     import ray
 
     if not ray.is_initialized():
         address = options.address or os.environ.get("RAY_ADDRESS") or None
-        if not options.verbose:
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING if options.verbose else logging.ERROR, "log_to_driver": True}
         if address is None:
             kwargs.update(include_dashboard=options.dashboard, num_cpus=options.num_cpus, num_gpus=options.num_gpus)
@@ -344,17 +343,20 @@ class Plan:
         dataset = dataset.map_batches(_run_sink, fn_args=(sink,), batch_format="pyarrow", batch_size=None)
         started, cpu = time.monotonic(), cpu_seconds()
         progress = ProgressLine(what, total, self.options.progress_interval_s, self.options.progress and not on_terminal(), counted)
-        for row in dataset.iter_rows():
-            marker = json.loads(row["marker"])
-            if "storage_error" in marker:
-                raise SinkWriteError(*marker["storage_error"])
-            log.log(
-                logging.INFO if self.options.verbose else logging.DEBUG, "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
-                marker["shard"], sum(marker["counts"].values()), marker["counts"].get("kept", 0),
-                ", ".join(f"{table} {n}" for table, n in marker["rows"].items()), time.monotonic() - started,
-            )
-            progress.add(marker)
-            yield marker
-        progress.finish()
+        try:
+            for row in dataset.iter_rows():
+                marker = json.loads(row["marker"])
+                if "storage_error" in marker:
+                    raise SinkWriteError(*marker["storage_error"])
+                log.log(
+                    logging.INFO if self.options.verbose else logging.DEBUG, "committed shard %s: %d sources (%d kept), rows %s [%.0f s]",
+                    marker["shard"], sum(marker["counts"].values()), marker["counts"].get("kept", 0),
+                    ", ".join(f"{table} {n}" for table, n in marker["rows"].items()), time.monotonic() - started,
+                )
+                progress.add(marker)
+                yield marker
+            progress.finish()
+        finally:
+            progress.stop()
         if os.environ.get(STAGE_TIMES_ENV):  # the streaming part of the plan, as the driver waited for it
             record_time("phase", "commit_stream", 0, time.monotonic() - started, cpu_seconds() - cpu)
