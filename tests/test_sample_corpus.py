@@ -115,3 +115,17 @@ def test_the_same_recording_under_other_captions_is_found_by_its_audio(sample_ru
     pairs = pq.read_table(out / "audio_duplicates.parquet").to_pylist()
     linked = {r["a_id"] for r in pairs} | {r["b_id"] for r in pairs}
     assert linked == {keeper, *(r["source_id"] for r in dropped.values())} and max(r["bit_error_rate"] for r in pairs) < 0.1
+
+
+def test_every_reject_of_a_readable_file_has_its_hours(sample_run):
+    """Sources refused before decoding (bad transcripts, duplicates, wrong language...) have the length their
+    container's header gives, so the hours per reason are complete; only files that cannot be read have none."""
+    out, summary = sample_run
+    unreadable = {"bad_audio", "no_audio_stream", "bad_manifest_line", "missing_audio", "audio_not_found"}
+    rejects = [r for r in reject_rows(out) if r["scope"] == "source"]
+    assert {r["reason"] for r in rejects} - unreadable >= {"all_lowercase", "duplicate", "missing_transcript", "empty_transcript"}
+    for r in rejects:
+        if r["reason"] not in unreadable:
+            assert r["duration_ms"] and r["duration_ms"] > 500, r
+    by_reason = summary["hours"]["rejected_by_reason"]
+    assert all(by_reason[reason] > 0 for reason in {r["reason"] for r in rejects} - unreadable), by_reason

@@ -119,8 +119,8 @@ def rejects_section(totals: dict[str, Any]) -> str:
     axis.set_xlabel("rows")
     rows = [[stage, reason, scope, v["rows"], _hours(v.get("ms", 0)), v.get("unknown") or ""]
             for (stage, reason, scope), v in sorted(entries.items(), key=lambda kv: (-kv[1]["rows"], kv[0]))]
-    note = ("<p>Hours are the audio each reject dropped (a source's length, a stretch's span); sources refused before "
-            "decoding have no known duration.</p>")
+    note = ("<p>Hours are the audio each reject dropped (a source's length, decoded or read from its container's header "
+            "when it was refused before decoding; a stretch's span). Of unknown duration: files that could not be read.</p>")
     return _png(figure) + _table(["stage", "reason", "scope", "rows", "hours", "of unknown duration"], rows) + note
 
 
