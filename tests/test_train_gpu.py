@@ -36,12 +36,13 @@ def speech_like_batch(n_mels: int, examples: int = 4) -> dict:
     return {"mel": np.array(mels, dtype=object), "tokens": np.array(tokens, dtype=object), "loss_start": np.array(starts)}
 
 
-def train(mixed_precision: bool, bf16: bool | None = None, monkeypatch=None) -> tuple[list[float], object]:
+def train(mixed_precision: bool, bf16: bool | None = None, monkeypatch=None, lora_rank: int = 0) -> tuple[list[float], object]:
     from pipeline.whisper.finetune import FineTuner, TrainOptions
 
     if bf16 is False:  # a GPU without bf16: fp16 autocast with the gradient scaler
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    options = TrainOptions(steps=STEPS, batch_size=4, lr=1e-3, warmup_steps=0, mixed_precision=mixed_precision, seed=0)
+    options = TrainOptions(steps=STEPS, batch_size=4, lr=3e-3 if lora_rank else 1e-3, warmup_steps=0, mixed_precision=mixed_precision, seed=0,
+                           lora_rank=lora_rank)
     tuner = FineTuner("tiny-random", options, torch.device("cuda"))
     batch = speech_like_batch(tuner.n_mels)
     for step in range(STEPS):
@@ -68,3 +69,15 @@ def test_mixed_precision_trains_like_fp32(bf16, monkeypatch, tmp_path):
     tuner.save(tmp_path)
     model = whisper.load_model(str(tmp_path / "model.pt"), device="cuda")
     assert model.dims.n_mels == tuner.n_mels
+
+
+def test_lora_adapters_train_under_mixed_precision(tmp_path):
+    """LoRA (peft) under bf16 autocast: only the adapters change, the loss falls, and the merged checkpoint loads."""
+    import whisper
+
+    losses, tuner = train(mixed_precision=True, lora_rank=8)
+    assert tuner.use_amp and all(math.isfinite(x) for x in losses) and losses[-1] < 0.7 * losses[0], losses
+    assert tuner.state.parameters["trainable"] < 0.1 * tuner.state.parameters["total"]
+    tuner.save(tmp_path, final=True)
+    model = whisper.load_model(str(tmp_path / "model.pt"), device="cuda")
+    assert type(model.decoder.blocks[0].attn.query).__module__ == "whisper.model"
