@@ -151,17 +151,23 @@ def test_fetch_then_transcribe_submitted_to_the_cluster(cluster, tmp_path):
     assert "ask not what your country can do for you" in text, text
 
 
-def test_train_submitted_to_the_cluster(sample_run, cluster, tmp_path):
+def test_train_submitted_to_the_cluster_recovers_a_killed_worker(sample_run, cluster, tmp_path):
     """`wspsr train` through `ray job submit`: LoRA on the tiny random model over the sample corpus, one Ray Train
-    worker on the cluster (the working dir shipped by Ray), checkpoints and metrics in a folder every node sees."""
+    worker on the cluster (the working dir shipped by Ray), checkpoints and metrics in a folder every node sees. The
+    worker is killed at step 3 (a fault given in the job's runtime environment); with train.max_failures=1 Ray Train
+    starts it again from the step-2 checkpoint and the job succeeds with every step trained once."""
     corpus, _ = sample_run
-    out = tmp_path / "train"
+    out, faults = tmp_path / "train", tmp_path / "faults"
+    faults.mkdir()
+    runtime = json.dumps({"env_vars": {"WSPSR_FAULTS": "kill@train:step-3", "WSPSR_FAULTS_DIR": str(faults)}})
     code, _, output = ray_cli(
-        cluster, "job", "submit", "--submission-id", "train-sample", "--working-dir", str(REPO),
+        cluster, "job", "submit", "--submission-id", "train-sample", "--working-dir", str(REPO), "--runtime-env-json", runtime,
         "--", "python", "-m", "jobs.train", "--corpus", str(corpus), "--out", str(out), "--model", "tiny-random", "--lora-rank", "4",
-        "--steps", "3", "--batch-size", "2", "--lr", "1e-3", "--quiet", "--set", "data.max_windows=8", "--set", "train.warmup_steps=0",
-        "--set", "train.eval_max_examples=1", "--set", "ray.cpus_per_worker=0.5", timeout=900,
+        "--steps", "4", "--batch-size", "2", "--lr", "1e-3", "--quiet", "--set", "data.max_windows=8", "--set", "train.warmup_steps=0",
+        "--set", "train.checkpoint_every=2", "--set", "train.max_failures=1", "--set", "train.eval_max_examples=1",
+        "--set", "ray.cpus_per_worker=0.5", timeout=900,
     )
     assert code == 0 and "Job 'train-sample' succeeded" in output, output[-5000:]
+    assert (faults / "kill@train_step-3").exists()  # the worker was killed once
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and metrics["method"] == "lora" and Path(metrics["checkpoint"]).exists()
+    assert metrics["steps"] == 4 and len(metrics["train_loss"]) == 4 and metrics["method"] == "lora" and Path(metrics["checkpoint"]).exists()

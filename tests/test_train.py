@@ -47,7 +47,7 @@ def test_lora_trains_few_parameters_merges_and_reports_error_rates_per_language(
     out = tmp_path / "lora"
     train_in_process(out, corpus, "--model", "tiny-random", "--lora-rank", "8", "--steps", "30", "--batch-size", "4", "--lr", "3e-3",
                      "--set", "train.warmup_steps=3", "--set", "train.checkpoint_every=15", "--set", "train.eval_every=10",
-                     "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=16", "--set", "data.held_out_fraction=0.2",
+                     "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=8", "--set", "data.held_out_fraction=0.2",
                      "--set", "data.split_seed=6", "--set", "sampling.temperature=3")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "lora" and 0 < metrics["parameters"]["trainable_fraction"] < 0.1, metrics["parameters"]
@@ -125,19 +125,10 @@ def test_resumed_run_matches_an_uninterrupted_one(sample_run, tmp_path):
     weights_b = torch.load(broken / "checkpoints" / "step-000006" / "model.pt", weights_only=True)["model_state_dict"]
     assert all(torch.allclose(weights_a[k], weights_b[k], rtol=1e-4, atol=1e-6) for k in weights_a)
 
-    # A worker killed at step 4 with max_failures=1: Ray Train restarts it from the step-3 checkpoint by itself, and
-    # the run ends where the uninterrupted one did, with no --resume.
-    killed = tmp_path / "killed"
-    recovered = train(killed, corpus, *common, "--set", "train.max_failures=1", env={"WSPSR_FAULTS": "kill@train:step-4", "WSPSR_FAULTS_DIR": str(faults)})
-    assert recovered.returncode == 0, recovered.stderr[-3000:]
-    assert (faults / "kill@train_step-4").exists()  # the worker was killed (the fault fires once)
-    c = trainer_state(killed, 6)
-    assert c["state"]["train_loss"] == pytest.approx(a["state"]["train_loss"], rel=1e-5)
-
 
 @pytest.mark.slow
 def test_fine_tune_base_on_the_sample_corpus(sample_run, tmp_path):
-    """Whisper base, four steps on CPU: held-out loss must not rise, and the checkpoint still transcribes."""
+    """Whisper base, two steps on CPU: held-out loss must not rise, and the checkpoint still transcribes."""
     import whisper
 
     from pipeline.io.media import decode_audio
@@ -145,11 +136,11 @@ def test_fine_tune_base_on_the_sample_corpus(sample_run, tmp_path):
 
     corpus, _ = sample_run
     out = tmp_path / "base"
-    train_in_process(out, corpus, "--model", "base", "--steps", "4", "--batch-size", "2", "--lr", "1e-5", "--set", "train.warmup_steps=1",
-                     "--set", "train.checkpoint_every=4", "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=2")
+    train_in_process(out, corpus, "--model", "base", "--steps", "2", "--batch-size", "2", "--lr", "1e-5", "--set", "train.warmup_steps=1",
+                     "--set", "train.checkpoint_every=2", "--set", "data.cache_examples=true", "--set", "train.eval_max_examples=2")
     metrics = json.loads((out / "metrics.json").read_text())
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
-    assert metrics["steps"] == 4 and before["examples"] == after["examples"] > 0
+    assert metrics["steps"] == 2 and before["examples"] == after["examples"] > 0
     assert after["loss"] <= before["loss"], (before, after)
     model = whisper.load_model(metrics["checkpoint"], device="cpu")
     text = model.transcribe(decode_audio(JFK).astype("float32") / 32768, language="en", fp16=False)["text"]
