@@ -166,8 +166,7 @@ def test_other_config_in_same_folder_is_refused_unless_overwrite(built, sources,
 
 def test_a_log_gets_a_progress_line_and_none_of_rays_dumps(sources, tmp_path):
     """Not on a terminal (CI, a file, `ray job logs`): wspsr's progress line (inputs done of the total, hours, real-time
-    factor, rejects, time left) at its interval, and no Ray progress dumps or informational logs; --verbose brings
-    Ray's back with a line per committed shard."""
+    factor, rejects, time left) at its interval, and no Ray progress dumps or informational logs."""
     import subprocess
     import sys
     from pathlib import Path
@@ -180,6 +179,20 @@ def test_a_log_gets_a_progress_line_and_none_of_rays_dumps(sources, tmp_path):
     assert any(re.search(r"INFO sources: 9/9 \(100 %\), 0\.\d\d h of audio at [\d.]+x real time, 4 rejected, \d+:\d\d elapsed \(done\)", line) for line in log), log
     assert not [line for line in log if "logging_progress" in line or "streaming_executor" in line or "committed shard" in line], log
     assert len(log) + len(done.stdout.splitlines()) < 30, log
-    verbose = subprocess.run([*argv[:-len(NO_FILTERS)], "--out", str(tmp_path / "verbose"), *NO_FILTERS, "--verbose"],
-                             cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=600)
-    assert verbose.returncode == 0 and "committed shard" in verbose.stderr and "streaming_executor" in verbose.stderr
+
+
+def test_verbose_brings_rays_own_logs_and_bars_back(local_ray):
+    import logging
+
+    import ray.data
+
+    from pipeline.run.runner import RayOptions, init_ray
+
+    context = ray.data.DataContext.get_current()
+    try:
+        init_ray(RayOptions(verbose=True))
+        assert logging.getLogger("ray.data").level == logging.INFO and context.enable_progress_bars
+        init_ray(RayOptions())  # not a terminal here: no bars (the progress line instead), Ray's logs only as errors
+        assert logging.getLogger("ray.data").level == logging.ERROR and not context.enable_progress_bars
+    finally:
+        init_ray(RayOptions(progress=False))
