@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.io.commit import OutputError, committed_files, write_json_atomically
 from pipeline.io.storage import atomic_file
@@ -156,9 +157,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     data = config["data"]
     ordered = list(files)
     random.Random(data.file_seed).shuffle(ordered)
-    positions, groups = read_windows(ordered, data.max_windows, data.split_seed)
+    positions, groups, group_names = read_windows(ordered, data.max_windows, data.split_seed)
     threshold = threshold_of_positions(positions, data.held_out_fraction)
-    natural = group_counts(groups, positions >= threshold)
+    natural = group_counts(groups, group_names, positions >= threshold)
     sampling = config["sampling"]
     rates = sampling_rates(natural, sampling)
 
@@ -209,12 +210,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def read_windows(files: list[str], max_windows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def read_windows(files: list[str], max_windows: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The source position and the group (language, or code_switched) of every window to train on, file by file
-    (three small columns read): 8 bytes and a group name reference a window."""
+    (three small columns read): 8 bytes and a 4-byte group code a window, and the group names."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    parts, groups, left = [], [], max_windows or None
+    parts, codes, names, left = [], [], {}, max_windows or None
     for file in files:
         if left is not None and left <= 0:
             break
@@ -223,14 +225,19 @@ def read_windows(files: list[str], max_windows: int, seed: int) -> tuple[np.ndar
             table = table.slice(0, left)
             left -= table.num_rows
         parts.append(window_positions(table["source_id"], seed))
-        groups.append(np.asarray(group_of(table["language"], table["code_switched"]).to_numpy(zero_copy_only=False), dtype=object))
-    return (np.concatenate(parts), np.concatenate(groups)) if parts else (np.zeros(0), np.zeros(0, dtype=object))
+        encoded = pc.dictionary_encode(group_of(table["language"], table["code_switched"]))
+        encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+        local = np.array([names.setdefault(name, len(names)) for name in encoded.dictionary.to_pylist()], dtype=np.int32)
+        codes.append(local[encoded.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(0, np.int32))
+    if not parts:
+        return np.zeros(0), np.zeros(0, np.int32), []
+    return np.concatenate(parts), np.concatenate(codes), list(names)
 
 
-def group_counts(groups: np.ndarray, training: np.ndarray) -> dict[str, int]:
+def group_counts(codes: np.ndarray, names: list[str], training: np.ndarray) -> dict[str, int]:
     """Windows of the training split per group."""
-    names, counts = np.unique(groups[training].astype(str), return_counts=True) if training.any() else ([], [])
-    return {str(name): int(n) for name, n in zip(names, counts)}
+    counts = np.bincount(codes[training], minlength=len(names))
+    return {name: int(n) for name, n in sorted(zip(names, counts.tolist())) if n}
 
 
 def split_counts(positions: np.ndarray, threshold: float) -> dict[str, int]:
