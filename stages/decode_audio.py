@@ -46,9 +46,11 @@ def probe_rejected(batch: pa.Table) -> pa.Table:
     """Rows rejected before decoding (bad transcripts, duplicates, missing or too large files...) get ``duration_ms``
     from their audio container's header (``media.probe_duration_ms``: no decode), so the hours of every reject of a
     readable file are known. A plain function over rejected rows, not a stage (a stage sees only active rows)."""
-    if batch.num_rows == 0 or "audio_path" not in batch.column_names:
+    if batch.num_rows == 0:
         return batch
-    paths = batch["audio_path"].to_pylist()
+    # A discovery reject (no transcript beside the audio, a second source with the id) names its audio as `source`.
+    paths = [path or source for path, source in zip(*(batch[c].to_pylist() if c in batch.column_names else [None] * batch.num_rows
+                                                       for c in ("audio_path", "source")))]
     known = batch["duration_ms"].to_pylist() if "duration_ms" in batch.column_names else [None] * batch.num_rows
     durations = [ms if ms is not None or not path else media.probe_duration_ms(path) for ms, path in zip(known, paths)]
     column = pa.array(durations, pa.int64())

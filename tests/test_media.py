@@ -121,5 +121,7 @@ def test_the_header_probe_gives_the_length_without_decoding():
         {"source_id": "a", "audio_path": str(sample / "sources/en/en_mp3_vtt.mp3"), "duration_ms": None, "reject_reason": "all_lowercase"},
         {"source_id": "b", "audio_path": None, "duration_ms": None, "reject_reason": "missing_audio"},
         {"source_id": "c", "audio_path": str(sample / "sources/en/en_mp3_vtt.mp3"), "duration_ms": 5, "reject_reason": "x"},
+        {"source_id": "d", "source": str(sample / "sources/it/it_wav8k_txt.wav"), "reject_reason": "missing_transcript"},  # discovery's
+        {"source_id": "e", "source": str(sample / "manifest.jsonl") + ":17", "reject_reason": "bad_manifest_line"},
     ])
-    assert probe_rejected(rows)["duration_ms"].to_pylist() == [6123, None, 5]
+    assert probe_rejected(rows)["duration_ms"].to_pylist() == [6123, None, 5, 7274, None]

@@ -280,15 +280,60 @@ def segments_from_words(words: Sequence[Word], duration: float) -> list[Segment]
     return segments
 
 
-def word_timings(words: Sequence[Any], prepend: str = "\"'“¿([{-", append: str = "\"'.。,，!！?？:：”)]}、") -> tuple[Word, ...]:
+def word_timings(words: Sequence[Any], audio: np.ndarray | None = None, prepend: str = "\"'“¿([{-",
+                 append: str = "\"'.。,，!！?？:：”)]}、") -> tuple[Word, ...]:
     """Words from an alignment (objects or dicts with word, tokens, start, end, probability), punctuation merged
-    into its neighbours as openai-whisper does (``whisper.timing.merge_punctuations``)."""
+    into its neighbours as openai-whisper does (``whisper.timing.merge_punctuations``); with the window's ``audio``,
+    each word starts where its sound does (``starts_at_speech``)."""
     from whisper.timing import WordTiming, merge_punctuations
 
     timings = [w if isinstance(w, WordTiming) else WordTiming(w["word"], list(w["tokens"]), float(w["start"]), float(w["end"]), float(w["probability"]))
                for w in words]
     merge_punctuations(timings, prepend, append)
-    return tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in timings if w.word)
+    found = tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in timings if w.word)
+    return starts_at_speech(found, audio) if audio is not None else found
+
+
+FRAME_S = 0.02  # Whisper's time grid
+MIN_PAUSE_S = 0.2  # silence this long at a word's aligned start is a pause the alignment gave to the word
+MIN_QUIET_RANGE_DB = 12.0  # a window whose loud and quiet frames differ less has no pauses to find
+MAX_LEAD_S = 0.2  # sound before the pause inside a word's aligned start: the previous word's tail, not this word
+
+
+def starts_at_speech(words: Sequence[Word], audio: np.ndarray) -> tuple[Word, ...]:
+    """Cross-attention alignment gives a word that follows a pause the pause too (its start lands where the word
+    before it ends): a word whose aligned span opens with a silence of ``MIN_PAUSE_S`` or more (after at most
+    ``MAX_LEAD_S`` of the previous word's tail) starts at the first 60 ms of sound after that silence. Silence is relative to the window (20 ms frames below its quiet level plus a quarter of its loud-to-quiet
+    range), so the rule holds for quiet and loud recordings alike, and a window without clear pauses is left as is.
+    Measured on JFK: "ask" after "fellow Americans," moves from 2.10 s to 3.26 s in the faster-whisper engine, where
+    the speech starts (the openai-whisper engine's alignment put it at 3.18 s); the alignment alone varied with the
+    BLAS kernels numpy ran on."""
+    pcm = as_float_audio(audio)
+    frame = int(FRAME_S * SAMPLE_RATE)
+    n = len(pcm) // frame
+    if n < 4 or not words:
+        return tuple(words)
+    level = 10 * np.log10(np.mean(pcm[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-10)
+    quiet, loud = np.percentile(level, 10), np.percentile(level, 90)
+    if loud - quiet < MIN_QUIET_RANGE_DB:
+        return tuple(words)
+    voiced = level > quiet + 0.25 * (loud - quiet)
+    onset = voiced[:-2] & voiced[1:-1] & voiced[2:]  # 60 ms of sound
+    pause, lead = round(MIN_PAUSE_S / FRAME_S), round(MAX_LEAD_S / FRAME_S)
+    out = []
+    for word in words:
+        first, last = int(round(word.start / FRAME_S)), min(int(round(word.end / FRAME_S)), n - 2)
+        # the pause: a silent run of MIN_PAUSE_S that begins within the word's first MAX_LEAD_S (what sounds before it
+        # is the previous word's tail); the word starts at the first onset after it
+        for begin in range(first, min(first + lead, last) + 1):
+            if begin + pause <= last and not voiced[begin : begin + pause].any():
+                after = np.flatnonzero(onset[begin + pause : last])
+                if len(after):
+                    at = begin + pause + int(after[0])
+                    word = Word(at * FRAME_S, word.end, word.text, word.probability)
+                break
+        out.append(word)
+    return tuple(out)
 
 
 def _finish(raw: _Raw, timestamp_begin: int, decode_text: Callable[[list[int]], str], duration: float, options: DecodingOptions,
@@ -481,7 +526,7 @@ class OpenAIWhisperEngine:
                 continue
             with torch.no_grad():
                 timings = find_alignment(decoder_only, tokenizer, text_tokens, features[i], min(len(audios[i]), N_SAMPLES) // 160)
-            out.append(word_timings(timings))
+            out.append(word_timings(timings, audios[i]))
         return out
 
 
@@ -648,7 +693,7 @@ class FasterWhisperEngine:
                 [min(len(audios[i]), N_SAMPLES) // 160 for i in batch],
             )
             for i, timings in zip(batch, found):
-                out[i] = word_timings(timings)
+                out[i] = word_timings(timings, audios[i])
         return out
 
 
