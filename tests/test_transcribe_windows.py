@@ -5,6 +5,7 @@ carries its own language, and each channel of a stereo call can be its own track
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,10 @@ def test_aligned_timings_place_jfks_words_where_he_says_them(engine):
     assert 2.4 <= ask.start <= 3.8 and result.words[0].start < 1.0 and result.words[-1].end <= 11.0
     assert all(a.start <= a.end <= b.start + 0.02 for a, b in zip(result.words, result.words[1:]))
     out = _stage_output(JFK, engine, WhisperOptions(engine=engine.name), DecodingOptions(language="en"))
-    assert " ".join(s["text"] for s in out["segments"]) == result.text.strip()  # one window: its words' segments
+    # one window: its words' segments, the same words as the direct decode (a comma may differ: the stage decodes with
+    # its own defaults, and a comma after "Americans" is a coin toss for base on some BLAS kernels)
+    words_only = lambda text: re.sub(r"[^\w\s]", "", text).split()  # noqa: E731
+    assert words_only(" ".join(s["text"] for s in out["segments"])) == words_only(result.text)
     assert out["segments"][0]["start_ms"] < 1000 and out["segments"][-1]["end_ms"] <= 11_000
 
 
