@@ -223,8 +223,6 @@ def probe_duration_ms(path: str | Path, timeout_s: float = 10.0) -> int | None:
     if not path.is_file():
         return None
     try:
-        import soundfile
-
         info = soundfile.info(str(path))
         if info.frames > 0 and info.samplerate > 0:
             return round(info.frames * 1000 / info.samplerate)

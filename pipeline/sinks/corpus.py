@@ -248,13 +248,13 @@ def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions:
     durations = dict(zip(fingerprints["source_id"].to_pylist(), fingerprints["duration_ms"].to_pylist()))
     paths = dict(zip(removed["source_id"].to_pylist(), removed["source"].to_pylist()))
     added = []
+    for name in ("rejected", "ms_rejected", "rejects"):
+        stats.setdefault(name, {})
     for source_id, i in zip(here, at):
         keeper, duration = decisions.keepers[i].as_py(), durations.get(source_id)
         added.append({"source_id": source_id, "source": paths[source_id], "scope": RejectScope.SOURCE.value, "stage": "audio_dedup",
                       "reason": RejectReason.AUDIO_DUPLICATE.value, "detail": decisions.detail(i), "duration_ms": duration,
                       "duplicate_of": keeper, "cluster_id": keeper})
-        for name in ("rejected", "ms_rejected", "rejects"):
-            stats.setdefault(name, {})
         count(stats["rejected"], RejectReason.AUDIO_DUPLICATE.value)
         count(stats["ms_rejected"], RejectReason.AUDIO_DUPLICATE.value, duration or 0)
         _reject_stats(stats, "audio_dedup", RejectReason.AUDIO_DUPLICATE.value, RejectScope.SOURCE.value, duration)
@@ -264,7 +264,8 @@ def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions:
                                  pc.coalesce(decisions.keepers.take(moved), rejects["cluster_id"]))
     rejects = pa.concat_tables([rejects, pa.Table.from_pylist(added, schema=REJECTS_SCHEMA)])
     rejects = rejects.sort_by([("source_id", "ascending"), ("scope", "ascending"), ("start_ms", "ascending"), ("reason", "ascending")])
-    kept = [i for i in marker["sources"].get("kept", []) if i not in set(here)]
+    dropped_here = set(here)
+    kept = [i for i in marker["sources"].get("kept", []) if i not in dropped_here]
     sources = {"kept": kept, "rejected": sorted(marker["sources"].get("rejected", []) + here)}
     tables = {"corpus": _corpus_parts(corpus, options), "rejects": [rejects], "fingerprints": [fingerprints]}
     out.replace_shard(marker, decisions.version, tables, sources, accounting.pruned(stats), options,
