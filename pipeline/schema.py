@@ -75,6 +75,10 @@ class RejectReason(str, enum.Enum):
     FETCH_FAILED = "fetch_failed"
     NO_MEDIA = "no_media"
     LIVE_STREAM = "live_stream"
+    # any stage: an unexpected exception on this row (a bug, a library's limit); the detail names the exception
+    INTERNAL_ERROR = "internal_error"
+    # any stage: the row took longer than the stage's time limit per source
+    STAGE_TIMEOUT = "stage_timeout"
 
 
 class RejectScope(str, enum.Enum):
@@ -189,6 +193,7 @@ STREAM_COLUMNS: dict[str, pa.DataType] = {
     "reject_stage": pa.string(),
     "reject_reason": pa.string(),
     "reject_detail": pa.string(),
+    "reject_transient": pa.bool_(),  # the reject came from a fault that may pass (I/O error, signal, timeout under load)
     "duplicate_of": pa.string(),
     "source_languages": pa.list_(pa.string()),
     "code_switched": pa.bool_(),
@@ -284,6 +289,7 @@ REJECTS_SCHEMA = pa.schema(
         ("duration_ms", pa.int64()),
         ("duplicate_of", pa.string()),
         ("cluster_id", pa.string()),  # corpus job: as in CORPUS_SCHEMA (a rejected duplicate: the source kept for it)
+        ("transient", pa.bool_()),  # a fault that may pass (read error, signal, timeout), retried before: --retry-transient
     ]
 )
 

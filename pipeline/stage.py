@@ -24,6 +24,7 @@ class Reject:
     reason: RejectReason
     detail: str
     duplicate_of: str | None = None
+    transient: bool = False  # a fault that may pass (I/O error, a killed decoder, a timeout under load): retried first
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Re
             row = dict(row, reject_reason=result.reason.value, reject_detail=result.detail)
             if result.duplicate_of is not None:
                 row["duplicate_of"] = result.duplicate_of
+            if result.transient:
+                row["reject_transient"] = True
             rows.append(row)
         else:
             rows.append(result)

@@ -26,7 +26,7 @@ def source_reject(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "source_id": row["source_id"], "source": row["source"], "scope": RejectScope.SOURCE.value, "stage": row.get("reject_stage"),
         "reason": row["reject_reason"], "detail": row.get("reject_detail"), "duration_ms": row.get("duration_ms"),
-        "duplicate_of": row.get("duplicate_of"),
+        "duplicate_of": row.get("duplicate_of"), "transient": bool(row.get("reject_transient")),
     }
 
 

@@ -21,7 +21,8 @@ from pipeline.sinks.accounting import count
 CORPUS_TABLES = ("corpus", "rejects", "fingerprints")
 WINDOW_FIELDS = frozenset(field.name for field in WINDOW_TYPE)
 # Small per-source columns the rejects and statistics need (never the windows or the audio).
-SOURCE_COLUMNS = ("source_id", "source", "duration_ms", "reject_reason", "reject_stage", "reject_detail", "duplicate_of", "cues", "dropped")
+SOURCE_COLUMNS = ("source_id", "source", "duration_ms", "reject_reason", "reject_stage", "reject_detail", "reject_transient", "duplicate_of",
+                  "cues", "dropped")
 
 
 def window_rows(kept: pa.Table) -> pa.Table:
