@@ -20,9 +20,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.commit import OutputDir, OutputOptions, committed_files, without_refs
+import numpy as np
+import pyarrow.compute as pc
+
+from pipeline.io.commit import OutputDir, OutputOptions, committed_files, input_keys, stale_keys, without_keys
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, publish_shards, shards_to_publish, summarize
+from pipeline.sinks.corpus import CORPUS_TABLES, audio_work, commit_corpus_batch, publish_shards, summarize
 from pipeline.whisper.engines import ENGINES
 from pipeline.sinks import accounting
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
@@ -36,7 +39,7 @@ from stages.check_pseudo_labels import PseudoLabelOptions, PseudoLabelVerdicts, 
 from stages.check_speaking_rate import SpeakingRateOptions, check_speaking_rate
 from stages.audio_dedup import EDGE_SCHEMA, AudioDedupOptions, find_audio_duplicates, resolve_audio_duplicates
 from stages.decode_audio import DecodeOptions, decode_and_fingerprint, decode_audio, find_audio, probe_rejected
-from stages.dedup import DedupOptions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
+from stages.dedup import DedupOptions, DuplicateDecisions, compute_signatures, find_duplicates, mark_duplicates, replace_copies
 from stages.detect_machine_generated import MachineGeneratedOptions, detect_machine_generated
 from stages.detect_text_language import detect_text_language
 from stages.languages import LanguageOptions
@@ -166,6 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exclude-texts", metavar="FILE", help="evaluation transcripts (one per line, or JSONL with \"text\"); sources matching one are removed")
     parser.add_argument("--pseudo-labels", metavar="DIR", help="a `wspsr transcribe --compare-with` output: drop sources whose transcript Whisper disagrees with")
     parser.add_argument("--max-wer", type=float, help="with --pseudo-labels: the WER above which a source is dropped (default 0.3)")
+    parser.add_argument("--retry-transient", action="store_true",
+                        help="process again the sources rejected by faults that may pass (read errors, killed decoders, timeouts)")
     add_common_arguments(parser, "corpus")
     return parser.parse_args(argv)
 
@@ -184,6 +189,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         print(to_toml(to_plain(config)))
         return {}
     source_paths = args.sources or [str(REPO / p) for p in SAMPLE_SOURCES]
+    repeated = sorted({p for p in source_paths if source_paths.count(p) > 1})
+    if repeated:
+        raise ConfigError(f"--sources names {', '.join(repeated)} more than once: every source would be found twice")
     plain = to_plain(config)
     verdicts = load_pseudo_label_verdicts(config["pseudo_labels"])
     # The contents of the files the config names decide the output too, not only their names.
@@ -194,71 +202,134 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     model_memory_gb = check_engine(config["language"]) if config["language"].enabled else None
     splits = plan_splits(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]), config["sources"])
     out.prepare({"job": "corpus", "sources": source_paths, "config": plain}, args.overwrite)
-    committed = out.committed_refs()
-    ray_options, output_options = config["ray"], config["output"]
-    found = count_sources(splits, config["sources"]) if len(committed) else None  # a rerun: anything left?
-    plan = None
-    if found is None or found > len(committed):
-        plan = Plan(ray_options)
-        read = functools.partial(read_split, options=config["sources"])
-        # Every source through the text stages, committed ones too: the global step decides exactly as a whole run would.
-        text = plan.materialize(plan.apply(plan.read_splits(splits, read, DISCOVERED_SCHEMA), text_stages(config, verdicts)))
-        found = plan.count(text)
-        log.info("%d sources found in %d splits, %d already committed, %d to process", found, len(splits), len(committed), found - len(committed))
-        decisions = find_duplicates(plan, text, config["dedup"], duplicate_reject, rows_hint=found)
-        # Committed work skipped, sources whose id an earlier one took replaced, near-duplicates marked; then what is
-        # rejected goes to the sink in the big blocks it is in, and what is left is rebatched for the audio work.
-        dataset = plan.map(plan.map(text, without_refs, committed), replace_copies, decisions)
-        # Missing, empty or oversized audio is refused with a metadata call while the rows are still in big blocks;
-        # kept (the two branches below read it: Ray would compute it twice), and the text rows let go.
-        dataset = plan.apply(dataset, [Stage("remove_duplicates", mark_duplicates, decisions), Stage("find_audio", find_audio, config["decode"])])
-        dataset = plan.materialize(dataset)
-        del text
-        audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config, model_memory_gb))
-        # Rejected before decoding: their length from the container's header, so every reject has its hours.
-        dataset = plan.union(plan.map(plan.map(dataset, rejected_rows), probe_rejected), audio)
-        for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options), total=found - len(committed), what="sources"):
-            pass
+    if args.retry_transient:
+        log.info("--retry-transient: %d shards with transient rejects taken back", out.retire(transient_shards(out)))
+    for attempt in range(MAX_PASSES):
+        found, plan = process_pending(out, config, splits, verdicts, model_memory_gb)
+        audio, redo = dedup_audio(out, config, plan, reuse_pairs=plan is None)
+        if not redo:
+            break
+        log.info("audio dedup: %d shards dropped sources that are no longer duplicates (their keeper left the inputs): "
+                 "processing them again", out.retire(redo))
     else:
-        log.info("%d sources found in %d splits, %d already committed, 0 to process", found, len(splits), len(committed))
-    audio = dedup_audio(out, config, plan, reuse_pairs=plan is None)
+        raise JobFailed(f"audio dedup decisions did not settle after {MAX_PASSES} passes; rerun the same command")
     summary = summarize(out, found, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location, "audio_duplicates": audio})
     accounting.reject_fraction(summary, args.max_reject_fraction)
     out.write_json("summary.json", summary)
     return summary
 
 
-def dedup_audio(out: OutputDir, config: dict[str, Any], plan: Plan | None, reuse_pairs: bool) -> dict[str, Any]:
+MAX_PASSES = 3  # a second pass only when a removed source kept audio duplicates that must now be decoded again
+
+
+def process_pending(out: OutputDir, config: dict[str, Any], splits: list[SourceSplit], verdicts: PseudoLabelVerdicts | None,
+                    model_memory_gb: float | None) -> tuple[np.ndarray, Plan | None]:
+    """Every input that has no committed outcome (or whose committed outcome the inputs now decide differently)
+    through the stages into the sink; returns the keys of every input found (sorted) and the plan, None when nothing
+    was left to do (then Ray is never started)."""
+    committed = out.committed_keys()
+    if len(committed):  # a rerun: is anything left? (discovery in this process, 8 bytes a source kept)
+        found = discovered_keys(splits, config["sources"])
+        if np.array_equal(found, committed):
+            log.info("%d sources found in %d splits, all committed, 0 to process", len(found), len(splits))
+            return found, None
+    plan = Plan(config["ray"])
+    ray_options, output_options = config["ray"], config["output"]
+    read = functools.partial(read_split, options=config["sources"])
+    # Every source through the text stages, committed ones too: the global step decides exactly as a whole run would.
+    text = plan.materialize(plan.apply(plan.read_splits(splits, read, DISCOVERED_SCHEMA), text_stages(config, verdicts)))
+    found = plan.sorted_values(text, "key")
+    decisions = find_duplicates(plan, text, config["dedup"], duplicate_reject, rows_hint=len(found))
+    retired = out.retire(shards_to_redo(out, found, decisions))
+    committed = out.committed_keys()
+    log.info("%d sources found in %d splits, %d already committed, %d to process%s", len(found), len(splits), len(committed),
+             len(found) - len(committed), f" ({retired} shards taken back: inputs removed, changed or decided differently)" if retired else "")
+    # Committed work skipped, sources whose id an earlier one took replaced, near-duplicates marked; then what is
+    # rejected goes to the sink in the big blocks it is in, and what is left is rebatched for the audio work.
+    dataset = plan.map(plan.map(text, without_keys, committed), replace_copies, decisions)
+    # Missing, empty or oversized audio is refused with a metadata call while the rows are still in big blocks;
+    # kept (the two branches below read it: Ray would compute it twice), and the text rows let go.
+    dataset = plan.apply(dataset, [Stage("remove_duplicates", mark_duplicates, decisions), Stage("find_audio", find_audio, config["decode"])])
+    dataset = plan.materialize(dataset)
+    del text
+    audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config, model_memory_gb))
+    # Rejected before decoding: their length from the container's header, so every reject has its hours.
+    dataset = plan.union(plan.map(plan.map(dataset, rejected_rows), probe_rejected), audio)
+    for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options), total=len(found) - len(committed), what="sources"):
+        pass
+    return found, plan
+
+
+def shards_to_redo(out: OutputDir, found: np.ndarray, decisions: DuplicateDecisions) -> list[str]:
+    """The committed shards whose outcome no longer holds, read one marker at a time: they account for an input no
+    longer found (removed, or changed: a new key), for an input committed a different number of times than it is
+    found, or for a source whose near-duplicate decision the inputs now decide differently (a better copy added, its
+    keeper removed)."""
+    stale = stale_keys(found, out.committed_keys())
+    redo = []
+    for marker in out.iter_markers():
+        if len(stale) and np.isin(input_keys(marker), stale).any():
+            redo.append(marker["shard"])
+            continue
+        ids = marker["sources"].get("kept", []) + marker["sources"].get("rejected", [])
+        before = marker.get("duplicates", {})
+        if not ids or not (len(decisions) or before):
+            continue
+        at = pc.index_in(pa.array(ids, pa.string()), value_set=decisions.duplicates)
+        now = decisions.keepers.take(at).to_pylist() if len(decisions) else [None] * len(ids)
+        if any(keeper != before.get(source_id) for source_id, keeper in zip(ids, now)):
+            redo.append(marker["shard"])
+    return redo
+
+
+def transient_shards(out: OutputDir) -> list[str]:
+    """The committed shards holding rejects of faults that may pass (read errors, killed decoders, timeouts)."""
+    return [marker["shard"] for marker in out.iter_markers() if marker.get("transient")]
+
+
+def dedup_audio(out: OutputDir, config: dict[str, Any], plan: Plan | None, reuse_pairs: bool) -> tuple[dict[str, Any], list[str]]:
     """After every source is committed: the audio dedup step over the committed fingerprints (verified pairs into
     ``audio_duplicates.parquet``), one decision per cluster, and the shards it changes rewritten (``publish_shard``).
     A rerun that processed nothing new reads the pairs back instead of searching again; shards already published
-    under the same decisions are left alone, so a crash anywhere in here is finished by running again."""
+    under the same decisions are left alone, so a crash anywhere in here is finished by running again. Returns the
+    step's summary and the shards to process again (they dropped a source that is no longer a duplicate)."""
     options = config["audio_dedup"]
     if not options.enabled:
-        return {"enabled": False}
+        return {"enabled": False}, []
     fingerprinted = sum(marker["rows"].get("fingerprints", 0) for marker in out.iter_markers())
     edges = out.read_side_table(AUDIO_DUPLICATES) if reuse_pairs else None
     if edges is None:
         if fingerprinted:
             plan = plan or Plan(config["ray"])
-            edges = find_audio_duplicates(plan, plan.read_parquet(out.committed_files("fingerprints")), options, rows_hint=fingerprinted)
+            committed = plan.map(plan.read_parquet(out.committed_files("fingerprints")), keys_as_refs)
+            edges = find_audio_duplicates(plan, committed, options, rows_hint=fingerprinted)
         else:
             edges = EDGE_SCHEMA.empty_table()
         out.write_side_table(AUDIO_DUPLICATES, edges.sort_by([("a_id", "ascending"), ("b_id", "ascending")]), config["output"])
     decisions = resolve_audio_duplicates(edges)
-    shards = shards_to_publish(out, decisions.dropped, decisions.version)
+    shards, redo = audio_work(out, decisions)
+    if redo:
+        return {}, redo
     if shards:
         plan = plan or Plan(config["ray"])
         plan.each(pa.table({"shard": shards}), publish_shards, out, config["output"], decisions)
     log.info("audio dedup: %d fingerprinted sources, %d pairs of the same recording, %d clusters; %d sources dropped (%d clips of a "
              "longer recording), %d shards rewritten", fingerprinted, edges.num_rows, decisions.clusters, len(decisions), decisions.contained, len(shards))
     return {"enabled": True, "fingerprinted": fingerprinted, "pairs": edges.num_rows, "clusters": decisions.clusters,
-            "dropped": len(decisions), "contained": decisions.contained, "decisions": decisions.version}
+            "dropped": len(decisions), "contained": decisions.contained, "decisions": decisions.version}, []
 
 
-def count_sources(splits: list[SourceSplit], options: SourceOptions) -> int:
-    """Discovery's rows, counted in this process without keeping them (a rerun's check whether anything is left)."""
-    return sum(1 for split in splits for _ in split_rows(split, options))
+def keys_as_refs(batch: pa.Table) -> pa.Table:
+    """Committed fingerprints with their sources' keys as the audio step's row handles (unique across runs)."""
+    return batch.rename_columns(["ref" if name == "key" else name for name in batch.column_names])
+
+
+def discovered_keys(splits: list[SourceSplit], options: SourceOptions) -> np.ndarray:
+    """The keys of discovery's rows, sorted, read in this process without keeping the rows (a rerun's check whether
+    anything is left): 8 bytes a source."""
+    keys = np.fromiter((row["key"] for split in splits for row in split_rows(split, options)), dtype=np.int64)
+    keys.sort()
+    return keys
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -89,18 +89,17 @@ def url_rows(urls: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], list[di
 
 
 def forget_failed_fetches(out: OutputDir) -> int:
-    """--retry-failed: drop the shards that hold a ``fetch_failed`` reject, so their URLs run again (their
-    finished items come from the download archive). Only in a folder of this config."""
+    """--retry-failed: take back the shards that hold a ``fetch_failed`` reject, so their URLs run again (their
+    finished items come from the download archive). Only in a folder of this config (prepared by this run)."""
     if not out.store.exists(RUN_FILE) or out.read_json(RUN_FILE).get("fingerprint") != out.fingerprint:
         return 0
-    dropped = 0
+    failed = []
     for name in marker_names(out.store):
         marker = out.read_json(f"{MARKERS}/{name}")
         stats = marker.get("stats", {})
         if "urls" in marker["sources"] and (stats.get("rejected", {}).get("fetch_failed") or stats.get("url_rejected", {}).get("fetch_failed")):
-            out.store.delete(f"{MARKERS}/{name}")
-            dropped += 1
-    return dropped
+            failed.append(marker["shard"])
+    return out.retire(failed)
 
 
 def _languages(text: str | None) -> tuple[str, ...] | None:
@@ -144,11 +143,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # The URL list decides the output as much as the config: another list needs --overwrite or another --out
     # (downloaded media and the archive stay, so items fetched before are not downloaded again).
     out = OutputDir(args.out, FETCH_TABLES, output_fingerprint(config, [url for url, _ in urls]))
-    if args.retry_failed:
-        log.info("--retry-failed: %d shards with failed fetches dropped", forget_failed_fetches(out))
     run_doc = {"job": "fetch", "urls": args.urls, "config": to_plain(config)}
-    expected, done, todo = out.start(rows, rejects, run_doc, args.overwrite, config["output"])
-    log.info("%d URLs (%d refused before fetching), %d already done, %d to fetch", len(expected), len(rejects), len(done & expected), len(todo))
+    out.prepare(run_doc, args.overwrite)
+    if args.retry_failed:
+        log.info("--retry-failed: %d shards with failed fetches taken back", forget_failed_fetches(out))
+    keys, todo = out.start(rows, rejects, run_doc, args.overwrite, config["output"])
+    expected = {row["source_id"] for row in (*rows, *rejects)}
+    log.info("%d URLs (%d refused before fetching), %d already done, %d to fetch", len(expected), len(rejects), len(rows) - len(todo), len(todo))
     ray_options: FetchRayOptions = config["ray"]
     if todo:
         plan = Plan(ray_options)

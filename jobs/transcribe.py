@@ -134,8 +134,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     found = discover(args, config["sources"])
     run_doc = {"job": "transcribe", "inputs": inputs, "config": to_plain(config)}
-    expected, done, todo = out.start(found.sources, found.rejects, run_doc, args.overwrite, config["output"])
-    log.info("%d files found (%d rejected at discovery), %d already done, %d to transcribe", len(expected), len(found.rejects), len(done & expected), len(todo))
+    keys, todo = out.start(found.sources, found.rejects, run_doc, args.overwrite, config["output"])
+    log.info("%d files found (%d rejected at discovery), %d already done, %d to transcribe", len(keys), len(found.rejects),
+             len(found.sources) - len(todo), len(todo))
     if todo:
         plan = Plan(config["ray"])
         fewest, most = plan.model_pool_size()
@@ -146,7 +147,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         output_options = config["output"]
         for _ in plan.commit(dataset, lambda batch: commit_transcribe_batch(batch, out, output_options, formats), total=len(todo), what="files"):
             pass
-    summary = summarize_transcription(out, expected)
+    names = {row["key"]: row["source_id"] for row in (*found.sources, *found.rejects)}
+    summary = summarize_transcription(out, keys, names)
     elapsed = time.monotonic() - started
     summary.update(elapsed_s=round(elapsed, 1), output=out.location)
     summary["real_time_factor"] = round(summary["hours"]["audio"] * 3600 / max(elapsed, 1e-9), 2) if todo else None

@@ -71,7 +71,7 @@ def output_fingerprint(config: Mapping[str, Any], inputs: list[str], files: list
 
 def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report: Callable[[dict[str, Any]], None], argv: list[str] | None) -> int:
     """A job's ``main``: run it, print its summary; exit 2 on a usage or setup error, 1 when accounting fails."""
-    from pipeline.io.commit import OutputError
+    from pipeline.io.lifecycle import OutputError, release_folders
     from pipeline.config import ConfigError
     from pipeline.whisper.models import ModelNotFound
 
@@ -90,6 +90,8 @@ def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report
         print(f"wspsr {name}: error: {message}", file=sys.stderr)
         print(f"wspsr {name}: shards committed so far are complete; fix the cause and rerun the same command to finish", file=sys.stderr)
         return 1
+    finally:
+        release_folders()
     if not summary:  # --print-config
         return 0
     report(summary)

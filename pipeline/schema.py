@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "4"  # 4: cluster_id on corpus and reject rows, the fingerprints table; 3: per-window language and transcript-agreement columns; 2: corpus markers name their sources' refs too
+SCHEMA_VERSION = "5"  # 5: markers name their inputs by id and key, the fingerprints table keys its rows; 4: cluster_id on corpus and reject rows, the fingerprints table; 3: per-window language and transcript-agreement columns; 2: corpus markers name their sources' refs too
 METADATA_SCHEMA_VERSION = b"wspsr.schema_version"
 METADATA_FINGERPRINT = b"wspsr.config_fingerprint"
 
@@ -148,7 +148,8 @@ DROPPED_TYPE = pa.struct(
 STREAM_COLUMNS: dict[str, pa.DataType] = {
     "source_id": pa.string(),
     "source": pa.string(),
-    "ref": pa.int64(),  # discovery: the split's index and the row's position in it (orders rows, names committed work)
+    "ref": pa.int64(),  # discovery: the split's index and the row's position in it (orders the rows of one run)
+    "key": pa.int64(),  # discovery: the row's identity across runs (id and version): what committed work is named by
     "manifest": pa.string(),  # discovery: the manifest a row came from, and its line
     "manifest_line": pa.int64(),
     "audio_path": pa.string(),
@@ -297,7 +298,7 @@ REJECTS_SCHEMA = pa.schema(
 FINGERPRINTS_SCHEMA = pa.schema(
     [
         ("source_id", pa.string()),
-        ("ref", pa.int64()),
+        ("key", pa.int64()),  # the source's key (pipeline.io.sources.source_key): its handle in the audio dedup step
         ("fingerprint", pa.binary()),
         ("dedup_quality", pa.string()),
         ("duration_ms", pa.int64()),

@@ -600,7 +600,8 @@ def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, dup
         if found_pairs.num_rows else np.zeros((0, 2), dtype=np.int64)
     del found_pairs
     refs = np.unique(pairs)
-    columns = [c for c in MEMBER_COLUMNS if c in dataset_columns(plan, dataset)]
+    available = dataset_columns(plan, dataset)
+    columns = [c for c in MEMBER_COLUMNS if c in available]
     judged = plan.gather(dataset, "ref", refs[refs >= 0], columns, judge_pairs, pairs, extra, dedup) if len(pairs) else None
     judged = judged if judged is not None and judged.num_rows else JUDGED_SCHEMA.empty_table()
 
@@ -609,7 +610,7 @@ def find_duplicates(plan: GroupingPlan, dataset: Any, options: DedupOptions, dup
     if copies.num_rows:
         involved = np.unique(np.concatenate([copies["a"].to_numpy(), copies["b"].to_numpy()]))
         rows: dict[str, list[dict[str, Any]]] = {}
-        for row in plan.gather(dataset, "ref", involved, [c for c in ("ref", "source_id", "source", "manifest", "manifest_line") if c in columns], copy_rows).to_pylist():
+        for row in plan.gather(dataset, "ref", involved, [c for c in ("ref", "key", "source_id", "source", "manifest", "manifest_line") if c in available], copy_rows).to_pylist():
             rows.setdefault(row["source_id"], []).append(row)
         for group in rows.values():
             group.sort(key=lambda r: r["ref"])

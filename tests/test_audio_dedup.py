@@ -175,7 +175,7 @@ def _source(source_id, ref, windows=0, reject=None, duplicate_of=None, seconds=1
 
     flac = encode_flac(np.zeros(16000, np.int16))
     return {
-        "source_id": source_id, "source": f"/data/{source_id}.flac", "ref": ref, "duration_ms": None if reject else seconds * 1000,
+        "source_id": source_id, "source": f"/data/{source_id}.flac", "ref": ref, "key": ref, "duration_ms": None if reject else seconds * 1000,
         "reject_reason": reject, "reject_stage": "remove_duplicates" if reject else None, "reject_detail": reject and f"near-duplicate of {duplicate_of}",
         "duplicate_of": duplicate_of, "language": "en", "code_switched": False, "fingerprint": None if reject else b"\x01\x00\x00\x00" * 8,
         "dedup_quality": "12:x", "dropped": [{"stage": "judge_windows", "reason": "transcript_mismatch", "detail": "d", "start_ms": 0, "end_ms": 1000}] if windows else [],
@@ -190,7 +190,7 @@ def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_acco
     and the marker leaves the shard as it was until the next run finishes it."""
     from pipeline.io.commit import OutputDir, OutputOptions
     from pipeline.schema import table_from_rows
-    from pipeline.sinks.corpus import CORPUS_TABLES, commit_corpus_batch, publish_shard, shards_to_publish, summarize
+    from pipeline.sinks.corpus import CORPUS_TABLES, audio_work, commit_corpus_batch, publish_shard, summarize
     from stages.audio_dedup import MATCH_SCHEMA, AudioDuplicateDecisions
     from support.output import corpus_rows, markers, reject_rows
 
@@ -199,23 +199,24 @@ def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_acco
     options = OutputOptions()
     first = commit_corpus_batch(table_from_rows([_source("keeper", 0, windows=2), _source("copy", 1, windows=3)]), out, options)
     second = commit_corpus_batch(table_from_rows([_source("text-dup", 2, reject="duplicate", duplicate_of="copy"), _source("alone", 3, windows=1)]), out, options)
-    before = summarize(out, 4)
+    found = np.arange(4, dtype=np.int64)
+    before = summarize(out, found)
     assert before["inputs"]["kept"] == 3 and before["windows"]["total"] == 6 and second["clusters"] == ["copy"]
     assert {r["source_id"]: r["cluster_id"] for r in corpus_rows(tmp_path)} == {"keeper": "keeper", "copy": "copy", "alone": "alone"}
     match = pa.Table.from_pylist([{"other": "keeper", "bit_error_rate": 0.03, "overlap_s": 9.0, "at_s": 0.0, "role": None}], schema=MATCH_SCHEMA)
     decisions = AudioDuplicateDecisions(pa.array(["copy"]), pa.array(["keeper"]), match, "v1", 1, 0)
-    assert sorted(shards_to_publish(out, decisions.dropped, "v1")) == sorted([first["shard"], second["shard"]])
+    assert sorted(audio_work(out, decisions)[0]) == sorted([first["shard"], second["shard"]]) and audio_work(out, decisions)[1] == []
 
     monkeypatch.setenv("WSPSR_FAULTS", "raise@commit")
     monkeypatch.setenv("WSPSR_FAULTS_DIR", str(tmp_path.parent))
     with pytest.raises(RuntimeError, match="injected"):
         publish_shard(out, first["shard"], options, decisions)
-    assert summarize(out, 4)["inputs"] == before["inputs"]  # the marker still names the old files: nothing changed
-    assert out.remove_uncommitted()  # the new files without a marker are leftovers of the crash
-    for shard in shards_to_publish(out, decisions.dropped, "v1"):
+    assert summarize(out, found)["inputs"] == before["inputs"]  # the marker still names the old files: nothing changed
+    assert out.finish_pending()  # the new files without a marker are leftovers of the crash
+    for shard in audio_work(out, decisions)[0]:
         publish_shard(out, shard, options, decisions)
 
-    after = summarize(out, 4)
+    after = summarize(out, found)
     assert after["accounting"]["ok"] and after["inputs"]["kept"] == 2 and after["inputs"]["rejected_by_reason"] == {"audio_duplicate": 1, "duplicate": 1}
     assert after["windows"]["total"] == 3 and after["hours"]["rejected_by_reason"]["audio_duplicate"] == round(10 / 3600, 4)
     assert "transcript_mismatch" in after["stretches_dropped"] and after["stretches_dropped"]["transcript_mismatch"]["count"] == 2  # copy's went
@@ -228,7 +229,13 @@ def test_publishing_drops_the_duplicates_moves_their_clusters_and_keeps_the_acco
     # Published: the markers say under which decisions, the old files are gone, and publishing again does nothing.
     assert {m.get("version") for m in markers(tmp_path)} == {"v1"}
     assert all("-v1-" in p.name for table in CORPUS_TABLES for p in (tmp_path / table).glob("*.parquet"))
-    assert shards_to_publish(out, decisions.dropped, "v1") == [] and publish_shard(out, first["shard"], options, decisions) == 0
+    assert audio_work(out, decisions) == ([], []) and publish_shard(out, first["shard"], options, decisions) == 0
+    # Other decisions later (inputs changed): "copy" kept and "keeper" dropped for it. The shard that dropped "copy"
+    # cannot bring its windows back: it is processed again; the text duplicate's cluster moves back to "copy".
     other = AudioDuplicateDecisions(pa.array(["keeper"]), pa.array(["copy"]), match, "v2")
-    with pytest.raises(Exception, match="other audio dedup decisions"):
+    assert audio_work(out, other) == ([second["shard"]], [first["shard"]])
+    with pytest.raises(Exception, match="no longer an audio duplicate"):
         publish_shard(out, first["shard"], options, other)
+    publish_shard(out, second["shard"], options, other)
+    assert {r["source_id"]: r["cluster_id"] for r in reject_rows(tmp_path) if r["source_id"] == "text-dup"} == {"text-dup": "copy"}
+    assert audio_work(out, other) == ([], [first["shard"]])

@@ -504,14 +504,19 @@ def test_sources_sharing_an_id_keep_the_first_and_become_duplicate_source_rows()
     assert copy["source_id"] != "same" and copy["transcript_text"] is None
 
 
-def test_accounting_from_refs():
-    from pipeline.io.commit import without_refs
-    from pipeline.sinks.accounting import check_refs
+def test_accounting_from_keys():
+    from pipeline.io.commit import stale_keys, without_keys
+    from pipeline.sinks.accounting import check_keys
 
-    assert check_refs(4, np.array([3, 1, 2, 0]), kept=3, rejected=1)["ok"]
-    doubled = check_refs(4, np.array([3, 1, 1, 0]), kept=3, rejected=1)
-    assert not doubled["ok"] and doubled["counted_twice"] == [1] and doubled["missing"] == 1
-    assert not check_refs(5, np.array([0, 1, 2, 3]), kept=3, rejected=1)["ok"]  # one found, never committed
-    batch = pa.table({"ref": pa.array([1, 2, 3, 4], pa.int64())})
-    assert without_refs(batch, np.array([2, 4], np.int64))["ref"].to_pylist() == [1, 3]
-    assert without_refs(batch, np.zeros(0, np.int64)).num_rows == 4
+    assert check_keys(np.array([0, 1, 2, 3]), np.array([3, 1, 2, 0]), kept=3, rejected=1)["ok"]
+    doubled = check_keys(np.array([0, 1, 2, 3]), np.array([3, 1, 1, 2, 0]), kept=4, rejected=1)
+    assert not doubled["ok"] and doubled["counted_twice"] == ["key 0000000000000001"]
+    missing = check_keys(np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2, 3]), kept=3, rejected=1)  # found, never committed
+    assert not missing["ok"] and missing["missing"] == 1
+    gone = check_keys(np.array([0, 1, 2]), np.array([0, 1, 2, 9]), kept=3, rejected=1, name=lambda keys: {9: "removed-source"})
+    assert not gone["ok"] and gone["unexpected"] == ["removed-source"]
+    assert check_keys(np.array([5, 5]), np.array([5, 5]), kept=1, rejected=1)["ok"]  # one input repeated: committed twice
+    assert stale_keys(np.array([1, 2, 5, 5]), np.array([1, 5, 9])).tolist() == [5, 9]  # 5 found twice, once committed; 9 gone
+    batch = pa.table({"key": pa.array([1, 2, 3, 4], pa.int64())})
+    assert without_keys(batch, np.array([2, 4], np.int64))["key"].to_pylist() == [1, 3]
+    assert without_keys(batch, np.zeros(0, np.int64)).num_rows == 4

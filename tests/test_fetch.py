@@ -361,8 +361,9 @@ def test_sink_accounting_manifest_and_retry_failed(tmp_path):
     out = OutputDir(tmp_path / "out", FETCH_TABLES, "fp")
     urls = [{"source_id": f"url-{k}", "source": f"http://{k}.test/", "url": f"http://{k}.test/", "url_index": i} for i, k in enumerate("ab")]
     refused = [{"source_id": "url-c", "source": "file:///x", "scope": "source", "stage": "read_urls", "reason": "unsafe_url", "detail": "scheme file:"}]
-    expected, done, todo = out.start(urls, refused, {"job": "fetch"}, False, OutputOptions())
-    assert expected == {"url-a", "url-b", "url-c"} and len(todo) == 2
+    keys, todo = out.start(urls, refused, {"job": "fetch"}, False, OutputOptions())
+    expected = {"url-a", "url-b", "url-c"}
+    assert len(keys) == 3 and len(todo) == 2
     base = {"reject_stage": None, "reject_reason": None, "reject_detail": None, "duration_ms": 2000}
     failed = {**base, "source_id": "url-a", "url_id": "url-a", "url": "http://a.test/", "url_index": 0, "source": "http://a.test/",
               "item_index": None, "item": None, "reject_stage": "fetch_media", "reject_reason": "fetch_failed", "reject_detail": "HTTP Error 404"}
@@ -383,11 +384,10 @@ def test_sink_accounting_manifest_and_retry_failed(tmp_path):
     lines, unlabelled = manifest_lines(committed_items(out), manifest_language)
     assert [(line["id"], line["language"], line["subtitle_language"]) for line in lines] == [("html5.p-1.en-US", "en-us", "en-US")]
     assert [u["id"] for u in unlabelled] == ["html5.p-2"] and "transcript" not in unlabelled[0]
-    # --retry-failed: the shard with the failed fetch is dropped (its files go at the next start), the others stay
-    (out.root / "run.json").write_text(json.dumps({"fingerprint": "fp"}))
+    # --retry-failed: the shard with the failed fetch is taken back (marker, then its files), the others stay
     assert forget_failed_fetches(out) == 1
-    expected, done, todo = out.start(urls, refused, {"job": "fetch"}, False, OutputOptions())
-    assert [r["source_id"] for r in todo] == ["url-a"] and done == {"url-b", "url-c", "html5.p-1", "html5.p-2"}
+    keys, todo = out.start(urls, refused, {"job": "fetch"}, False, OutputOptions())
+    assert [r["source_id"] for r in todo] == ["url-a"] and len(out.committed_keys()) == 2
     assert len(list((out.root / "rejects").glob("*.parquet"))) == 2
     assert forget_failed_fetches(OutputDir(tmp_path / "out", FETCH_TABLES, "other")) == 0  # another config's folder: untouched
 

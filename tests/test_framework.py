@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.io.commit import OutputDir, OutputError, OutputOptions, split_by_bytes
+from pipeline.io.commit import OutputDir, OutputError, OutputOptions, inputs_of, split_by_bytes
 from pipeline.config import ConfigError, apply_overrides, build_config, fingerprint, to_plain
 from pipeline.schema import RejectReason, table_from_rows
 from pipeline.stage import Reject, Stage, map_rows, run_stages
@@ -72,23 +72,31 @@ def test_rejected_rows_skip_later_stages_and_name_their_stage():
     assert all(r["seen"] is None for r in rejected)
 
 
-def test_commit_protocol(tmp_path):
+def test_commit_protocol(tmp_path, monkeypatch):
     out = OutputDir(tmp_path / "o", ("t",), "fp1")
     out.prepare({"job": "x"}, overwrite=False)
     table = pa.table({"v": list(range(10))})
-    marker = out.commit_shard("s1", {"t": [table]}, {"kept": ["a"], "rejected": ["b"]}, {"n": 1}, OutputOptions())
+    marker = out.commit_shard("s1", {"t": [table]}, {"kept": ["a"], "rejected": ["b"]}, {"n": 1}, OutputOptions(),
+                              inputs=inputs_of(["a", "b"], [7, 3]))
     assert marker["files"] == {"t": ["part-s1-000.parquet"]} and marker["rows"] == {"t": 10}
-    assert out.committed_sources() == {"a", "b"}
-    (tmp_path / "o" / "t" / "part-orphan-000.parquet").write_bytes(b"x")
-    (tmp_path / "o" / "t" / ".tmp-part-s2-000.parquet").write_bytes(b"x")
-    removed = sorted(os.path.basename(p) for p in out.remove_uncommitted())
-    assert removed == [".tmp-part-s2-000.parquet", "part-orphan-000.parquet"]
+    assert out.committed_keys().tolist() == [3, 7] and marker["inputs"] == {"ids": ["a", "b"], "keys": [7, 3]}
+    # a crash between a shard's files and its marker: the pending record names what the next start removes
+    (tmp_path / "fired").mkdir()
+    monkeypatch.setenv("WSPSR_FAULTS", "raise@commit")
+    monkeypatch.setenv("WSPSR_FAULTS_DIR", str(tmp_path / "fired"))
+    with pytest.raises(RuntimeError, match="injected"):
+        out.commit_shard("s2", {"t": [table]}, {"kept": ["c"]}, {"n": 1}, OutputOptions(), inputs=inputs_of(["c"], [5]))
+    (tmp_path / "o" / "t" / ".tmp-part-s2-000.parquet.abcd1234").write_bytes(b"x")  # an interrupted atomic write
+    (tmp_path / "o" / "t" / "part-mine-000.parquet").write_bytes(b"a file no record names")
+    removed = sorted(os.path.basename(p) for p in out.finish_pending())
+    assert removed == [".tmp-part-s2-000.parquet.abcd1234", "part-s2-000.parquet"]
+    assert (tmp_path / "o" / "t" / "part-mine-000.parquet").exists()  # never the job's: never removed
     assert [os.path.basename(p) for p in out.committed_files("t")] == ["part-s1-000.parquet"]
     with pytest.raises(OutputError, match="different config"):
-        OutputDir(tmp_path / "o", ("t",), "fp2").prepare({}, overwrite=False)
+        OutputDir(tmp_path / "o", ("t",), "fp2").prepare({"job": "x"}, overwrite=False)
     other = OutputDir(tmp_path / "o", ("t",), "fp2")
-    other.prepare({}, overwrite=True)
-    assert other.committed_sources() == set() and not list((tmp_path / "o" / "t").iterdir())
+    other.prepare({"job": "x"}, overwrite=True)
+    assert other.committed_keys().tolist() == [] and [p.name for p in (tmp_path / "o" / "t").iterdir()] == ["part-mine-000.parquet"]
     assert json.loads((tmp_path / "o" / "run.json").read_text())["fingerprint"] == "fp2"
 
 

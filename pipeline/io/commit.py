@@ -1,10 +1,11 @@
 """Output commit: shards are written under temporary names, renamed into place, then confirmed by a marker.
 
 Only shards with a marker exist for readers and for the summary: ``committed_files`` and ``read_committed`` are
-the one way anything (jobs, eval, the report, tests) reads a wspsr output folder. A marker names its files, its row counts,
-the config fingerprint and the source ids it accounts for, so a rerun skips those sources, and files left by
-a crash (temporary names, shards without a marker) are removed at the next start. Shard names derive from the
-source ids they hold, so a retried task rewrites the same files instead of adding new ones.
+the one way anything (jobs, eval, the report, tests) reads a wspsr output folder. A marker names its files, its row
+counts, the config fingerprint and the inputs it accounts for (their ids and keys: what each input is, so a rerun
+skips exactly the committed ones whatever else changed). Before a shard writes, replaces or retires files a pending
+record names them; the next start removes what a crash left of them, and nothing else (``finish_pending``). Shard
+names derive from the source ids they hold, so a retried task rewrites the same files instead of adding new ones.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -22,15 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import faults
+from pipeline.io import lifecycle
+from pipeline.io.lifecycle import RUN_FILE, OutputError
 from pipeline.schema import METADATA_FINGERPRINT, METADATA_SCHEMA_VERSION, REJECTS_SCHEMA, SCHEMA_VERSION
 from pipeline.io.storage import TMP_PREFIX, Store, atomic_file, join, resolve, write_atomically
 
 MARKERS = "_commits"
-RUN_FILE = "run.json"
-
-
-class OutputError(RuntimeError):
-    pass
+PENDING = f"{MARKERS}/_pending"  # what a shard is about to write, replace or remove: the crash cleanup's only list
+_TEMPORARY = re.compile(rf"^{re.escape(TMP_PREFIX)}.+\.[A-Za-z0-9_]{{8}}$")  # atomic_file's names (mkstemp suffix)
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,30 @@ def marker_names(store: Store) -> list[str]:
     return [name for name in store.list(MARKERS) if name.endswith(".json") and not name.startswith(TMP_PREFIX)]
 
 
+def input_keys(marker: dict[str, Any]) -> np.ndarray:
+    """The keys (``pipeline.io.sources.source_key``) of the inputs a marker accounts for, as int64."""
+    return np.asarray(marker.get("inputs", {}).get("keys", []), dtype=np.int64)
+
+
+def inputs_of(ids: list[str], keys: list[int]) -> dict[str, list[Any]]:
+    """A marker's ``inputs``: the ids and keys of the inputs it accounts for, in one order (by id)."""
+    if len(ids) != len(keys):
+        raise ValueError(f"{len(ids)} input ids but {len(keys)} keys")
+    pairs = sorted(zip(ids, keys))
+    return {"ids": [i for i, _ in pairs], "keys": [int(k) for _, k in pairs]}
+
+
+def safe_relative(name: str) -> str:
+    """A file name under a folder the job writes, refused if it could lead anywhere else."""
+    normal = posixpath.normpath(name)
+    if not name or name.startswith("/") or normal.startswith("..") or normal != name.replace("//", "/").rstrip("/") or "\x00" in name:
+        raise OutputError(f"refusing to write {name!r}: an output name must stay inside the output folder")
+    return normal
+
+
 class OutputDir:
     """One job's output folder (a local path or a URI such as ``s3://bucket/prefix``): ``<table>/part-*.parquet``
-    files, ``_commits/*.json`` markers, ``run.json``."""
+    files, ``_commits/*.json`` markers, ``run.json``; its lifecycle is ``pipeline.io.lifecycle``'s."""
 
     def __init__(self, root: str | Path, tables: tuple[str, ...], fingerprint: str, file_dir: str | None = None, side_files: tuple[str, ...] = ()):
         self.store = Store(root)
@@ -74,6 +96,7 @@ class OutputDir:
         self.fingerprint = fingerprint
         self.file_dir = file_dir  # a folder of per-source files (subtitles), committed with the shards that write them
         self.side_files = side_files  # files of the whole run beside the tables (written by write_side_table)
+        self.prepared = False
 
     def read_json(self, relative: str) -> Any:
         return json.loads(self.store.read_bytes(relative).decode("utf-8"))
@@ -82,28 +105,39 @@ class OutputDir:
         self.store.write_bytes(relative, json_bytes(doc))
 
     def prepare(self, run_doc: dict[str, Any], overwrite: bool) -> None:
-        """Refuse a folder written with another config (unless ``overwrite``), then clear crash leftovers."""
-        if self.store.exists(RUN_FILE):
-            previous = self.read_json(RUN_FILE).get("fingerprint")
-            if previous != self.fingerprint:
-                if not overwrite:
-                    raise OutputError(
-                        f"{self.location} holds output of a different config (fingerprint {previous}, this run "
-                        f"{self.fingerprint}); pass --overwrite to replace it or choose another --out"
-                    )
+        """Claim the folder for this run (``lifecycle.claim``: a folder of something else is refused untouched, and
+        a second run at once too), refuse one written with another config unless ``overwrite`` (which removes only
+        what this job's records name), then finish what a crash left half done. Once per run."""
+        if self.prepared:
+            return
+        previous = lifecycle.claim(self.store, run_doc.get("job", "?"))
+        if previous is not None:
+            if previous.get("fingerprint") != self.fingerprint and not overwrite:
+                raise OutputError(
+                    f"{self.location} holds output of a different config (fingerprint {previous.get('fingerprint')}, this run "
+                    f"{self.fingerprint}); pass --overwrite to replace it or choose another --out"
+                )
+            if overwrite:
                 self.clear()
-        elif overwrite:
-            self.clear()
+        self.write_json(RUN_FILE, dict(run_doc, fingerprint=self.fingerprint))
         for name in (*self.tables, MARKERS):
             self.store.make_dirs(name)
-        self.write_json(RUN_FILE, dict(run_doc, fingerprint=self.fingerprint))
-        self.remove_uncommitted()
+        self.finish_pending()
+        self.prepared = True
 
     def clear(self) -> None:
-        for name in (*self.tables, MARKERS, *([self.file_dir] if self.file_dir else [])):
-            self.store.delete_dir(name)
-        for name in (RUN_FILE, "summary.json", *self.side_files):
+        """Remove this job's own records: every file a marker or a pending record names, the markers, the side files
+        and the run's documents. Nothing else in the folder (a file the job did not write) is touched."""
+        self.finish_pending()
+        for name in marker_names(self.store):
+            marker = self.read_json(f"{MARKERS}/{name}")
+            self.store.delete(f"{MARKERS}/{name}")
+            for relative in _named_files(marker):
+                self.store.delete(relative)
+        for name in (*self.side_files, "summary.json", RUN_FILE):
             self.store.delete(name)
+        for name in (*self.tables, *([self.file_dir] if self.file_dir else []), PENDING, MARKERS):
+            self.store.remove_empty_dirs(name)
 
     def markers(self) -> list[dict[str, Any]]:
         return list(self.iter_markers())
@@ -116,40 +150,63 @@ class OutputDir:
                 raise OutputError(f"marker {join(self.location, MARKERS, name)} belongs to another config ({marker.get('fingerprint')})")
             yield marker
 
-    def committed_refs(self) -> np.ndarray:
-        """The refs (``pipeline.io.sources``) of every committed source, sorted: 8 bytes a source, the compact index
-        a rerun skips committed work by."""
-        parts = [np.asarray(marker.get("refs", []), dtype=np.int64) for marker in self.iter_markers()]
+    def committed_keys(self) -> np.ndarray:
+        """The keys of every committed input, sorted, repeats kept (8 bytes an input): what a rerun compares with the
+        inputs it finds."""
+        parts = [input_keys(marker) for marker in self.iter_markers()]
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
-    def remove_uncommitted(self) -> list[str]:
-        """Delete temporary files and data files that no marker names (a crash between write and commit)."""
-        committed = {
-            f"{table}/{name}" for marker in self.iter_markers() for table, names in marker["files"].items() for name in names
-        }
-        removed = []
-        for directory in ("", MARKERS, *self.tables):
+    def shards_holding(self, keys: np.ndarray) -> list[str]:
+        """The committed shards that account for any of the sorted ``keys``."""
+        if len(keys) == 0:
+            return []
+        return [marker["shard"] for marker in self.iter_markers() if _any_in(input_keys(marker), keys)]
+
+    def retire(self, shards: Iterable[str]) -> int:
+        """Take committed shards back (their inputs are processed again): a pending record names their files, then
+        the marker goes (the shard stops counting at once), then the files. Returns how many were retired."""
+        retired = 0
+        for shard in shards:
+            if not self.store.exists(f"{MARKERS}/{shard}.json"):
+                continue
+            marker = self.read_marker(shard)
+            self.write_json(f"{PENDING}/{shard}.json", {"shard": shard, "files": _named_files(marker)})
+            self.store.delete(f"{MARKERS}/{shard}.json")
+            self._finish_one(shard)
+            retired += 1
+        return retired
+
+    def finish_pending(self) -> list[str]:
+        """Complete what a crash interrupted: each pending record's files that its shard's marker does not name
+        (written before a marker that never came, or replaced or retired after it) are removed, with the
+        temporary files of an interrupted write. Nothing is listed or removed that no record names."""
+        removed: list[str] = []
+        for name in self.store.list(PENDING):
+            if name.endswith(".json") and not name.startswith(TMP_PREFIX):
+                removed += self._finish_one(name[: -len(".json")])
+        for directory in ("", MARKERS, PENDING, *self.tables):
             for name in self.store.list(directory):
-                if name.startswith(TMP_PREFIX):
+                if _TEMPORARY.match(name):
+                    self.store.delete(posixpath.join(directory, name))
                     removed.append(posixpath.join(directory, name))
-        for table in self.tables:
-            for name in self.store.list(table):
-                if name.endswith(".parquet") and not name.startswith(TMP_PREFIX) and f"{table}/{name}" not in committed:
-                    removed.append(f"{table}/{name}")
-        if self.file_dir:
-            for name in self.store.list(self.file_dir, recursive=True):
-                if posixpath.basename(name).startswith(TMP_PREFIX) or f"{self.file_dir}/{name}" not in committed:
-                    removed.append(f"{self.file_dir}/{name}")
-        for relative in removed:
-            self.store.delete(relative)
         return removed
 
-    def committed_sources(self) -> set[str]:
-        done: set[str] = set()
-        for marker in self.iter_markers():
-            for ids in marker["sources"].values():
-                done.update(ids)
-        return done
+    def _finish_one(self, shard: str) -> list[str]:
+        record = f"{PENDING}/{shard}.json"
+        try:
+            files = self.read_json(record).get("files", [])
+        except (OSError, ValueError):
+            files = []
+        marker = f"{MARKERS}/{shard}.json"
+        named = set(_named_files(self.read_json(marker))) if self.store.exists(marker) else set()
+        removed = []
+        for relative in files:
+            removed += self.store.delete_temporaries_of(relative)
+            if relative not in named:
+                self.store.delete(relative)
+                removed.append(relative)
+        self.store.delete(record)
+        return removed
 
     def commit_shard(
         self,
@@ -159,46 +216,54 @@ class OutputDir:
         stats: dict[str, Any],
         options: OutputOptions,
         extra_files: dict[str, str] | None = None,
-        refs: list[int] | None = None,
+        inputs: dict[str, list[Any]] | None = None,
         marker_fields: dict[str, Any] | None = None,
         version: str | None = None,
+        replacing: list[str] | None = None,
     ) -> dict[str, Any]:
         """Write each table's files and the extra files (path under ``file_dir`` -> text), then the marker (with the
-        sources' ``refs`` when given, and ``marker_fields``). Idempotent: the same shard rewrites the same files.
-        A ``version`` (a shard rewritten after the run: ``replace_shard``) goes into the file names and the marker's
-        ``version``, so the new files never overwrite the ones the current marker names."""
-        files: dict[str, list[str]] = {}
-        rows: dict[str, int] = {}
+        ``inputs`` it accounts for: ``inputs_of(ids, keys)``, and ``marker_fields``). Idempotent: the same shard
+        rewrites the same files. A pending record names the files first, so a crash before the marker leaves nothing
+        the next start cannot find. A ``version`` (a shard rewritten after the run: ``replace_shard``) goes into the
+        file names and the marker's ``version``, so the new files never overwrite the ones the current marker names;
+        ``replacing`` lists the files the new marker no longer names (removed after it)."""
+        planned: dict[str, list[str]] = {}
         for table_name, parts in tables.items():
-            files[table_name] = []
-            rows[table_name] = 0
-            for k, part in enumerate(p for p in parts if p.num_rows):
-                name = f"part-{shard}-{version + '-' if version else ''}{k:03d}.parquet"
-                self._write_parquet(part, f"{table_name}/{name}", options)
-                files[table_name].append(name)
-                rows[table_name] += part.num_rows
+            count_parts = sum(1 for p in parts if p.num_rows)
+            planned[table_name] = [f"part-{shard}-{version + '-' if version else ''}{k:03d}.parquet" for k in range(count_parts)]
         if extra_files:
             assert self.file_dir, "extra files need a file_dir"
-            files[self.file_dir] = []
-            for name, text in sorted(extra_files.items()):
-                self.store.write_bytes(f"{self.file_dir}/{name}", text.encode("utf-8"))
-                files[self.file_dir].append(name)
+            planned[self.file_dir] = [safe_relative(name) for name in sorted(extra_files)]
+        writing = [f"{table}/{name}" for table, names in planned.items() for name in names]
+        self.write_json(f"{PENDING}/{shard}.json", {"shard": shard, "files": sorted(set(writing) | set(replacing or []))})
+        rows: dict[str, int] = {}
+        for table_name, parts in tables.items():
+            rows[table_name] = 0
+            for name, part in zip(planned[table_name], (p for p in parts if p.num_rows)):
+                self._write_parquet(part, f"{table_name}/{name}", options)
+                rows[table_name] += part.num_rows
+        for name in planned.get(self.file_dir or "", []) if extra_files else []:
+            self.store.write_bytes(f"{self.file_dir}/{name}", extra_files[name].encode("utf-8"))
         faults.inject("commit")  # data written, marker not yet: the window a crash leaves files without a commit
         marker = {
             "shard": shard,
             "fingerprint": self.fingerprint,
             "schema_version": SCHEMA_VERSION,
-            "files": files,
+            "files": planned,
             "rows": rows,
             "sources": {kind: sorted(ids) for kind, ids in sources.items()},
             "stats": stats,
         }
-        if refs is not None:
-            marker["refs"] = sorted(refs)
+        if inputs is not None:
+            marker["inputs"] = inputs
         if version:
             marker["version"] = version
         marker.update(marker_fields or {})
         self.write_json(f"{MARKERS}/{shard}.json", marker)
+        for relative in replacing or []:
+            if relative not in writing:
+                self.store.delete(relative)
+        self.store.delete(f"{PENDING}/{shard}.json")
         return marker
 
     def write_side_table(self, relative: str, table: pa.Table, options: OutputOptions) -> None:
@@ -225,20 +290,16 @@ class OutputDir:
                       stats: dict[str, Any], options: OutputOptions, marker_fields: dict[str, Any] | None = None) -> dict[str, Any]:
         """A committed shard rewritten (decisions made after the run, such as audio duplicates): the new files under
         new names, then the marker in one atomic write, then the old files deleted. A crash before the marker leaves
-        the old shard whole (the new files are unnamed leftovers); after it, the old files are (both are removed at
-        the next start)."""
-        marker = self.commit_shard(old["shard"], tables, sources, stats, options, refs=old.get("refs"), marker_fields=marker_fields, version=version)
-        for table, names in old["files"].items():
-            for name in set(names) - set(marker["files"].get(table, [])):
-                self.store.delete(f"{table}/{name}")
-        return marker
+        the old shard whole; after it, the old files go at the next start (the pending record names both)."""
+        return self.commit_shard(old["shard"], tables, sources, stats, options, inputs=old.get("inputs"), marker_fields=marker_fields,
+                                 version=version, replacing=_named_files(old))
 
     def _write_parquet(self, table: pa.Table, relative: str, options: OutputOptions) -> None:
         metadata = dict(table.schema.metadata or {})
         metadata[METADATA_SCHEMA_VERSION] = SCHEMA_VERSION.encode()
         metadata[METADATA_FINGERPRINT] = self.fingerprint.encode()
         table = table.replace_schema_metadata(metadata)
-        with atomic_file(self.store.uri(relative)) as handle:
+        with atomic_file(self.store.uri(self.store.checked(relative))) as handle:
             pq.write_table(table, handle, row_group_size=options.row_group_rows, compression=options.compression)
 
     def start(
@@ -248,21 +309,28 @@ class OutputDir:
         run_doc: dict[str, Any],
         overwrite: bool,
         options: OutputOptions,
-    ) -> tuple[set[str], set[str], list[dict[str, Any]]]:
-        """Prepare the folder for a run over discovered sources and rejects: commit the discovery rejects (once),
-        and return (every source id, those already committed, the source rows still to process)."""
-        expected = {r["source_id"] for r in sources} | {r["source_id"] for r in rejects}
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Prepare the folder for a run over discovered sources and rejects (small inputs, held by the caller):
+        shards of inputs no longer found (or changed) are retired, the discovery rejects committed (once), and the
+        result is (every input's key, sorted, and the source rows still to process)."""
+        for row in (*sources, *rejects):
+            row.setdefault("key", source_key_of(row))
+        found = np.sort(np.asarray([row["key"] for row in (*sources, *rejects)], dtype=np.int64))
         self.prepare(run_doc, overwrite)
-        done = self.committed_sources()
-        if rejects and not {r["source_id"] for r in rejects} <= done:
-            ids = [r["source_id"] for r in rejects]
+        self.retire(self.shards_holding(stale_keys(found, self.committed_keys())))
+        done = self.committed_keys()
+        waiting = [r for r in rejects if not _any_in(np.asarray([r["key"]], np.int64), done)]
+        if waiting:
+            ids = [r["source_id"] for r in waiting]
             stats = {"rejected": {}, "ms_rejected": {}}
-            for r in rejects:
+            for r in waiting:
                 stats["rejected"][r["reason"]] = stats["rejected"].get(r["reason"], 0) + 1
                 stats["ms_rejected"][r["reason"]] = 0  # never decoded, no transcript read: duration unknown
-            table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
-            self.commit_shard(shard_id(ids), {"rejects": [table]}, {"kept": [], "rejected": ids}, stats, options)
-        return expected, done, [r for r in sources if r["source_id"] not in done]
+            table = pa.Table.from_pylist(waiting, schema=REJECTS_SCHEMA)
+            self.commit_shard(shard_id(ids), {"rejects": [table]}, {"kept": [], "rejected": ids}, stats, options,
+                              inputs=inputs_of(ids, [r["key"] for r in waiting]))
+            done = self.committed_keys()
+        return found, [r for r in sources if not _any_in(np.asarray([r["key"]], np.int64), done)]
 
     def committed_files(self, table: str) -> list[str]:
         """The committed files of ``table``, spelled like the folder (checked against this run's fingerprint)."""
@@ -270,6 +338,44 @@ class OutputDir:
 
     def read_committed(self, table: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table | None:
         return _read(self.store, self.committed_files(table), schema, columns)
+
+
+def source_key_of(row: dict[str, Any]) -> int:
+    """The key of an input row that discovery did not give one (a URL of ``wspsr fetch``): from its id alone."""
+    from pipeline.io.sources import source_key
+
+    return source_key(row["source_id"], "")
+
+
+def _named_files(marker: dict[str, Any]) -> list[str]:
+    return sorted(f"{table}/{name}" for table, names in marker.get("files", {}).items() for name in names)
+
+
+def _any_in(values: np.ndarray, sorted_keys: np.ndarray) -> bool:
+    if len(values) == 0 or len(sorted_keys) == 0:
+        return False
+    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return bool(np.any(sorted_keys[at] == values))
+
+
+def key_counts(found: np.ndarray, committed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(every distinct key, how often the inputs have it, how often the committed shards name it)."""
+    keys = np.union1d(found, committed)
+    f_keys, f_counts = np.unique(found, return_counts=True)
+    c_keys, c_counts = np.unique(committed, return_counts=True)
+    in_found = np.zeros(len(keys), dtype=np.int64)
+    in_committed = np.zeros(len(keys), dtype=np.int64)
+    in_found[np.searchsorted(keys, f_keys)] = f_counts
+    in_committed[np.searchsorted(keys, c_keys)] = c_counts
+    return keys, in_found, in_committed
+
+
+def stale_keys(found: np.ndarray, committed: np.ndarray) -> np.ndarray:
+    """The committed keys whose shards must be taken back, sorted: inputs no longer found (removed, or changed, which
+    gives them another key), and inputs committed a different number of times than they are found (an interrupted
+    run over repeated inputs)."""
+    keys, in_found, in_committed = key_counts(found, committed)
+    return keys[(in_committed > 0) & (in_committed != in_found)]
 
 
 def _files_of(store: Store, markers: Iterable[dict[str, Any]], table: str) -> list[str]:
@@ -345,13 +451,13 @@ def read_committed(root: str | Path, table: str, columns: list[str] | None = Non
     return _read(store, _files_of(store, markers, table), schema, columns)
 
 
-def without_refs(batch: pa.Table, refs: np.ndarray) -> pa.Table:
-    """The rows whose ``ref`` is not among the sorted ``refs`` (committed work a rerun skips)."""
-    if len(refs) == 0 or batch.num_rows == 0:
+def without_keys(batch: pa.Table, keys: np.ndarray) -> pa.Table:
+    """The rows whose ``key`` is not among the sorted ``keys`` (committed work a rerun skips)."""
+    if len(keys) == 0 or batch.num_rows == 0:
         return batch
-    data = batch["ref"].to_numpy(zero_copy_only=False)
-    at = np.minimum(np.searchsorted(refs, data), len(refs) - 1)
-    return batch.filter(pa.array(refs[at] != data))
+    data = batch["key"].to_numpy(zero_copy_only=False)
+    at = np.minimum(np.searchsorted(keys, data), len(keys) - 1)
+    return batch.filter(pa.array(keys[at] != data))
 
 
 def split_by_bytes(table: pa.Table, sizes: list[int], max_bytes: int) -> list[pa.Table]:

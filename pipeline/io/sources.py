@@ -2,13 +2,17 @@
 
 Every file or line that does not make a usable pair is returned as a reject, so it is counted like any source.
 Ids are derived from paths relative to the root the user named (never from absolute paths, clocks or random
-numbers): the same data gives the same ids on any machine.
+numbers): the same data gives the same ids on any machine. Each row also gets a ``key``, its identity across runs:
+a hash of its id and of what it is now (its files' sizes and modification times, a manifest line's content), so a
+rerun recognises committed work by what a source is, whatever else was added, removed or reordered, and a file that
+changed is a new source.
 
 At scale discovery is split (``plan_splits``: a split per manifest file, and per top-level sub-folder of a
 folder tree, since pairing never crosses folders) and each split is read by a task (``read_split``), which yields
 its rows in blocks: nothing per source stays with the caller. Every row gets a ``ref``, its split's index and its
-position in the split, the same on every run: it orders rows (the first of two sources with one id wins) and names
-committed work compactly. ``discover_sources`` does the same in this process, for small inputs.
+position in the split: it orders the rows of one run (the first of two sources with one id wins) and is their handle
+in the global steps; committed work is named by ``key``. ``discover_sources`` does the same in this process, for
+small inputs. Only regular files are paired: a named pipe, socket or device is refused without being opened.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
@@ -59,11 +64,11 @@ class Discovery:
     sources: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
-    def reject(self, source_id: str, source: str, reason: RejectReason, detail: str) -> None:
-        self.rejects.append(discovery_reject(source_id, source, reason, detail))
+    def reject(self, source_id: str, source: str, reason: RejectReason, detail: str, version: str = "") -> None:
+        self.rejects.append(discovery_reject(source_id, source, reason, detail, version))
 
 
-def discovery_reject(source_id: str, source: str, reason: RejectReason, detail: str) -> dict[str, Any]:
+def discovery_reject(source_id: str, source: str, reason: RejectReason, detail: str, version: str = "", key: int | None = None) -> dict[str, Any]:
     return {
         "source_id": source_id,
         "source": source,
@@ -71,11 +76,52 @@ def discovery_reject(source_id: str, source: str, reason: RejectReason, detail: 
         "stage": "discover_sources",
         "reason": reason.value,
         "detail": detail,
+        "key": source_key(source_id, version) if key is None else key,
     }
 
 
 def stable_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def source_key(source_id: str, version: str) -> int:
+    """A discovered row's identity across runs as a signed 64-bit integer (8 bytes a source wherever committed work
+    is compared): its id and its ``version``, what the source is now."""
+    digest = hashlib.sha256(f"{source_id}\x1f{version}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+NOT_REGULAR = "not-regular"
+
+
+def file_version(path: str | os.PathLike) -> str:
+    """A local file's size and modification time (``missing`` when it cannot be read, ``not-regular:KIND`` for a
+    pipe, socket, device or folder)."""
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):
+        return "missing"
+    if not stat.S_ISREG(found.st_mode):
+        return f"{NOT_REGULAR}:{_kind_of_mode(found.st_mode)}"
+    return f"{found.st_size}:{found.st_mtime_ns}"
+
+
+def _kind_of_mode(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def not_regular(version: str) -> str | None:
+    """What a ``file_version`` says the path is when it is not a regular file (None for a file or a missing one)."""
+    return version.split(":", 1)[1] if version.startswith(NOT_REGULAR) else None
+
+
+def _info_version(entry: "storage.pafs.FileInfo") -> str:
+    mtime = entry.mtime_ns if entry.mtime_ns is not None else ""
+    return f"{entry.size}:{mtime}"
 
 
 def _is_under(path: Path, roots: list[Path]) -> bool:
@@ -99,22 +145,38 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(directory) / name
 
 
-def _directory_files(root_spelled: str) -> tuple[str, list[str]]:
-    """The folder's label (its last name: ids do not depend on where it is) and its files as relative POSIX paths."""
+def _directory_files(root_spelled: str) -> tuple[str, dict[str, str]]:
+    """The folder's label (its last name: ids do not depend on where it is) and its files as relative POSIX paths,
+    each with its version (``file_version``)."""
     if storage.is_uri(root_spelled):
-        return posixpath.basename(root_spelled.rstrip("/")), storage.list_files(root_spelled)
+        return posixpath.basename(root_spelled.rstrip("/")), _remote_files(root_spelled, recursive=True)
     root = Path(root_spelled)
-    return root.resolve().name, [path.relative_to(root).as_posix() for path in _walk(root)]
+    return root.resolve().name, {path.relative_to(root).as_posix(): file_version(path) for path in _walk(root)}
 
 
-def pair_files(root_spelled: str, label: str, relatives: list[str], options: SourceOptions, out: Discovery) -> None:
-    """Audio and transcripts among ``relatives`` (paths under the root) paired by folder and stem, in a local folder
-    or under an object-store prefix (``s3://bucket/prefix``): the same files give the same ids in either place."""
+def _remote_files(root_spelled: str, recursive: bool) -> dict[str, str]:
+    """The files under a prefix (not hidden), relative, with the size and time the listing gives: no call per file."""
+    filesystem, root = storage.resolve(root_spelled)
+    found = filesystem.get_file_info(storage.pafs.FileSelector(root, recursive=recursive, allow_not_found=True))
+    files = {}
+    for entry in found:
+        if entry.type != storage.pafs.FileType.File:
+            continue
+        relative = posixpath.relpath(entry.path, root)
+        if not any(part.startswith(".") for part in relative.split("/")):
+            files[relative] = _info_version(entry)
+    return dict(sorted(files.items()))
+
+
+def pair_files(root_spelled: str, label: str, files: dict[str, str], options: SourceOptions, out: Discovery) -> None:
+    """Audio and transcripts among ``files`` (paths under the root, each with its ``file_version``) paired by folder
+    and stem, in a local folder or under an object-store prefix (``s3://bucket/prefix``): the same files give the same
+    ids in either place. A pair that is not two regular files is refused, unopened."""
     remote = storage.is_uri(root_spelled)
     real_roots = [] if remote else [Path(os.path.realpath(root_spelled))]
     audio: dict[tuple[str, str], str] = {}
     transcripts: dict[tuple[str, str], list[tuple[str | None, str]]] = {}
-    for rel in relatives:
+    for rel in files:
         path = PurePosixPath(rel)
         suffix = path.suffix.lower()
         if suffix in AUDIO_SUFFIXES:
@@ -132,23 +194,28 @@ def pair_files(root_spelled: str, label: str, relatives: list[str], options: Sou
         for language, rel in sorted(transcripts.get(key, []), key=lambda t: (str(t[0]), FORMAT_PREFERENCE.index(PurePosixPath(t[1]).suffix.lower()))):
             by_language.setdefault(language, rel)
         if not by_language:
-            out.reject(stable_id(label, rel_audio), source, RejectReason.MISSING_TRANSCRIPT, f"no transcript beside {rel_audio}")
+            out.reject(stable_id(label, rel_audio), source, RejectReason.MISSING_TRANSCRIPT, f"no transcript beside {rel_audio}", files[rel_audio])
             continue
         for language, rel_transcript in sorted(by_language.items(), key=lambda kv: str(kv[0])):
             source_id = stable_id(label, rel_audio, rel_transcript)
+            version = f"{files[rel_audio]}|{files[rel_transcript]}"
             audio_path, transcript_path = (storage.join(root_spelled, rel) for rel in (rel_audio, rel_transcript))
             if not remote and not (_is_under(Path(audio_path), real_roots) and _is_under(Path(transcript_path), real_roots)):
-                out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the source folder")
+                out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the source folder", version)
+                continue
+            odd = [(rel, not_regular(files[rel])) for rel in (rel_audio, rel_transcript) if not_regular(files[rel])]
+            if odd:
+                out.reject(source_id, source, RejectReason.UNSAFE_PATH, "; ".join(f"{rel} is {kind}, not a regular file" for rel, kind in odd), version)
                 continue
             out.sources.append(
                 source_row(
                     source_id, source, audio_path, transcript_path, None, language or options.default_language, {},
-                    output_name=_output_name(label, rel_audio),
+                    output_name=_output_name(label, rel_audio), version=version,
                 )
             )
     claimed = {rel for key, rels in transcripts.items() if key in audio for _, rel in rels}
     for rel in sorted({rel for rels in transcripts.values() for _, rel in rels} - claimed):
-        out.reject(stable_id(label, rel), storage.join(root_spelled, rel), RejectReason.MISSING_AUDIO, f"no audio file for {rel}")
+        out.reject(stable_id(label, rel), storage.join(root_spelled, rel), RejectReason.MISSING_AUDIO, f"no audio file for {rel}", files[rel])
 
 
 def _located(path: str | Path) -> str:
@@ -167,9 +234,11 @@ def source_row(
     encoding: str | None = None,
     transcript_origin: str | None = None,
     output_name: str | None = None,
+    version: str = "",
 ) -> dict[str, Any]:
     return {
         "source_id": source_id,
+        "key": source_key(source_id, version),
         "source": source,
         "output_name": output_name or source_id,
         "audio_path": _located(audio_path),
@@ -205,9 +274,17 @@ class _LineError(Exception):
 
 
 def _output_name(label: str, relative: str) -> str:
-    """Where per-file outputs (subtitles) of a source go: its path under the root it was found in, minus extension."""
+    """Where per-file outputs (subtitles) of a source go: its path under the root it was found in, minus extension,
+    always a relative path that stays under the output folder whatever the input names (``..``, absolute paths,
+    control characters are dropped: two names that meet get their ids appended by ``_finish``)."""
     stem = relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
-    return f"{label}/{stem}"
+    return "/".join(safe_name_parts(f"{label}/{stem}")) or "source"
+
+
+def safe_name_parts(name: str) -> list[str]:
+    """The parts of a relative output name that cannot leave the folder it is written under."""
+    cleaned = "".join(ch if ch.isprintable() and ch != "\\" else "_" for ch in name)
+    return [part for part in cleaned.split("/") if part not in ("", ".", "..")]
 
 
 def manifest_label(spelled: str) -> str:
@@ -254,27 +331,78 @@ def manifest_rows(
                 continue
             where = f"{manifest_spelled}:{lineno}"
             try:
-                try:
-                    entry = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({exc})") from None
-                if not isinstance(entry, dict):
-                    raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
-                row = _manifest_entry(entry, lineno, label, manifest_spelled, base, roots, options, audio_only)
+                row = _manifest_line(raw, lineno, label, manifest_spelled, base, roots, options, audio_only)
             except _LineError as err:
                 detail = err.detail if err.detail.startswith("line ") else f"line {lineno}: {err.detail}"
-                yield _reject_row(stable_id(label, f"line {lineno}"), where, err.reason, detail, manifest_spelled, lineno)
+                source_id = stable_id(label, f"line {lineno}")
+                yield _reject_row(source_id, where, err.reason, detail, manifest_spelled, lineno, _line_key(source_id, raw))
                 continue
             yield dict(row, manifest=manifest_spelled, manifest_line=lineno)
 
 
-def _reject_row(source_id: str, source: str, reason: RejectReason, detail: str, manifest: str | None = None, line: int | None = None) -> dict[str, Any]:
+MAX_LINE_DEPTH = 32  # a manifest line is a flat object of a few fields: deeper nesting is refused before parsing
+
+
+def _manifest_line(raw: bytes, lineno: int, label: str, spelled: str, base: Path | str, roots: list[Path], options: SourceOptions,
+                   audio_only: bool) -> dict[str, Any]:
+    """A manifest line's source row; ``_LineError`` for a line that is not one (whatever the line holds: deep
+    nesting, numbers of thousands of digits, values out of any range are that line's reject, never the run's)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid UTF-8 ({exc})") from None
+    if _nesting_depth(text) > MAX_LINE_DEPTH:
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: JSON nested deeper than {MAX_LINE_DEPTH} levels")
+    try:
+        entry = json.loads(text)
+    except (ValueError, RecursionError, OverflowError) as exc:  # ValueError covers JSONDecodeError and the int-digits limit
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(entry, dict):
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
+    try:
+        return _manifest_entry(entry, lineno, label, spelled, base, roots, options, audio_only)
+    except _LineError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, OSError) as exc:  # values no field check foresaw
+        raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of JSON brackets outside strings, in one linear pass (``json.loads`` recurses per level)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _line_key(source_id: str, raw: bytes) -> int:
+    """A manifest line's identity: its id and its bytes (the same line anywhere in the file is the same source)."""
+    return source_key(source_id, "line:" + hashlib.sha256(raw.strip()).hexdigest())
+
+
+def _reject_row(source_id: str, source: str, reason: RejectReason, detail: str, manifest: str | None = None, line: int | None = None,
+                key: int | None = None) -> dict[str, Any]:
     return {"source_id": source_id, "source": source, "reject_stage": "discover_sources", "reject_reason": reason.value,
-            "reject_detail": detail, "manifest": manifest, "manifest_line": line}
+            "reject_detail": detail, "manifest": manifest, "manifest_line": line,
+            "key": source_key(source_id, "") if key is None else key}
 
 
 def _as_reject(row: dict[str, Any]) -> dict[str, Any]:
-    return discovery_reject(row["source_id"], row["source"], RejectReason(row["reject_reason"]), row["reject_detail"])
+    return discovery_reject(row["source_id"], row["source"], RejectReason(row["reject_reason"]), row["reject_detail"], key=row.get("key"))
 
 
 def duplicate_reject(row: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
@@ -283,9 +411,11 @@ def duplicate_reject(row: dict[str, Any], first: dict[str, Any]) -> dict[str, An
     if row.get("manifest") is not None and row.get("manifest") == first.get("manifest"):
         lineno, label = row["manifest_line"], manifest_label(row["manifest"])
         return _reject_row(stable_id(label, f"line {lineno}"), f"{row['manifest']}:{lineno}", RejectReason.DUPLICATE_SOURCE,
-                           f"line {lineno}: same source id {row['source_id']!r} as line {first['manifest_line']}", row["manifest"], lineno)
+                           f"line {lineno}: same source id {row['source_id']!r} as line {first['manifest_line']}", row["manifest"], lineno,
+                           row.get("key"))
     return _reject_row(stable_id(row["source"], "duplicate"), row["source"], RejectReason.DUPLICATE_SOURCE,
-                       f"source id {row['source_id']!r} already used by {first['source']}", row.get("manifest"), row.get("manifest_line"))
+                       f"source id {row['source_id']!r} already used by {first['source']}", row.get("manifest"), row.get("manifest_line"),
+                       row.get("key"))
 
 
 def _manifest_entry(
@@ -324,6 +454,8 @@ def _manifest_entry(
         else:
             source_id = stable_id(label, entry["audio"])
     metadata = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
+    files = [path for path in (audio, transcript) if path is not None and not isinstance(path, str)]
+    version = "|".join([hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest(), *map(file_version, files)])
     return source_row(
         source_id,
         audio if isinstance(audio, str) else os.path.normpath(os.path.join(os.path.dirname(spelled), entry["audio"])),
@@ -335,6 +467,7 @@ def _manifest_entry(
         entry.get("encoding"),
         entry.get("transcript_origin"),
         output_name=_output_name(Path(label).stem, os.path.normpath(entry["audio"]).lstrip("./")),
+        version=version,
     )
 
 
@@ -426,33 +559,34 @@ def _top_level_folders(root_spelled: str) -> list[str]:
     return sorted(e.name for e in os.scandir(root_spelled) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))  # os.walk does not follow them either
 
 
-def _split_files(split: SourceSplit) -> tuple[str, list[str]]:
-    """The folder's label and the split's files, relative to the root."""
+def _split_files(split: SourceSplit) -> tuple[str, dict[str, str]]:
+    """The folder's label and the split's files relative to the root, each with its version (pipes and other
+    non-files are listed too, so that they are refused and counted rather than silently left out)."""
     root_spelled = split.spelled
     if storage.is_uri(root_spelled):
         label = posixpath.basename(root_spelled.rstrip("/"))
         if split.part is None:
-            filesystem, root = storage.resolve(root_spelled)
-            found = filesystem.get_file_info(storage.pafs.FileSelector(root, recursive=False))
-            names = sorted(posixpath.basename(e.path) for e in found if e.type == storage.pafs.FileType.File)
-            return label, [n for n in names if not n.startswith(".")]
-        return label, [f"{split.part}/{rel}" for rel in storage.list_files(storage.join(root_spelled, split.part))]
+            return label, _remote_files(root_spelled, recursive=False)
+        found = _remote_files(storage.join(root_spelled, split.part), recursive=True)
+        return label, {f"{split.part}/{rel}": version for rel, version in found.items()}
     root = Path(root_spelled)
     if split.part is None:
-        names = sorted(e.name for e in os.scandir(root) if e.is_file() and not e.name.startswith("."))
-        return root.resolve().name, names
-    return root.resolve().name, [path.relative_to(root).as_posix() for path in _walk(root / split.part)]
+        names = sorted(e.name for e in os.scandir(root) if not e.is_dir() and not e.name.startswith("."))
+        return root.resolve().name, {name: file_version(root / name) for name in names}
+    return root.resolve().name, {path.relative_to(root).as_posix(): file_version(path) for path in _walk(root / split.part)}
 
 
 def split_rows(split: SourceSplit, options: SourceOptions) -> Iterator[dict[str, Any]]:
-    """The split's rows in order, each with its ``ref``: sources, then (folders) the rejects of unpaired files."""
+    """The split's rows in order, each with its ``ref`` and ``key``: sources, then (folders) the rejects of unpaired
+    files."""
     if split.kind == "manifest":
         rows: Iterator[dict[str, Any]] = manifest_rows(split.spelled, options, start=split.start, end=split.end, first_line=split.first_line)
     else:
         out = Discovery()
-        label, relatives = _split_files(split)
-        pair_files(split.spelled, label, relatives, options, out)
-        rows = iter([*out.sources, *(_reject_row(r["source_id"], r["source"], RejectReason(r["reason"]), r["detail"]) for r in out.rejects)])
+        label, files = _split_files(split)
+        pair_files(split.spelled, label, files, options, out)
+        rows = iter([*out.sources, *(_reject_row(r["source_id"], r["source"], RejectReason(r["reason"]), r["detail"], key=r["key"])
+                                     for r in out.rejects)])
     base = split.index << REF_POSITION_BITS
     for position, row in enumerate(rows):
         row["ref"] = base + position
@@ -460,7 +594,7 @@ def split_rows(split: SourceSplit, options: SourceOptions) -> Iterator[dict[str,
 
 
 DISCOVERED_COLUMNS = (
-    "source_id", "source", "output_name", "audio_path", "transcript_path", "inline_text", "transcript_encoding",
+    "source_id", "key", "source", "output_name", "audio_path", "transcript_path", "inline_text", "transcript_encoding",
     "transcript_origin", "language", "metadata", "ref", "manifest", "manifest_line", "reject_stage", "reject_reason", "reject_detail",
 )
 DISCOVERED_SCHEMA = pa.schema([(name, STREAM_COLUMNS[name]) for name in DISCOVERED_COLUMNS])
@@ -497,16 +631,21 @@ def discover_audio(paths: list[str], options: SourceOptions = SourceOptions()) -
                 if file.suffix.lower() not in AUDIO_SUFFIXES:
                     continue
                 rel = file.relative_to(path).as_posix()
-                source_id, source = stable_id(label, rel), os.path.join(spelled, rel)
+                source_id, source, version = stable_id(label, rel), os.path.join(spelled, rel), file_version(file)
                 if not _is_under(file, root):
-                    out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the input folder")
+                    out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a symlink leads outside the input folder", version)
+                    continue
+                if not_regular(version):
+                    out.reject(source_id, source, RejectReason.UNSAFE_PATH, f"{rel} is {not_regular(version)}, not a regular file", version)
                     continue
                 out.sources.append(
-                    source_row(source_id, source, file, None, None, options.default_language, {}, output_name=_output_name(label, rel))
+                    source_row(source_id, source, file, None, None, options.default_language, {}, output_name=_output_name(label, rel),
+                               version=version)
                 )
         elif path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
             source_id = stable_id(path.resolve().parent.name, path.name)
-            out.sources.append(source_row(source_id, spelled, path, None, None, options.default_language, {}, output_name=path.stem))
+            out.sources.append(source_row(source_id, spelled, path, None, None, options.default_language, {}, output_name=path.stem,
+                                          version=file_version(path)))
         elif path.is_file() and path.suffix.lower() == ".parquet":
             _discover_table([path], spelled, out)
         elif path.is_file():
@@ -521,16 +660,18 @@ def _discover_remote_audio(spelled: str, options: SourceOptions, out: Discovery)
     kind = _kind(spelled)
     if kind == "file" and PurePosixPath(spelled).suffix.lower() in AUDIO_SUFFIXES:
         name = PurePosixPath(spelled)
-        out.sources.append(source_row(stable_id(name.parent.name, name.name), spelled, spelled, None, None, options.default_language, {}, output_name=name.stem))
+        out.sources.append(source_row(stable_id(name.parent.name, name.name), spelled, spelled, None, None, options.default_language, {},
+                                      output_name=name.stem, version=_info_version(storage.info(spelled))))
         return
     if kind != "dir":
         raise FileNotFoundError(f"input {spelled!r} is not an audio object or a prefix holding audio")
-    label, relatives = _directory_files(spelled)
-    for rel in relatives:
+    label, files = _directory_files(spelled)
+    for rel, version in files.items():
         if PurePosixPath(rel).suffix.lower() in AUDIO_SUFFIXES:
             location = storage.join(spelled, rel)
             out.sources.append(
-                source_row(stable_id(label, rel), location, location, None, None, options.default_language, {}, output_name=_output_name(label, rel))
+                source_row(stable_id(label, rel), location, location, None, None, options.default_language, {}, output_name=_output_name(label, rel),
+                           version=version)
             )
 
 
@@ -551,7 +692,8 @@ def _discover_table(files: list[str | Path], spelled: str, out: Discovery) -> No
                 out.reject(source_id, source, RejectReason.UNSAFE_PATH, "a URL or protocol, not a file path")
                 continue
             path = Path(source)
-            out.sources.append(source_row(source_id, source, path, None, None, None, {}, output_name=_output_name("table", path.as_posix().lstrip("/"))))
+            out.sources.append(source_row(source_id, source, path, None, None, None, {}, output_name=_output_name("table", path.as_posix()),
+                                          version=file_version(path)))
 
 
 def _finish(out: Discovery) -> Discovery:

@@ -173,12 +173,25 @@ class Store:
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type == pafs.FileType.File
 
+    def checked(self, relative: str) -> str:
+        """``relative`` when reaching it from this folder follows no link (a folder a user linked into the output
+        leads elsewhere: nothing is written or removed through it); ``StorageError`` otherwise."""
+        if not self.local:
+            return relative
+        parent = posixpath.dirname(relative)
+        if parent:
+            real_base = os.path.realpath(self.base)
+            real_parent = os.path.realpath(self.path(parent))
+            if real_parent != os.path.join(real_base, *parent.split("/")):
+                raise StorageError(f"{self.uri(relative)}: a folder on the way is a link; wspsr writes and removes nothing through links")
+        return relative
+
     def read_bytes(self, relative: str) -> bytes:
         with self.fs.open_input_stream(self.path(relative)) as stream:
             return stream.read()
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        write_atomically(self.uri(relative), data)
+        write_atomically(self.uri(self.checked(relative)), data)
 
     def list(self, relative: str, recursive: bool = False) -> list[str]:
         """Files under a folder as paths relative to that folder, sorted (empty when it does not exist)."""
@@ -193,9 +206,39 @@ class Store:
             os.makedirs(self.path(relative), exist_ok=True)
 
     def delete(self, relative: str) -> None:
+        """Remove one file (a link itself, never what it points to; never through a linked folder)."""
+        if self.local:
+            try:
+                self.checked(relative)
+            except StorageError:
+                return
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                os.unlink(self.path(relative))
+            return
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path(relative))
 
+    def delete_temporaries_of(self, relative: str) -> list[str]:
+        """The temporary files ``atomic_file`` leaves beside ``relative`` when a write is interrupted, removed."""
+        folder, name = posixpath.split(relative)
+        removed = []
+        for found in self.list(folder):
+            if found.startswith(f"{TMP_PREFIX}{name}.") and len(found) == len(TMP_PREFIX) + len(name) + 9:
+                self.delete(posixpath.join(folder, found))
+                removed.append(posixpath.join(folder, found))
+        return removed
+
+    def remove_empty_dirs(self, relative: str) -> None:
+        """A folder this job made, removed if nothing is left in it (its empty sub-folders too); never through a link."""
+        if not self.local:
+            return
+        top = self.path(relative)
+        if os.path.islink(top) or not os.path.isdir(top):
+            return
+        for directory, subdirs, files in os.walk(top, topdown=False):
+            if not files and not os.listdir(directory):
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
     def delete_dir(self, relative: str) -> None:
         path = self.path(relative)
         if self.fs.get_file_info(path).type == pafs.FileType.NotFound:

@@ -6,14 +6,17 @@ numbers; the summary adds them up over the committed markers (never re-reading r
 reading the markers and always agrees with what is committed.
 
 Every ``summary.json`` holds ``inputs`` (``in``, ``kept``, ``rejected``, ``rejected_by_reason``), ``accounting``
-(``ok``, ``rule``, and up to 20 ids ``missing``, ``counted_twice``, ``unexpected``), ``shards`` and
-``config_fingerprint``; each job adds its own sections (hours, windows, segments...).
+(``ok``, ``rule``, and up to 20 inputs ``missing``, ``counted_twice``, ``unexpected``, compared on the inputs' keys:
+what each input is, so a source added, removed, reordered or changed between runs can never pass as accounted for),
+``shards`` and ``config_fingerprint``; each job adds its own sections (hours, windows, segments...).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
 
 from pipeline.schema import RejectScope
 
@@ -87,22 +90,30 @@ def check(expected: set[str], named: Iterable[str], kept: int, rejected: int) ->
     }
 
 
-def check_refs(found: int, refs: Any, kept: int, rejected: int) -> dict[str, Any]:
-    """The ``accounting`` block from counts and the committed refs (a NumPy array): no id list of every input is
-    held anywhere. ``found``: the rows discovery gave; every ref committed once, and as many as were found."""
-    import numpy as np
+def check_keys(found: Any, committed: Any, kept: int, rejected: int,
+               name: Callable[[set[int]], dict[int, str]] | None = None) -> dict[str, Any]:
+    """The ``accounting`` block from the keys of the inputs ``found`` and of the inputs the committed markers account
+    for (NumPy arrays, repeats kept): every input committed exactly as often as it is found, none committed that is
+    not an input, and kept + rejected = inputs. Up to 20 of each problem are named (``name``: keys -> {key: source
+    id} for those it knows; the others are shown by their key)."""
+    from pipeline.io.commit import key_counts
 
-    refs = np.sort(np.asarray(refs, dtype=np.int64))  # sorted once; the rest in place on it (1 byte a ref more)
-    repeats = refs[1:] == refs[:-1] if len(refs) > 1 else np.zeros(0, dtype=bool)
-    distinct = len(refs) - int(np.count_nonzero(repeats))
-    doubled = np.unique(refs[1:][repeats][: SHOWN * 64])
+    keys, in_found, in_committed = key_counts(np.asarray(found, np.int64), np.asarray(committed, np.int64))
+    missing = keys[in_found > in_committed]
+    doubled = keys[(in_committed > in_found) & (in_found > 0)]
+    unexpected = keys[(in_committed > 0) & (in_found == 0)]
+    shown = {int(k) for k in (*missing[:SHOWN], *doubled[:SHOWN], *unexpected[:SHOWN])}
+    names = name(shown) if (name and shown) else {}
+    label = lambda key: names.get(int(key), f"key {int(key) & (2**64 - 1):016x}")  # noqa: E731
     return {
-        "ok": len(doubled) == 0 and len(refs) == found == kept + rejected,
+        "ok": not len(missing) and not len(doubled) and not len(unexpected) and len(found) == kept + rejected,
         "rule": RULE,
-        "found": found,
-        "committed": int(len(refs)),
-        "missing": max(found - distinct, 0),
-        "counted_twice": [int(r) for r in doubled[:SHOWN]],  # refs: the split's index and the row's position
+        "found": int(len(found)),
+        "committed": int(len(committed)),
+        "missing": int(len(missing)),
+        "missing_keys": [label(k) for k in missing[:SHOWN]],
+        "counted_twice": [label(k) for k in doubled[:SHOWN]],
+        "unexpected": [label(k) for k in unexpected[:SHOWN]],
     }
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.audio import SAMPLE_RATE
-from pipeline.io.commit import OutputDir, OutputError, OutputOptions, shard_id, split_by_bytes
+from pipeline.io.commit import OutputDir, OutputError, OutputOptions, input_keys, inputs_of, shard_id, split_by_bytes
 from pipeline.schema import AUDIO_TYPE, CORPUS_SCHEMA, FINGERPRINTS_SCHEMA, REJECTS_SCHEMA, WINDOW_TYPE, RejectReason, RejectScope
 from pipeline.sinks import accounting
 from pipeline.sinks.accounting import count
@@ -21,7 +21,7 @@ from pipeline.sinks.accounting import count
 CORPUS_TABLES = ("corpus", "rejects", "fingerprints")
 WINDOW_FIELDS = frozenset(field.name for field in WINDOW_TYPE)
 # Small per-source columns the rejects and statistics need (never the windows or the audio).
-SOURCE_COLUMNS = ("source_id", "source", "duration_ms", "reject_reason", "reject_stage", "reject_detail", "reject_transient", "duplicate_of",
+SOURCE_COLUMNS = ("source_id", "key", "source", "duration_ms", "reject_reason", "reject_stage", "reject_detail", "reject_transient", "duplicate_of",
                   "cues", "dropped")
 
 
@@ -92,13 +92,15 @@ def window_stats(corpus: pa.Table, stats: dict[str, Any]) -> None:
         count(stats["chars_per_second"], str(int(rate)), int(n))
 
 
-def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Reject rows (whole sources, and stretches dropped from kept ones), the source ids kept and rejected, and
-    their statistics."""
+def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[str]], list[int]]:
+    """Reject rows (whole sources, and stretches dropped from kept ones), the source ids kept and rejected, the keys
+    of the batch's inputs (in the order of ``kept + rejected``), and their statistics."""
     rejects: list[dict[str, Any]] = []
     sources: dict[str, list[str]] = {"kept": [], "rejected": []}
+    keys: dict[str, list[int]] = {"kept": [], "rejected": []}
     present = [name for name in SOURCE_COLUMNS if name in batch.column_names]
     for row in batch.select(present).to_pylist():
+        keys["rejected" if row.get("reject_reason") is not None else "kept"].append(row.get("key"))
         duration = row.get("duration_ms")
         if duration is not None:
             stats["ms_in"] += duration
@@ -127,7 +129,7 @@ def reject_rows(batch: pa.Table, stats: dict[str, Any]) -> tuple[list[dict[str, 
                 }
             )
     rejects.sort(key=lambda r: (r["source_id"], r["scope"], r.get("start_ms") or 0, r["reason"]))
-    return rejects, sources
+    return rejects, sources, keys["kept"] + keys["rejected"]
 
 
 def _stretch_stats(stats: dict[str, Any], dropped: dict[str, Any]) -> None:
@@ -168,18 +170,35 @@ def fingerprint_rows(kept: pa.Table) -> pa.Table:
 
 def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) -> dict[str, Any]:
     stats = empty_stats()
-    rejects, sources = reject_rows(batch, stats)
+    rejects, sources, keys = reject_rows(batch, stats)
     kept = batch.filter(pc.is_null(batch["reject_reason"])) if "reject_reason" in batch.column_names else batch
     if kept.num_rows and pc.any(pc.equal(pc.fill_null(pc.list_value_length(kept["windows"]), 0), 0)).as_py():
         raise RuntimeError("a source is neither rejected nor has windows (a stage bug)")
     corpus = window_rows(kept)
     window_stats(corpus, stats)
     rejects_table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
-    stats = {key: value for key, value in stats.items() if value != {}}
-    refs = batch["ref"].to_pylist() if "ref" in batch.column_names else None
+    stats = {name: value for name, value in stats.items() if value != {}}
     tables = {"corpus": _corpus_parts(corpus, options), "rejects": [rejects_table], "fingerprints": [fingerprint_rows(kept)]}
-    return out.commit_shard(shard_id(sources["kept"] + sources["rejected"]), tables, sources, stats, options, refs=refs,
-                            marker_fields={"clusters": _linked_clusters(rejects_table)})
+    ids = sources["kept"] + sources["rejected"]
+    return out.commit_shard(shard_id(ids), tables, sources, stats, options, inputs=inputs_of(ids, keys),
+                            marker_fields=_marker_fields(rejects_table))
+
+
+DUPLICATE_REASONS = (RejectReason.DUPLICATE.value, RejectReason.EVAL_OVERLAP.value)
+
+
+def text_duplicates(rejects: pa.Table) -> dict[str, str]:
+    """{source id: the source kept for it} of the shard's near-duplicate rejects: a rerun compares them with what the
+    dedup step decides now, and takes the shard back when its inputs changed that decision."""
+    if rejects.num_rows == 0:
+        return {}
+    rows = rejects.filter(pc.is_in(rejects["reason"], value_set=pa.array(DUPLICATE_REASONS)))
+    return dict(zip(rows["source_id"].to_pylist(), rows["duplicate_of"].to_pylist()))
+
+
+def _transient_count(rejects: pa.Table) -> int:
+    """Rejects of faults that may pass (``--retry-transient`` takes their shards back)."""
+    return int(pc.sum(pc.fill_null(rejects["transient"], False).cast(pa.int64())).as_py() or 0) if rejects.num_rows else 0
 
 
 def _corpus_parts(corpus: pa.Table, options: OutputOptions) -> list[pa.Table]:
@@ -187,29 +206,42 @@ def _corpus_parts(corpus: pa.Table, options: OutputOptions) -> list[pa.Table]:
     return split_by_bytes(corpus, sizes, int(options.max_shard_mb * 1024 * 1024))
 
 
-def _linked_clusters(rejects: pa.Table) -> list[str]:
-    """The clusters this shard's rejects belong to other than their own (the kept sources of its duplicates): the
-    marker lists them, so publishing finds the shards a changed keeper touches without reading any rows."""
-    if rejects.num_rows == 0:
-        return []
-    linked = rejects.filter(pc.not_equal(rejects["cluster_id"], rejects["source_id"]))
-    return sorted(pc.unique(linked["cluster_id"]).to_pylist()) if linked.num_rows else []
-
-
 # --- publishing decisions made after the run (audio duplicates) -------------------------------------------------
 
 
-def shards_to_publish(out: OutputDir, dropped: pa.Array, version: str) -> list[str]:
-    """The committed shards that ``dropped`` sources (sorted ids) touch and that are not published as ``version``:
-    those that kept one of them, or hold duplicates kept for one of them. Markers are read one at a time."""
-    found = []
+def audio_work(out: OutputDir, decisions: Any) -> tuple[list[str], list[str]]:
+    """(the committed shards to publish under ``decisions``, the shards to take back and process again), from the
+    markers alone, read one at a time. A shard not yet published under these decisions is published when they drop
+    one of its kept sources, change the keeper or the detail of a source it dropped before, or move one of its
+    duplicates to another cluster; it is processed again when a source it dropped is no longer a duplicate (its
+    windows are gone: only a new decode brings them back)."""
+    publish, redo = [], []
     for marker in out.iter_markers():
-        if marker.get("version") == version:
+        if marker.get("version") == decisions.version:
             continue
-        named = marker["sources"].get("kept", []) + marker.get("clusters", [])
-        if named and len(dropped) and pc.any(pc.is_in(pa.array(named, pa.string()), value_set=dropped)).as_py():
-            found.append(marker["shard"])
-    return found
+        before = marker.get("audio_dropped", {})
+        now = _dropped_as(decisions, list(before))
+        if any(entry is None for entry in now.values()):
+            redo.append(marker["shard"])
+            continue
+        changed = any(now[source_id] != tuple(before[source_id]) for source_id in before)
+        kept = marker["sources"].get("kept", [])
+        newly = bool(kept) and bool(len(decisions)) and pc.any(pc.is_in(pa.array(kept, pa.string()), value_set=decisions.dropped)).as_py()
+        targets = marker.get("clusters", [])
+        moves = marker.get("cluster_moves", {})
+        expected = _dropped_as(decisions, targets)
+        moved = any((expected[t][0] if expected[t] else t) != moves.get(t, t) for t in targets)
+        if changed or newly or moved:
+            publish.append(marker["shard"])
+    return publish, redo
+
+
+def _dropped_as(decisions: Any, ids: list[str]) -> dict[str, tuple[str, str] | None]:
+    """{id: (its keeper, the reject detail)} under ``decisions``, None for an id they do not drop."""
+    if not ids:
+        return {}
+    at = pc.index_in(pa.array(ids, pa.string()), value_set=decisions.dropped).to_pylist()
+    return {i: None if k is None else (decisions.keepers[k].as_py(), decisions.detail(k)) for i, k in zip(ids, at)}
 
 
 def publish_shards(shards: pa.Table, out: OutputDir, options: OutputOptions, decisions: Any) -> pa.Table:
@@ -220,23 +252,25 @@ def publish_shards(shards: pa.Table, out: OutputDir, options: OutputOptions, dec
 
 def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions: Any) -> int:
     """Rewrite one committed shard under the audio dedup ``decisions`` (``stages.audio_dedup.AudioDuplicateDecisions``:
-    sorted ``dropped`` ids, their ``keepers``, ``detail(i)``, a ``version``): the dropped sources' windows and
-    stretch rejects leave, each becomes one ``audio_duplicate`` reject row, duplicates kept for a dropped source move
-    to its keeper's cluster, and the marker's statistics follow. The fingerprints stay as they were (a rerun decides
-    again from them and gets the same decisions). Returns how many sources it dropped; 0 when already published."""
+    sorted ``dropped`` ids, their ``keepers``, ``detail(i)``, a ``version``): the newly dropped sources' windows and
+    stretch rejects leave, each becomes one ``audio_duplicate`` reject row, the sources it dropped before take their
+    keepers and details now, its near-duplicates join the cluster of the source kept for them now, and the marker's
+    statistics follow. The fingerprints stay as they were (a rerun decides again from them and gets the same
+    decisions). Returns how many sources it newly dropped; 0 when already published. A source dropped before and
+    not now cannot be published back (its windows are gone): ``audio_work`` sends such shards to be processed again."""
     marker = out.read_marker(shard)
     if marker.get("version") == decisions.version:
         return 0
-    if marker.get("version"):
-        raise OutputError(f"shard {shard} of {out.location} was published under other audio dedup decisions ({marker['version']}, now "
-                          f"{decisions.version}): its dropped rows are gone; rerun with --overwrite")
     corpus = out.read_shard(marker, "corpus", CORPUS_SCHEMA)
     rejects = out.read_shard(marker, "rejects", REJECTS_SCHEMA)
     fingerprints = out.read_shard(marker, "fingerprints", FINGERPRINTS_SCHEMA)
+    before = _dropped_as(decisions, list(marker.get("audio_dropped", {})))
+    if any(entry is None for entry in before.values()):
+        raise OutputError(f"shard {shard} of {out.location} dropped a source that is no longer an audio duplicate; rerun the same command")
     leaving = pc.is_in(corpus["source_id"], value_set=decisions.dropped)
     removed, corpus = corpus.filter(leaving), corpus.filter(pc.invert(leaving))
     here = sorted(set(pc.unique(removed["source_id"]).to_pylist()))
-    # What the dropped sources counted as kept (windows, hours, their dropped stretches) comes out of the statistics.
+    # What the newly dropped sources counted as kept (windows, hours, their dropped stretches) leaves the statistics.
     delta = empty_stats()
     window_stats(removed, delta)
     delta["sources_kept"] = len(here)
@@ -244,25 +278,20 @@ def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions:
     for row in rejects.filter(theirs).to_pylist():
         _stretch_stats(delta, row)
     stats = accounting.add_counts(dict(marker["stats"]), accounting.negated(delta))
-    # Each dropped source becomes one reject row; the duplicates kept for it join its keeper's cluster.
-    at = pc.index_in(pa.array(here, pa.string()), value_set=decisions.dropped).to_pylist()
     durations = dict(zip(fingerprints["source_id"].to_pylist(), fingerprints["duration_ms"].to_pylist()))
     paths = dict(zip(removed["source_id"].to_pylist(), removed["source"].to_pylist()))
-    added = []
     for name in ("rejected", "ms_rejected", "rejects"):
         stats.setdefault(name, {})
-    for source_id, i in zip(here, at):
-        keeper, duration = decisions.keepers[i].as_py(), durations.get(source_id)
+    added = []
+    for source_id, (keeper, detail) in _dropped_as(decisions, here).items():
+        duration = durations.get(source_id)
         added.append({"source_id": source_id, "source": paths[source_id], "scope": RejectScope.SOURCE.value, "stage": "audio_dedup",
-                      "reason": RejectReason.AUDIO_DUPLICATE.value, "detail": decisions.detail(i), "duration_ms": duration,
-                      "duplicate_of": keeper, "cluster_id": keeper})
+                      "reason": RejectReason.AUDIO_DUPLICATE.value, "detail": detail, "duration_ms": duration,
+                      "duplicate_of": keeper, "cluster_id": keeper, "transient": False})
         count(stats["rejected"], RejectReason.AUDIO_DUPLICATE.value)
         count(stats["ms_rejected"], RejectReason.AUDIO_DUPLICATE.value, duration or 0)
         _reject_stats(stats, "audio_dedup", RejectReason.AUDIO_DUPLICATE.value, RejectScope.SOURCE.value, duration)
-    rejects = rejects.filter(pc.invert(theirs))
-    moved = pc.index_in(rejects["cluster_id"], value_set=decisions.dropped)
-    rejects = rejects.set_column(rejects.schema.get_field_index("cluster_id"), "cluster_id",
-                                 pc.coalesce(decisions.keepers.take(moved), rejects["cluster_id"]))
+    rejects = _with_current_keepers(rejects.filter(pc.invert(theirs)), decisions, before)
     rejects = pa.concat_tables([rejects, pa.Table.from_pylist(added, schema=REJECTS_SCHEMA)])
     rejects = rejects.sort_by([("source_id", "ascending"), ("scope", "ascending"), ("start_ms", "ascending"), ("reason", "ascending")])
     dropped_here = set(here)
@@ -270,28 +299,62 @@ def publish_shard(out: OutputDir, shard: str, options: OutputOptions, decisions:
     sources = {"kept": kept, "rejected": sorted(marker["sources"].get("rejected", []) + here)}
     tables = {"corpus": _corpus_parts(corpus, options), "rejects": [rejects], "fingerprints": [fingerprints]}
     out.replace_shard(marker, decisions.version, tables, sources, accounting.pruned(stats), options,
-                      marker_fields={"clusters": _linked_clusters(rejects)})
+                      marker_fields=_marker_fields(rejects))
     return len(here)
 
 
-def summarize(out: OutputDir, found: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``summary.json`` from the committed markers, read one at a time: inputs (``found`` by discovery) = kept +
-    rejected, each committed once (checked on the refs), hours, windows."""
-    refs: list[Any] = []
+def _with_current_keepers(rejects: pa.Table, decisions: Any, before: dict[str, tuple[str, str] | None]) -> pa.Table:
+    """Reject rows as the decisions have them now: a source dropped before takes its keeper and detail now, and a
+    near-duplicate joins the cluster of the source kept for it (its text keeper, or that one's audio keeper)."""
+    rows = rejects.to_pylist()
+    targets = sorted({r["duplicate_of"] for r in rows if r["reason"] in DUPLICATE_REASONS and r["duplicate_of"]})
+    cluster_of = {t: (entry[0] if entry else t) for t, entry in _dropped_as(decisions, targets).items()}
+    for row in rows:
+        if row["reason"] == RejectReason.AUDIO_DUPLICATE.value and before.get(row["source_id"]):
+            keeper, detail = before[row["source_id"]]
+            row.update(duplicate_of=keeper, cluster_id=keeper, detail=detail)
+        elif row["reason"] in DUPLICATE_REASONS and row["duplicate_of"]:
+            row["cluster_id"] = cluster_of[row["duplicate_of"]]
+    return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
+
+
+def _marker_fields(rejects: pa.Table) -> dict[str, Any]:
+    """What a corpus marker records beside its files, for the decisions of later runs: the clusters its
+    near-duplicates link to (``clusters``: their text keepers; ``cluster_moves``: those an audio keeper replaced), its
+    near-duplicates' keepers (``duplicates``), the sources it dropped as audio duplicates (``audio_dropped``: keeper
+    and detail) and its transient rejects."""
+    rows = rejects.select(["source_id", "reason", "detail", "duplicate_of", "cluster_id"]).to_pylist() if rejects.num_rows else []
+    linked = {r["duplicate_of"]: r["cluster_id"] for r in rows if r["reason"] in DUPLICATE_REASONS and r["duplicate_of"]}
+    fields = {
+        "clusters": sorted(linked),
+        "cluster_moves": {target: cluster for target, cluster in sorted(linked.items()) if cluster != target},
+        "duplicates": text_duplicates(rejects),
+        "transient": _transient_count(rejects),
+    }
+    audio = {r["source_id"]: [r["duplicate_of"], r["detail"]] for r in rows if r["reason"] == RejectReason.AUDIO_DUPLICATE.value}
+    if audio:
+        fields["audio_dropped"] = audio
+    return fields
+
+
+def summarize(out: OutputDir, found: np.ndarray, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``summary.json`` from the committed markers, read one at a time: inputs (the keys discovery ``found``, sorted)
+    = kept + rejected, each committed exactly once (checked on the keys: what each input is), hours, windows."""
+    keys: list[np.ndarray] = []
 
     def markers():
         for marker in out.iter_markers():
-            refs.append(np.asarray(marker.get("refs", []), dtype=np.int64))
+            keys.append(input_keys(marker))
             yield marker
 
     totals = accounting.tally(markers())
     kept, rejected = totals.get("sources_kept", 0), totals.get("rejected", {})
     hours = accounting.hours
-    committed = np.concatenate(refs) if refs else np.zeros(0, dtype=np.int64)
+    committed = np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
     return accounting.summary(
         out.fingerprint,
-        accounting.inputs(found, kept, rejected),
-        accounting.check_refs(found, committed, kept, sum(rejected.values())),
+        accounting.inputs(len(found), kept, rejected),
+        accounting.check_keys(found, committed, kept, sum(rejected.values()), lambda wanted: ids_of_keys(out, wanted)),
         totals["shards"],
         hours={
             "in": hours(totals.get("ms_in", 0)),
@@ -310,3 +373,14 @@ def summarize(out: OutputDir, found: int, extra: dict[str, Any] | None = None) -
         stretches_dropped={k: {"count": v.get("count", 0), "hours": hours(v.get("ms", 0))} for k, v in sorted(totals.get("stretches_dropped", {}).items())},
         **(extra or {}),
     )
+
+
+def ids_of_keys(out: OutputDir, wanted: np.ndarray) -> dict[int, str]:
+    """The committed source ids of some keys (for an accounting problem's message), from the markers."""
+    found: dict[int, str] = {}
+    for marker in out.iter_markers():
+        inputs = marker.get("inputs", {})
+        for source_id, key in zip(inputs.get("ids", []), inputs.get("keys", [])):
+            if key in wanted:
+                found[key] = source_id
+    return found

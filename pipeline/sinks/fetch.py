@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.io.commit import OutputDir, OutputOptions, shard_id
+from pipeline.io.commit import OutputDir, OutputOptions, inputs_of, shard_id, source_key_of
 from pipeline.schema import REJECTS_SCHEMA
 from pipeline.sinks import accounting
 from pipeline.sinks.accounting import count
@@ -87,7 +87,8 @@ def commit_fetch_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) 
         "items": [pa.Table.from_pylist(items, schema=ITEMS_SCHEMA)],
         "rejects": [pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)],
     }
-    return out.commit_shard(shard_id(sources["urls"]), tables, sources, dict(stats), options)
+    keys = [source_key_of({"source_id": url}) for url in sources["urls"]]
+    return out.commit_shard(shard_id(sources["urls"]), tables, sources, dict(stats), options, inputs=inputs_of(sources["urls"], keys))
 
 
 def _item_row(row: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.io.commit import OutputDir, OutputOptions, shard_id
+import numpy as np
+
+from pipeline.io.commit import OutputDir, OutputOptions, input_keys, inputs_of, shard_id
 from pipeline.schema import REJECTS_SCHEMA, TRANSCRIPTS_SCHEMA
 from pipeline.io.transcripts import render
 from pipeline.sinks import accounting
@@ -38,9 +40,11 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
     comparison_out: list[dict[str, Any]] = []
     files: dict[str, str] = {}
     sources: dict[str, list[str]] = {"kept": [], "rejected": []}
+    keys: dict[str, list[int]] = {"kept": [], "rejected": []}
     stats: dict[str, Any] = defaultdict(dict)
     stats.update(files_transcribed=0, files_multilingual=0, ms_audio=0, ms_speech=0, segments=0, segments_flagged=0)
     for row in batch.to_pylist():
+        keys["rejected" if row.get("reject_reason") else "kept"].append(row.get("key"))
         if row.get("reject_reason"):
             sources["rejected"].append(row["source_id"])
             count(stats["rejected"], row["reject_reason"], 1)
@@ -74,20 +78,26 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
         "rejects": [pa.Table.from_pylist(rejects_out, schema=REJECTS_SCHEMA)],
         "comparison": [pa.Table.from_pylist(comparison_out, schema=COMPARISON_SCHEMA)],
     }
-    shard = shard_id(sources["kept"] + sources["rejected"])
-    return out.commit_shard(shard, tables, sources, dict(stats), options, extra_files=files)
+    ids = sources["kept"] + sources["rejected"]
+    return out.commit_shard(shard_id(ids), tables, sources, dict(stats), options, extra_files=files,
+                            inputs=inputs_of(ids, keys["kept"] + keys["rejected"]))
 
 
-def summarize_transcription(out: OutputDir, expected: set[str], rank_top: int = 20) -> dict[str, Any]:
-    """Files in = transcribed + rejected (checked), hours, flags, and with references: WER per language and the
-    groups of sources ranked by word errors x hours (the paper's way of choosing what to inspect by hand)."""
+def summarize_transcription(out: OutputDir, found: np.ndarray, names: dict[int, str] | None = None, rank_top: int = 20) -> dict[str, Any]:
+    """Files in (their keys ``found``) = transcribed + rejected (checked on the keys), hours, flags, and with
+    references: WER per language and the groups of sources ranked by word errors x hours (the paper's way of
+    choosing what to inspect by hand). ``names``: key -> source id of the inputs, for the accounting's messages."""
     markers = out.markers()
     totals = accounting.tally(markers)
     kept, rejected = totals.get("files_transcribed", 0), totals.get("rejected", {})
+    committed = np.sort(np.concatenate([input_keys(m) for m in markers])) if markers else np.zeros(0, np.int64)
+    known = dict(names or {})
+    for marker in markers:
+        known.update(zip(marker.get("inputs", {}).get("keys", []), marker.get("inputs", {}).get("ids", [])))
     summary = accounting.summary(
         out.fingerprint,
-        accounting.inputs(len(expected), kept, rejected),
-        accounting.check(expected, accounting.named_ids(markers), kept, sum(rejected.values())),
+        accounting.inputs(len(found), kept, rejected),
+        accounting.check_keys(found, committed, kept, sum(rejected.values()), lambda wanted: {k: known[k] for k in wanted if k in known}),
         totals["shards"],
         hours={"audio": accounting.hours(totals.get("ms_audio", 0)), "speech": accounting.hours(totals.get("ms_speech", 0)),
                "per_language": accounting.hours_by(totals.get("ms_per_language", {}))},
