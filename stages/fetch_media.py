@@ -83,7 +83,8 @@ def classify(info: dict[str, Any], options: FetchOptions) -> Verdict:
         detail = f"only automatic captions ({', '.join(auto_langs)}): machine-generated, not used as labels{also}"
         return Verdict(RejectReason.MACHINE_GENERATED_CAPTIONS, detail, automatic=auto_langs, unlabelled=options.keep_unlabelled)
     if human_langs:
-        detail = f"human subtitles only in {', '.join(human_langs)}, none usable{wanted} (need {'/'.join(SUBTITLE_FORMATS)} and a plain language code)"
+        detail = (f"human subtitles only in {', '.join(human_langs)}, none usable{wanted} (need one {'/'.join(SUBTITLE_FORMATS)} file "
+                  "over http(s), not a playlist, and a plain language code)")
     else:
         detail = "no subtitles"
     return Verdict(RejectReason.MISSING_TRANSCRIPT, detail, unlabelled=options.keep_unlabelled)

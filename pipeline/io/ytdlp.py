@@ -1,11 +1,17 @@
 """The only module that calls yt-dlp: page extraction, playlist expansion and downloads, with their limits.
 
-Safety: http and https only, checked before yt-dlp sees a URL (playlist entries too); hosts that resolve to
-loopback, private, link-local or multicast addresses refused at every connection (``guarded_connections``); yt-dlp runs through its
-Python API, which reads no configuration file (only its command line does), without cookies, netrc, external
-downloaders, post-processors or ffmpeg; downloads use direct or native-HLS protocols only; every file name comes
-from the extractor and the video id, sanitised to ``[A-Za-z0-9_-]`` (subtitle languages too), never from titles.
-Limits: duration (before the download when the site reports it, else by decoding the file), size (the server's
+Safety: http and https only, checked before yt-dlp sees a URL (playlist entries too); hosts that resolve to an
+address that is not globally routable (loopback, private, carrier-grade NAT, link-local, multicast, documentation,
+reserved) refused at every connection (``guarded_connections``). That check lives in this process, so nothing may
+connect from elsewhere: yt-dlp finds no ffmpeg, downloads natively (``external_downloader`` "native"), a format or
+subtitle track whose download needs another program is refused, and while yt-dlp runs it may start no program at
+all. It never uses a proxy, from its options or the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``...):
+the check must see the address wspsr connects to, not a proxy's. yt-dlp runs through its Python API, which reads no
+configuration file (only its command line does), without cookies, netrc or post-processors; downloads use direct or
+native-HLS protocols only; every file name comes from the extractor and the video id, sanitised to
+``[A-Za-z0-9_-]`` (subtitle languages too), never from titles.
+Limits: page reads (pages, playlists, manifests, keys: whatever yt-dlp reads into memory) by size and wall clock;
+duration (before the download when the site reports it, else by decoding the file), size (the server's
 Content-Length, then the bytes actually received), wall clock per download. Transient failures (HTTP 5xx/429,
 connection errors) are retried with exponential backoff, by yt-dlp for downloads and here for page extraction.
 yt-dlp's download archive records finished items: a rerun skips what is archived and still on disk. Which items
@@ -18,13 +24,14 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import os
 import re
 import socket
 import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 from pipeline.io.media import DecodeError, DecodeLimits, decode_audio, duration_ms
 from pipeline.schema import RejectReason
@@ -42,6 +49,11 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9_-]+")
 _EXT = re.compile(r"^[A-Za-z0-9]{1,10}$")
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}([-_][a-z0-9]{2,8})*$")
+# A subtitle track is one file fetched over http(s): playlists (HLS, DASH...) are refused, whatever their ``ext``.
+SUBTITLE_PROTOCOLS = frozenset({"http", "https"})
+PLAYLIST_EXTS = frozenset({"m3u8", "m3u", "mpd", "f4m", "ism", "isml", "ismc"})
+# Where yt-dlp is told ffmpeg lives: a file that is never a program, so it finds none (and skips its PATH search).
+NO_PROGRAM = os.devnull
 
 
 @dataclass(frozen=True)
@@ -59,14 +71,21 @@ class FetchOptions:
     format: str = "bestaudio/best"  # yt-dlp format selection
     protocols: tuple[str, ...] = ("http", "https", "m3u8_native")  # download protocols allowed (yt-dlp's names)
     allowed_extractors: tuple[str, ...] = ("default",)  # yt-dlp extractor name patterns ("default": all of them)
-    # Destinations: URLs come from crawls, so hosts that resolve to loopback, private, link-local (cloud metadata at
-    # 169.254.169.254), multicast or reserved addresses are refused, at every connection (redirects included).
+    # Destinations: URLs come from crawls, so hosts that resolve to an address that is not globally routable
+    # (loopback, private, carrier-grade NAT, link-local such as cloud metadata at 169.254.169.254, multicast,
+    # documentation, reserved) are refused, at every connection (redirects included).
     allow_loopback: bool = False  # true: 127.0.0.0/8 and ::1 may be fetched (tests, a mirror on this machine)
     allowed_networks: tuple[str, ...] = ()  # CIDRs fetched although not public, e.g. a mirror inside your network ("10.8.0.0/16")
+    # Page reads: what yt-dlp reads into memory (pages, playlists, manifests, HLS keys), per response. A stalled read
+    # ends after socket_timeout_s, so a read lasts at most max_page_s + socket_timeout_s.
+    max_page_mb: float = 16.0
+    max_page_s: float = 120.0  # wall clock from the request to the last byte
 
     def __post_init__(self) -> None:
-        if self.max_duration_s <= 0 or self.max_filesize_mb <= 0 or self.socket_timeout_s <= 0 or self.max_download_s <= 0:
-            raise ValueError("max_duration_s, max_filesize_mb, socket_timeout_s and max_download_s must be positive")
+        positive = ("max_duration_s", "max_filesize_mb", "socket_timeout_s", "max_download_s", "max_page_mb",
+                    "max_page_s")
+        if min(getattr(self, name) for name in positive) <= 0:
+            raise ValueError(f"{', '.join(positive)} must be positive")
         if self.retries < 0 or self.retry_base_delay_s < 0 or self.retry_max_delay_s < 0:
             raise ValueError("retries and retry delays must not be negative")
         if self.max_items_per_url < 1:
@@ -131,31 +150,121 @@ def check_url(url: str) -> str | None:
     return None
 
 
+_NAMED_NETWORKS = tuple(
+    (kind, tuple(ipaddress.ip_network(network) for network in networks))
+    for kind, networks in (
+        ("carrier-grade NAT / shared address space", ("100.64.0.0/10",)),
+        ("documentation (TEST-NET)", ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")),
+        ("benchmarking", ("198.18.0.0/15", "2001:2::/48")),
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known NAT64 prefix: the last 32 bits are the IPv4 address
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _embedded_ipv4(ip: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address reaches (mapped, NAT64, 6to4), judged instead of the wrapper."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in _NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+    return ip
+
+
 def address_problem(address: str, options: FetchOptions) -> str | None:
-    """Why a resolved address may not be fetched from (``"private"``...), or None for a public one."""
+    """Why a resolved address may not be fetched from (``"private"``...), or None: only globally routable addresses
+    pass, unless ``allowed_networks`` or ``allow_loopback`` name them."""
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = _embedded_ipv4(ipaddress.ip_address(address.split("%", 1)[0]))
     except ValueError:
         return "unparseable"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if any(ip in ipaddress.ip_network(network, strict=False) for network in options.allowed_networks):
         return None
     if ip.is_loopback:
         return None if options.allow_loopback else "loopback"
-    for name, kind in (("is_link_local", "link-local"), ("is_multicast", "multicast"), ("is_unspecified", "unspecified"),
-                       ("is_private", "private"), ("is_reserved", "reserved")):
-        if getattr(ip, name):
+    for flag, kind in (("is_link_local", "link-local"), ("is_multicast", "multicast"),
+                       ("is_unspecified", "unspecified")):
+        if getattr(ip, flag):
             return kind
-    return None
+    for kind, networks in _NAMED_NETWORKS:
+        if any(ip in network for network in networks):
+            return kind
+    if ip.is_reserved:
+        return "reserved"
+    if ip.is_private:
+        return "private"
+    return None if ip.is_global else "not globally routable"
+
+
+class ProgramRefused(PermissionError):
+    """yt-dlp tried to start a program while fetching. A ``PermissionError``, so that yt-dlp's probes for optional
+    programs (ffmpeg, JavaScript runtimes) take the program as missing."""
+
+
+def _program(downloader: type) -> str:
+    """The program a yt-dlp downloader class runs (``ffmpeg``, ``rtmpdump``, ``aria2c``...), or its own name."""
+    from yt_dlp.downloader.external import ExternalFD
+    from yt_dlp.downloader.rtmp import RtmpFD
+
+    if issubclass(downloader, ExternalFD):
+        return downloader.get_basename()
+    return "rtmpdump" if issubclass(downloader, RtmpFD) else downloader.FD_NAME
+
+
+def _refuse_program(fd: Any, filename: str, info_dict: dict[str, Any]) -> NoReturn:
+    """Stands in for the ``real_download`` of yt-dlp's downloaders that run a program."""
+    log = fd.ydl.params.get("logger")
+    said = log.find("delegated to") if isinstance(log, YtdlpLog) else None
+    why = f" ({said})" if said else ""
+    format_id = info_dict.get("format_id") or info_dict.get("ext") or "?"
+    program = _program(type(fd))
+    raise FetchAbort(
+        RejectReason.UNSAFE_URL,
+        f"yt-dlp would hand the download of {format_id} to {program}{why}: an external program's connections bypass "
+        "wspsr's address check, so it is never started",
+    )
+
+
+@contextlib.contextmanager
+def no_programs() -> Iterator[None]:
+    """While yt-dlp runs it starts no program: ffmpeg cannot be found, a download handed to ffmpeg or another
+    external downloader is refused (``FetchAbort``), and any other start through yt-dlp's ``Popen`` (the one way it
+    starts programs) fails with ``ProgramRefused``."""
+    from yt_dlp.downloader.external import ExternalFD
+    from yt_dlp.downloader.rtmp import RtmpFD
+    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+    from yt_dlp.utils import Popen
+
+    def refuse(self, args, *rest, **kwargs):
+        program = args if isinstance(args, str) else (list(args)[:1] or ["?"])[0]
+        raise ProgramRefused(f"wspsr refused to let yt-dlp start {os.path.basename(str(program))!r} while fetching")
+
+    patched = [(Popen, "__init__", refuse), (ExternalFD, "real_download", _refuse_program),
+               (RtmpFD, "real_download", _refuse_program)]
+    originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in patched]
+    location = FFmpegPostProcessor._ffmpeg_location.set(NO_PROGRAM)  # yt-dlp's default when no params are at hand
+    for owner, name, replacement in patched:
+        setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        FFmpegPostProcessor._ffmpeg_location.reset(location)
 
 
 @contextlib.contextmanager
 def guarded_connections(options: FetchOptions) -> Iterator[list[str]]:
-    """While yt-dlp runs, every host it connects to (the page, its redirects, media, subtitles, HLS segments) is
-    resolved through a check: addresses that are not public are dropped, and a host left with none fails as if it did
-    not resolve. The check sees the addresses the connection then uses, so a name that resolves differently the
-    second time (DNS rebinding) gains nothing. Yields the refusals, for the reject's detail."""
+    """While yt-dlp runs, every host it connects to (the page, its redirects, media, subtitles, HLS keys and
+    segments) is resolved through a check: addresses that are not globally routable are dropped, and a host left with
+    none fails as if it did not resolve. The check sees the addresses the connection then uses, so a name that
+    resolves differently the second time (DNS rebinding) gains nothing. It holds only in this process: yt-dlp may
+    start no program meanwhile (``no_programs``). Yields the refusals, for the reject's detail."""
     original = socket.getaddrinfo
     refusals: list[str] = []
 
@@ -170,13 +279,32 @@ def guarded_connections(options: FetchOptions) -> Iterator[list[str]]:
 
     socket.getaddrinfo = checked
     try:
-        yield refusals
+        with no_programs():
+            yield refusals
     finally:
         socket.getaddrinfo = original
 
 
+def subtitle_track_problem(track: Any) -> str | None:
+    """Why a subtitle track is not downloaded, or None: one VTT or SRT file over http(s), never a playlist (whose
+    download yt-dlp may hand to ffmpeg, and whose segments could be anywhere)."""
+    if not isinstance(track, dict):
+        return "not a track"
+    url = str(track.get("url") or "")
+    if track.get("ext") not in SUBTITLE_FORMATS:
+        return f"format {track.get('ext')!r} (need {'/'.join(SUBTITLE_FORMATS)})"
+    problem = check_url(url)
+    if problem:
+        return problem
+    protocol = track.get("protocol")
+    path_ext = urllib.parse.urlsplit(url).path.rpartition("/")[2].rpartition(".")[2].lower()
+    if (protocol is not None and protocol not in SUBTITLE_PROTOCOLS) or path_ext in PLAYLIST_EXTS:
+        return f"a playlist ({protocol or path_ext}), not a subtitle file"
+    return None
+
+
 def usable_tracks(tracks: Any) -> list[dict[str, Any]]:
-    return [t for t in tracks or [] if isinstance(t, dict) and t.get("ext") in SUBTITLE_FORMATS and check_url(str(t.get("url") or "")) is None]
+    return [t for t in tracks or [] if subtitle_track_problem(t) is None]
 
 
 def _unwrap(exc: BaseException | None) -> list[BaseException]:
@@ -257,11 +385,91 @@ def youtube_dl(params: dict[str, Any]):
     return yt_dlp.YoutubeDL(params)
 
 
+def _read_some(response: Any, size: int, read: Callable[[int], bytes]) -> bytes:
+    """Up to ``size`` bytes, returning as soon as some arrive (a trickle cannot hold a read past the clock)."""
+    from yt_dlp.networking.exceptions import TransportError
+
+    raw = response.fp
+    try:
+        if type(raw).__module__.startswith("urllib3."):  # yt-dlp's requests handler: decode gzip/br as it arrives
+            data = raw.read1(size, decode_content=True)
+        elif hasattr(raw, "read1"):  # its urllib handler (http.client)
+            data = raw.read1(size)
+        else:
+            return read(size)
+    except Exception as exc:
+        raise TransportError(cause=exc) from exc
+    if raw.closed:
+        response.close()
+    return data
+
+
+def limit_page_reads(ydl: Any, options: FetchOptions, whole_reads_only: bool = False) -> None:
+    """Every response ``ydl`` opens is read within ``max_page_mb`` and ``max_page_s`` (counted from the request),
+    else ``FetchAbort``. ``whole_reads_only``: only reads of a whole body (``read()``: HLS playlists and keys while
+    downloading) are limited; media, read in blocks, has the download limits."""
+    urlopen = ydl.urlopen
+    max_bytes = int(options.max_page_mb * 2**20)
+
+    def opened(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        response = urlopen(*args, **kwargs)
+        read, received = response.read, 0
+
+        def limited(amt: int | None = None) -> bytes:
+            nonlocal received
+            whole = amt is None or amt < 0
+            if whole_reads_only and not whole:
+                return read(amt)
+            if response.closed:
+                return b""
+            parts: list[bytes] = []
+            wanted = None if whole else amt
+            while wanted is None or wanted > 0:
+                if time.monotonic() - started > options.max_page_s:
+                    response.close()
+                    raise FetchAbort(RejectReason.FETCH_FAILED, f"reading {response.url} took longer than "
+                                     f"fetch.max_page_s ({options.max_page_s:g} s)")
+                chunk = _read_some(response, min(wanted or 1 << 16, 1 << 16), read)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > max_bytes:
+                    response.close()
+                    raise FetchAbort(RejectReason.FETCH_FAILED, f"{response.url} is larger than fetch.max_page_mb "
+                                     f"({options.max_page_mb:g} MB)")
+                parts.append(chunk)
+                if wanted is not None:
+                    wanted -= len(chunk)
+            return b"".join(parts)
+
+        response.read = limited
+        return response
+
+    ydl.urlopen = opened
+
+
+def native_downloader_problem(fmt: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """Why yt-dlp would not download a format in this process (it would hand it to ffmpeg, rtmpdump, curl...), or
+    None. Decided by yt-dlp's own choice of downloader, with the fetch's parameters."""
+    from yt_dlp.downloader import get_suitable_downloader
+    from yt_dlp.downloader.dash import DashSegmentsFD
+    from yt_dlp.downloader.hls import HlsFD
+    from yt_dlp.downloader.http import HttpFD
+
+    with no_programs():
+        downloader = get_suitable_downloader(dict(fmt), params)
+    if downloader in (HttpFD, HlsFD, DashSegmentsFD):
+        return None
+    name = _program(downloader) if downloader is not None else "no single downloader"
+    return f"yt-dlp would download format {fmt.get('format_id')} with {name}, not natively in wspsr's process"
+
+
 def base_params(options: FetchOptions, log: YtdlpLog) -> dict[str, Any]:
     sleep: Callable[..., float] = lambda n: options.backoff(n)  # noqa: E731
     return {
         # The Python API never reads yt-dlp's config files (only its command line does); nothing here asks for
-        # cookies, netrc, external downloaders, post-processors or an --exec hook.
+        # cookies, netrc, post-processors or an --exec hook.
         "logger": log,
         "quiet": True,
         "no_warnings": False,
@@ -290,7 +498,12 @@ def base_params(options: FetchOptions, log: YtdlpLog) -> dict[str, Any]:
         "usenetrc": False,
         "cookiefile": None,
         "cookiesfrombrowser": None,
-        "external_downloader": {},
+        # Downloads stay in this process, where the address check holds: no external downloader for any protocol,
+        # native HLS, no ffmpeg to be found (``no_programs`` refuses the rest).
+        "external_downloader": {"default": "native"},
+        "hls_prefer_native": True,
+        "ffmpeg_location": NO_PROGRAM,
+        "proxy": "",  # direct connections, whatever HTTP_PROXY/HTTPS_PROXY/ALL_PROXY say
         "enable_file_urls": False,
         "live_from_start": False,
         "wait_for_video": None,
@@ -300,6 +513,17 @@ def base_params(options: FetchOptions, log: YtdlpLog) -> dict[str, Any]:
         "writedescription": False,
         "check_formats": False,
     }
+
+
+def _guard_abort(error: BaseException, refusals: list[str]) -> FetchAbort | None:
+    """The reject for an error the guard caused (a refused address, program or page limit, however yt-dlp wrapped
+    it), or None."""
+    for exc in _unwrap(error):
+        if isinstance(exc, FetchAbort):
+            return exc
+        if isinstance(exc, ProgramRefused):
+            return FetchAbort(RejectReason.UNSAFE_URL, f"{exc}: its connections would bypass the address check")
+    return FetchAbort(RejectReason.UNSAFE_URL, refusals[-1]) if refusals else None
 
 
 def _match_filter(options: FetchOptions) -> Callable[..., str | None]:
@@ -332,11 +556,13 @@ class Downloader:
             log = YtdlpLog()
             try:
                 with guarded_connections(self.options) as refusals, youtube_dl(base_params(self.options, log)) as ydl:
+                    limit_page_reads(ydl, self.options)
                     info = ydl.extract_info(url, download=False, ie_key=ie_key)
                     return ydl.sanitize_info(info) if info is not None else None
-            except YoutubeDLError as err:
-                if refusals:
-                    raise FetchAbort(RejectReason.UNSAFE_URL, refusals[-1]) from err
+            except (YoutubeDLError, ProgramRefused) as err:
+                refused = _guard_abort(err, refusals)
+                if refused is not None:
+                    raise refused from err
                 if attempt < self.options.retries and is_transient(err):
                     time.sleep(self.options.backoff(attempt))
                     continue
@@ -438,10 +664,14 @@ class Downloader:
         info["subtitles"] = {lang: usable_tracks(info["subtitles"][lang]) for lang in languages}
         info["automatic_captions"] = {}
         info.pop("requested_subtitles", None)
+        params = base_params(self.options, YtdlpLog())
         for fmt in info.get("requested_formats") or [info]:
             protocol = fmt.get("protocol") or "https"
             if protocol not in self.options.protocols or check_url(str(fmt.get("url") or "")):
                 raise FetchAbort(RejectReason.UNSAFE_URL, f"format {info.get('format_id')} uses protocol {protocol}, not allowed ({', '.join(self.options.protocols)})")
+            problem = native_downloader_problem(fmt, params)
+            if problem:
+                raise FetchAbort(RejectReason.UNSAFE_URL, problem)
         if not _EXT.match(str(info.get("ext") or "")):
             raise FetchAbort(RejectReason.FETCH_FAILED, f"unexpected media file extension {str(info.get('ext') or '')!r}")
         return info
@@ -475,15 +705,14 @@ class Downloader:
         folder = self.root / MEDIA_DIR / extractor
         try:
             with guarded_connections(self.options) as refusals, youtube_dl(params) as ydl:
+                limit_page_reads(ydl, self.options, whole_reads_only=True)
                 ydl.process_ie_result(info, download=True)
         except FetchAbort:
             self._remove(folder, name)
             raise
-        except YoutubeDLError as err:
+        except (YoutubeDLError, ProgramRefused) as err:
             self._remove(folder, name)
-            if refusals:
-                raise FetchAbort(RejectReason.UNSAFE_URL, refusals[-1]) from None
-            raise FetchAbort(error_reason(err), clean_message(str(err))) from None
+            raise _guard_abort(err, refusals) or FetchAbort(error_reason(err), clean_message(str(err))) from None
         return True
 
     def _verified(self, info: dict[str, Any], media: Path, subs: dict[str, Path], log: YtdlpLog) -> tuple[int, float | None]:
