@@ -3,17 +3,21 @@ checks the file cheaply first."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from pipeline.io import media
+from pipeline.io import media, storage
 from pipeline.io.media import DecodeError, DecodeLimits
+from pipeline.schema import RejectReason
 from pipeline.stage import Reject, map_rows
 
 DecodeOptions = DecodeLimits
 CHANNEL_MODES = ("mix", "split")
+DISCOVERY_STAGE = "discover_sources"
 
 
 @dataclass(frozen=True)
@@ -38,25 +42,46 @@ def _find(row: dict[str, Any], options: DecodeOptions) -> dict[str, Any] | Rejec
     try:
         media.check_audio_file(row["audio_path"], options)
     except DecodeError as err:
-        return Reject(err.reason, err.detail)
+        return Reject(err.reason, err.detail, transient=err.transient)
     return row
 
 
-def probe_rejected(batch: pa.Table) -> pa.Table:
+def probe_rejected(batch: pa.Table, options: DecodeOptions = DecodeOptions()) -> pa.Table:
     """Rows rejected before decoding (bad transcripts, duplicates, missing or too large files...) get ``duration_ms``
-    from their audio container's header (``media.probe_duration_ms``: no decode), so the hours of every reject of a
-    readable file are known. A plain function over rejected rows, not a stage (a stage sees only active rows)."""
+    from their audio container's header (``media.probe_duration_ms`` under the decoder's limits: no decode), so the
+    hours of every reject of a readable file are known. A plain function over rejected rows, not a stage (a stage
+    sees only active rows). Only audio discovery accepted is probed (``_probed_audio``)."""
     if batch.num_rows == 0:
         return batch
-    # A discovery reject (no transcript beside the audio, a second source with the id) names its audio as `source`.
-    paths = [path or source for path, source in zip(*(batch[c].to_pylist() if c in batch.column_names else [None] * batch.num_rows
-                                                       for c in ("audio_path", "source")))]
-    known = batch["duration_ms"].to_pylist() if "duration_ms" in batch.column_names else [None] * batch.num_rows
-    durations = [ms if ms is not None or not path else media.probe_duration_ms(path) for ms, path in zip(known, paths)]
+    wanted = ("audio_path", "source", "reject_stage", "reject_reason", "duration_ms")
+    columns = [name for name in wanted if name in batch.column_names]
+    rows = batch.select(columns).to_pylist()
+    durations = [row.get("duration_ms") if row.get("duration_ms") is not None else _probe(_probed_audio(row), options)
+                 for row in rows]
     column = pa.array(durations, pa.int64())
     if "duration_ms" in batch.column_names:
         return batch.set_column(batch.column_names.index("duration_ms"), "duration_ms", column)
     return batch.append_column("duration_ms", column)
+
+
+def _probe(path: str | None, options: DecodeOptions) -> int | None:
+    return media.probe_duration_ms(path, options) if path else None
+
+
+def _probed_audio(row: dict[str, Any]) -> str | None:
+    """The audio a reject's hours are read from: the ``audio_path`` discovery accepted, never a path it refused.
+    A discovery reject has none; of those only a folder's audio without a transcript (``missing_transcript``, which
+    names the audio as ``source``) is probed, and only when no symlink is on its path, so it is the very file inside
+    the folder. Its other rejects (unsafe paths, duplicate ids, manifest lines, transcripts without audio) get no
+    hours."""
+    if row.get("reject_reason") == RejectReason.UNSAFE_PATH.value:
+        return None
+    if row.get("reject_stage") != DISCOVERY_STAGE:
+        return row.get("audio_path")
+    source = row.get("source")
+    if row.get("reject_reason") != RejectReason.MISSING_TRANSCRIPT.value or not source or storage.is_uri(source):
+        return None
+    return source if os.path.realpath(source) == os.path.abspath(source) else None
 
 
 def decode_audio(batch: pa.Table, options: DecodeOptions) -> pa.Table:
@@ -76,12 +101,18 @@ def _decode(row: dict[str, Any], options: DecodeOptions, fingerprint: bool = Fal
     try:
         if fingerprint:
             pcm, items = media.decode_audio_and_fingerprint(row["audio_path"], options)
-            return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm), fingerprint=items.tobytes())
+            return dict(row, pcm=_bytes_of(pcm), duration_ms=media.duration_ms(pcm), fingerprint=items.tobytes())
         pcm = media.decode_audio(row["audio_path"], options, keep_channels=split)
     except DecodeError as err:
-        return Reject(err.reason, err.detail)
+        return Reject(err.reason, err.detail, transient=err.transient)
     if not split:
-        return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm))
+        return dict(row, pcm=_bytes_of(pcm), duration_ms=media.duration_ms(pcm))
     channels = pcm.shape[1]
     pcm = pcm[:, 0] if channels == 1 else pcm
-    return dict(row, pcm=pcm.tobytes(), duration_ms=media.duration_ms(pcm[:, 0] if channels > 1 else pcm), channels=channels)
+    return dict(row, pcm=_bytes_of(pcm), duration_ms=media.duration_ms(pcm[:, 0] if channels > 1 else pcm),
+                channels=channels)
+
+
+def _bytes_of(pcm: np.ndarray) -> memoryview:
+    """The samples' bytes without a copy: Arrow copies them once when the batch is built."""
+    return memoryview(np.ascontiguousarray(pcm)).cast("B")

@@ -3,20 +3,30 @@
 Safety (docs/reliability.md): an argument list, never a shell; ``-nostdin``; the input named as
 ``file:<absolute path>`` with ``-protocol_whitelist file`` so a path can never act as a URL or ``concat:``;
 a demuxer whitelist without playlist formats (the HLS-in-AVI local-file disclosure); a duration cap applied
-while decoding (we never decode more than the limit); a wall-clock timeout.
+while decoding (we never decode more than the limit); a wall-clock timeout. The header probe of rejected rows runs
+under the same rules.
+
+Memory: ffmpeg's output is read as it comes into one buffer that becomes the PCM, and reading stops (ffmpeg is
+killed) once it passes the duration cap, so a worker holds the PCM once plus a fixed overhead. Faults that say
+nothing about the file (ffmpeg killed from outside, a timeout under load, an object-store read error) are retried
+(``pipeline.retry``; the timeout applies to each attempt) and, if they persist, raised as transient.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ffmpeg
 import numpy as np
@@ -25,6 +35,7 @@ import soundfile
 
 from pipeline.io import storage
 from pipeline.audio import SAMPLE_RATE, samples_to_ms
+from pipeline.retry import ATTEMPTS, BASE_DELAY_S, retry_transient
 from pipeline.schema import RejectReason
 
 # Container demuxers we accept (ffmpeg names; "mov" covers mp4/m4a, "matroska" covers webm).
@@ -48,10 +59,13 @@ def ffmpeg_binary() -> str:
 
 
 class DecodeError(Exception):
-    def __init__(self, reason: RejectReason, detail: str):
+    """A reject reason for a file; ``transient`` when the fault says nothing about the file (a rerun may pass)."""
+
+    def __init__(self, reason: RejectReason, detail: str, transient: bool = False):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -134,26 +148,115 @@ def check_audio_file(path: str | Path, limits: DecodeLimits = DecodeLimits()) ->
 
 
 MAX_CHANNELS = 16
+DECODE_ATTEMPTS = ATTEMPTS
+RETRY_DELAY_S = BASE_DELAY_S
+KEPT_ERROR_BYTES = 4096  # ffmpeg's first error lines are the reject's detail; the rest is drained and dropped
+_READ_BYTES = 1 << 20
+_WAV_HEADER_MAX = 64 * 1024  # ffmpeg's WAV header (RIFF, fmt, LIST) is under 200 bytes
+# A signal from outside (the OOM killer, a shutdown) says nothing about the file; a crash on it does.
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS}
 
 
-def _wav_samples(data: bytes) -> np.ndarray:
-    """The samples of the WAV stream ffmpeg writes to a pipe, shaped (frames, channels). A pipe cannot be rewound, so
-    the header's sizes are placeholders: the data chunk is whatever follows its header."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+@dataclass
+class _Finished:
+    output: bytearray
+    returncode: int
+    errors: str
+    timed_out: bool
+    cut_short: bool  # stopped by us: the output passed its cap
+
+
+def _run_ffmpeg(command: list[str], timeout_s: float, output_cap: Callable[[bytearray], int] | None = None,
+                kept_error_bytes: int = KEPT_ERROR_BYTES) -> _Finished:
+    """Run ffmpeg reading its stdout as it comes into one growing buffer (never a second copy of it), stderr drained by
+    a thread that keeps only its first ``kept_error_bytes``; ffmpeg is killed at the wall-clock timeout, or as soon as
+    its output is longer than ``output_cap(output)`` bytes."""
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    errors = bytearray()
+    timed_out = threading.Event()
+
+    def drain_errors() -> None:
+        while chunk := os.read(process.stderr.fileno(), 65536):
+            errors.extend(chunk[: max(0, kept_error_bytes - len(errors))])
+
+    def expire() -> None:
+        if process.poll() is None:
+            timed_out.set()
+            process.kill()
+
+    drainer = threading.Thread(target=drain_errors, name="ffmpeg-stderr", daemon=True)
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    drainer.start()
+    timer.start()
+    output, cut_short, read_to_the_end = bytearray(), False, False
+    try:
+        while chunk := os.read(process.stdout.fileno(), _READ_BYTES):
+            output += chunk
+            if output_cap is not None and len(output) > output_cap(output):
+                cut_short = True
+                break
+        read_to_the_end = not cut_short
+    finally:
+        if not read_to_the_end:
+            process.kill()
+        returncode = process.wait()  # the timer stays armed: ffmpeg hanging after closing its stdout is killed too
+        timer.cancel()
+        drainer.join(timeout=5)
+        process.stdout.close()
+        process.stderr.close()
+    # Drop ffmpeg's object addresses ("[mp3 @ 0x5623...]") so reject details are the same on every run.
+    text = _ADDRESS.sub("", errors.decode("utf-8", "replace")).strip()
+    return _Finished(output, returncode, text, timed_out.is_set() and returncode != 0, cut_short)
+
+
+def _wav_layout(data: bytearray) -> tuple[int, int] | None:
+    """Where the samples start in the WAV stream ffmpeg writes to a pipe, and how many channels it has; None while
+    the header has not all arrived. A pipe cannot be rewound, so the header's sizes are placeholders: the data chunk
+    is whatever follows its header."""
+    if len(data) >= 12 and (data[:4] != b"RIFF" or data[8:12] != b"WAVE"):
         raise DecodeError(RejectReason.BAD_AUDIO, "ffmpeg wrote no WAV header")
     position, channels = 12, 0
     while position + 8 <= len(data):
-        chunk, size = data[position : position + 4], int.from_bytes(data[position + 4 : position + 8], "little")
-        if chunk == b"fmt ":
-            channels = int.from_bytes(data[position + 10 : position + 12], "little")
-        elif chunk == b"data":
+        chunk, size = bytes(data[position : position + 4]), int.from_bytes(data[position + 4 : position + 8], "little")
+        if chunk == b"data":
             if not 1 <= channels <= MAX_CHANNELS:
                 raise DecodeError(RejectReason.BAD_AUDIO, f"{channels} channels (at most {MAX_CHANNELS} are read)")
-            body = data[position + 8 :]
-            body = body[: len(body) - len(body) % (2 * channels)]
-            return np.frombuffer(body, dtype="<i2").reshape(-1, channels)
+            return position + 8, channels
+        if position + 8 + size > len(data):
+            return None
+        if chunk == b"fmt ":
+            channels = int.from_bytes(data[position + 10 : position + 12], "little")
         position += 8 + size + size % 2
-    raise DecodeError(RejectReason.BAD_AUDIO, "ffmpeg wrote no audio data")
+    return None
+
+
+def _wav_cap(max_frames: int) -> Callable[[bytearray], int]:
+    """The most bytes a WAV stream of ``max_frames`` frames takes, once its header says how many channels."""
+    layout: tuple[int, int] | None = None
+
+    def cap(output: bytearray) -> int:
+        nonlocal layout
+        layout = layout or _wav_layout(output)
+        return _WAV_HEADER_MAX if layout is None else layout[0] + max_frames * 2 * layout[1]
+
+    return cap
+
+
+def _pcm(output: bytearray, keep_channels: bool) -> np.ndarray:
+    """The samples as a view of ffmpeg's output buffer (no copy): int16 mono, or (frames, channels) from WAV."""
+    if not keep_channels:
+        return np.frombuffer(output, dtype="<i2", count=len(output) // 2)
+    if len(output) < 12:
+        raise DecodeError(RejectReason.BAD_AUDIO, "ffmpeg wrote no WAV header")
+    layout = _wav_layout(output)
+    if layout is None:
+        raise DecodeError(RejectReason.BAD_AUDIO, "ffmpeg wrote no audio data")
+    offset, channels = layout
+    frames = (len(output) - offset) // (2 * channels)
+    if frames == 0:
+        return np.zeros((0, channels), dtype="<i2")
+    return np.frombuffer(output, dtype="<i2", count=frames * channels, offset=offset).reshape(frames, channels)
 
 
 def decode_audio(path: str | Path, limits: DecodeLimits = DecodeLimits(), keep_channels: bool = False) -> np.ndarray:
@@ -171,17 +274,28 @@ def decode_audio_and_fingerprint(path: str | Path, limits: DecodeLimits = Decode
 
 
 def _decode(path: str | Path, limits: DecodeLimits, keep_channels: bool, fingerprint: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each attempt has the whole ``limits.timeout_s``: a file takes at most ``DECODE_ATTEMPTS`` timeouts plus the
+    retry delays before it is rejected."""
     check_audio_file(path, limits)
+    return retry_transient(lambda: _decode_once(path, limits, keep_channels, fingerprint), _is_transient,
+                           attempts=DECODE_ATTEMPTS, base_delay_s=RETRY_DELAY_S)
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, DecodeError) and error.transient
+
+
+def _decode_once(path: str | Path, limits: DecodeLimits, keep_channels: bool,
+                 fingerprint: bool) -> tuple[np.ndarray, np.ndarray | None]:
     if storage.is_uri(path):
-        try:
-            with storage.local_copy(str(path)) as local:
-                return _decode(local, limits, keep_channels, fingerprint)
-        except OSError as exc:
-            raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}") from None
+        with contextlib.ExitStack() as stack:
+            try:
+                local = stack.enter_context(storage.local_copy(str(path)))
+            except OSError as exc:
+                raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}", transient=True) from None
+            return _decode_once(local, limits, keep_channels, fingerprint)
     if not fingerprint:
         return _decode_local(Path(path), limits, keep_channels), None
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="wspsr-fp-") as folder:
         target = Path(folder) / "fingerprint.raw"
         pcm = _decode_local(Path(path), limits, keep_channels, target)
@@ -190,54 +304,103 @@ def _decode(path: str | Path, limits: DecodeLimits, keep_channels: bool, fingerp
 
 def _decode_local(path: Path, limits: DecodeLimits, keep_channels: bool, fingerprint_to: Path | None = None) -> np.ndarray:
     command = decode_command(path.resolve(), limits, keep_channels, fingerprint_to)
-    try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=limits.timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise DecodeError(RejectReason.DECODE_TIMEOUT, f"ffmpeg did not finish within {limits.timeout_s:g} s") from None
-    # Drop ffmpeg's object addresses ("[mp3 @ 0x5623...]") so reject details are the same on every run.
-    errors = _ADDRESS.sub("", done.stderr.decode("utf-8", "replace")).strip()
-    first_error = errors.splitlines()[0] if errors else ""
+    max_frames = int(limits.max_seconds * SAMPLE_RATE)
+    cap = _wav_cap(max_frames) if keep_channels else lambda _: 2 * max_frames
+    done = _run_ffmpeg(command, limits.timeout_s, cap)
+    first_error = done.errors.splitlines()[0] if done.errors else ""
+    if done.cut_short:
+        raise DecodeError(RejectReason.AUDIO_TOO_LONG, f"longer than the limit of {limits.max_seconds:g} s")
+    if done.timed_out:
+        raise DecodeError(RejectReason.DECODE_TIMEOUT, f"ffmpeg did not finish within {limits.timeout_s:g} s",
+                          transient=True)
+    if done.returncode < 0:
+        name = _signal_name(-done.returncode)
+        if -done.returncode in _CRASH_SIGNALS:
+            detail = f"ffmpeg crashed ({name})"
+            raise DecodeError(RejectReason.BAD_AUDIO, f"{detail}: {first_error}" if first_error else detail)
+        raise DecodeError(RejectReason.BAD_AUDIO, f"ffmpeg was killed by {name}", transient=True)
     if done.returncode != 0:
-        if _NO_STREAM.search(errors):
+        if _NO_STREAM.search(done.errors):
             raise DecodeError(RejectReason.NO_AUDIO_STREAM, first_error or "no audio stream")
         raise DecodeError(RejectReason.BAD_AUDIO, first_error or f"ffmpeg exited with {done.returncode}")
-    pcm = _wav_samples(done.stdout) if keep_channels else np.frombuffer(done.stdout, dtype="<i2")
+    pcm = _pcm(done.output, keep_channels)
     if pcm.size == 0:
         raise DecodeError(RejectReason.BAD_AUDIO, first_error or "no audio decoded")
-    if len(pcm) > limits.max_seconds * SAMPLE_RATE:
-        raise DecodeError(RejectReason.AUDIO_TOO_LONG, f"longer than the limit of {limits.max_seconds:g} s")
     return pcm
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_AUDIO_RATE = re.compile(r"Stream #[^\n]*?: Audio: [^\n]*?(\d+) Hz")
+PLAUSIBLE_RATES_HZ = (1_000, 384_000)
+PROBE_TIMEOUT_S = 10.0
+PROBE_KEPT_BYTES = 64 * 1024  # the input's report; Duration follows the container's tags
+# libsndfile's formats and the ffmpeg demuxer that reads each: its header is trusted only where the decoder would open
+# the file (``DecodeLimits.formats``).
+_DEMUXER_OF = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "W64": "w64", "AIFF": "aiff", "AU": "au", "CAF": "caf",
+               "FLAC": "flac", "OGG": "ogg", "MP3": "mp3"}
+_UNCOMPRESSED_CONTAINERS = {"WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "CAF"}
+_PCM_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
+                     "ULAW": 1, "ALAW": 1}
 
 
-def probe_duration_ms(path: str | Path, timeout_s: float = 10.0) -> int | None:
-    """How long a local audio file is, from its container's header, without decoding it: libsndfile's header read
-    (WAV, FLAC, Ogg/Opus/Vorbis, MP3: well under a millisecond to a few ms), else ffmpeg's report of the input
-    (WebM, M4A, MP4...: one process start, about 50 ms). None when it cannot tell (not a file, an object-store URI,
-    no audio, a header without a duration)."""
+def probe_duration_ms(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> int | None:
+    """How long a local audio file is, from its container's header, without decoding it. libsndfile's header read
+    (WAV, FLAC, Ogg Opus/Vorbis, MP3: a few ms, no process) when it is plausible, else ffmpeg's report of the input
+    under the decoder's rules (``-nostdin``, ``file:`` only, the demuxer whitelist, a timeout) when that is.
+    Plausible: a sample rate real audio uses, for PCM no more samples than the file's bytes hold, and no longer than
+    ``limits.max_seconds`` (the decoder refuses longer audio: a header must not count hours it never would). None
+    when neither can tell (not a local regular file, no audio, a header that lies or has no duration)."""
     if storage.is_uri(path):
         return None
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
     if not path.is_file():
         return None
+    header = _header_ms(path, size, limits)
+    return header if header is not None else _reported_ms(path, limits)
+
+
+def _plausible_ms(seconds: float, rate_hz: float, limits: DecodeLimits) -> int | None:
+    if not PLAUSIBLE_RATES_HZ[0] <= rate_hz <= PLAUSIBLE_RATES_HZ[1] or not 0 < seconds <= limits.max_seconds:
+        return None
+    return round(seconds * 1000)
+
+
+def _header_ms(path: Path, size: int, limits: DecodeLimits) -> int | None:
     try:
         info = soundfile.info(str(path))
-        if info.frames > 0 and info.samplerate > 0:
-            return round(info.frames * 1000 / info.samplerate)
-    except Exception:  # a format libsndfile does not read (or a broken file): ask ffmpeg
-        pass
+    except Exception:  # a format libsndfile does not read, or a broken file
+        return None
+    if _DEMUXER_OF.get(info.format) not in {name.strip() for name in limits.formats.split(",")}:
+        return None
+    sample_bytes = _PCM_SAMPLE_BYTES.get(info.subtype, 0) if info.format in _UNCOMPRESSED_CONTAINERS else 0
+    if info.samplerate <= 0 or info.frames * info.channels * sample_bytes > size:
+        return None
+    return _plausible_ms(info.frames / info.samplerate, info.samplerate, limits)
+
+
+def _reported_ms(path: Path, limits: DecodeLimits) -> int | None:
+    command = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-nostats", "-protocol_whitelist", "file",
+               "-format_whitelist", limits.formats, "-i", f"file:{path.resolve()}"]
     try:
-        done = subprocess.run([ffmpeg_binary(), "-nostdin", "-hide_banner", "-i", f"file:{path.resolve()}"], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        done = _run_ffmpeg(command, min(PROBE_TIMEOUT_S, limits.timeout_s), kept_error_bytes=PROBE_KEPT_BYTES)
+    except OSError:
         return None
-    found = _DURATION.search(done.stderr.decode("utf-8", "replace"))
-    if not found or b"Audio:" not in done.stderr:
+    duration, rate = _DURATION.search(done.errors), _AUDIO_RATE.search(done.errors)
+    if done.timed_out or not duration or not rate:
         return None
-    hours, minutes, seconds = found.groups()
-    return round((int(hours) * 3600 + int(minutes) * 60 + float(seconds)) * 1000)
+    hours, minutes, seconds = duration.groups()
+    return _plausible_ms(int(hours) * 3600 + int(minutes) * 60 + float(seconds), int(rate.group(1)), limits)
 
 
 def duration_ms(pcm: np.ndarray) -> int:

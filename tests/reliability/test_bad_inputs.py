@@ -43,6 +43,11 @@ def _media_cases(root):
     wav[40:44] = (16000 * 2 * 3600 * 5).to_bytes(4, "little")
     wav[4:8] = (16000 * 2 * 3600 * 5 + 36).to_bytes(4, "little")
     add("header-claims-hours.wav", bytes(wav), None)
+    # a header saying 1 Hz over 1 MB of samples (142 hours by its word), rejected before decoding (empty transcript)
+    one_hertz = bytearray(open(write_wav(root / "one-hertz.tmp", 32.0), "rb").read())
+    (root / "one-hertz.tmp").unlink()
+    one_hertz[24:28], one_hertz[28:32] = (1).to_bytes(4, "little"), (2).to_bytes(4, "little")
+    add("one-hertz-header.wav", bytes(one_hertz), "empty_transcript")
     # rates, channels, sample formats: resampled and down-mixed, kept
     audio, rate = soundfile.read(JFK, dtype="float32")
     audio = audio.mean(axis=1) if audio.ndim > 1 else audio
@@ -69,6 +74,7 @@ def _media_cases(root):
     for name in cases:
         (root / (name.rsplit(".", 1)[0] + ".srt")).write_text(CUE)
     (root / "header-claims-hours.srt").write_text(srt([(0.0, 0.9, "A one second tone.")]))
+    (root / "one-hertz-header.srt").write_text("")
     return cases
 
 
@@ -165,6 +171,14 @@ def test_a_cue_longer_than_a_window_is_dropped_and_counted(hostile_run):
     assert [(r["reason"], r["start_ms"], r["end_ms"]) for r in stretches] == [("cue_too_long", 0, 35000)]
     kept = [r["text"] for r in committed_rows(out, "corpus") if r["source"].endswith("one-cue-longer-than-30s.wav") and r["has_speech"]]
     assert kept == ["A short one."]
+
+
+def test_rejects_before_decoding_get_no_hours_from_a_lying_header_or_a_refused_path(hostile_run):
+    """The header probe trusts a plausible header only, and never opens a path discovery refused (the symlink)."""
+    out, _, _ = hostile_run
+    assert _reason_of(out, "one-hertz-header.wav")["duration_ms"] is None
+    assert _reason_of(out, "escape.flac")["duration_ms"] is None
+    assert json.loads((out / "summary.json").read_text())["hours"]["in"] < 1
 
 
 def test_decoded_length_is_trusted_over_the_header(hostile_run):
