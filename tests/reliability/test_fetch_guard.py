@@ -342,7 +342,7 @@ def _trickle(handler) -> None:
     handler.wfile.write(b"<html><body>")
     for _ in range(100):  # 10 bytes every 50 ms: never a stall long enough for the socket timeout
         time.sleep(0.05)
-        handler.wfile.write(b"<p>slow</p>"[:10])
+        handler.wfile.write(b"slow text ")
         handler.wfile.flush()
 
 
