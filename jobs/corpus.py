@@ -200,10 +200,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
 
     model_memory_gb = check_engine(config["language"]) if config["language"].enabled else None
-    splits = plan_splits(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]), config["sources"])
     out.prepare({"job": "corpus", "sources": source_paths, "config": plain}, args.overwrite)
+    splits = plan_splits(fetch_url_sources(source_paths, args, config["ray"], config["fetch"]), config["sources"])
     if args.retry_transient:
-        log.info("--retry-transient: %d shards with transient rejects taken back", out.retire(transient_shards(out)))
+        log.info("--retry-transient: %d shards with transient rejects taken back", out.retire(out.transient_shards()))
     for attempt in range(MAX_PASSES):
         found, plan = process_pending(out, config, splits, verdicts, model_memory_gb)
         audio, redo = dedup_audio(out, config, plan, reuse_pairs=plan is None)
@@ -215,6 +215,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         raise JobFailed(f"audio dedup decisions did not settle after {MAX_PASSES} passes; rerun the same command")
     summary = summarize(out, found, {"elapsed_s": round(time.monotonic() - started, 1), "output": out.location, "audio_duplicates": audio})
     accounting.reject_fraction(summary, args.max_reject_fraction)
+    accounting.error_budget(summary, args.max_error_fraction)
     out.write_json("summary.json", summary)
     return summary
 
@@ -280,11 +281,6 @@ def shards_to_redo(out: OutputDir, found: np.ndarray, decisions: DuplicateDecisi
         if any(keeper != before.get(source_id) for source_id, keeper in zip(ids, now)):
             redo.append(marker["shard"])
     return redo
-
-
-def transient_shards(out: OutputDir) -> list[str]:
-    """The committed shards holding rejects of faults that may pass (read errors, killed decoders, timeouts)."""
-    return [marker["shard"] for marker in out.iter_markers() if marker.get("transient")]
 
 
 def dedup_audio(out: OutputDir, config: dict[str, Any], plan: Plan | None, reuse_pairs: bool) -> tuple[dict[str, Any], list[str]]:

@@ -182,6 +182,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         },
     )
     accounting.reject_fraction(summary, args.max_reject_fraction)
+    accounting.error_budget(summary, args.max_error_fraction)
     write_json_atomically(out.root / "summary.json", summary)
     return summary
 

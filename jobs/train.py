@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.io import lifecycle
 from pipeline.io.commit import OutputError, committed_files, write_json_atomically
-from pipeline.io.storage import atomic_file
+from pipeline.io.storage import Store, atomic_file
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
 from pipeline.run.runner import Plan, RayOptions
@@ -109,13 +110,13 @@ def model_dims(spec: str) -> dict[str, int]:
 
 
 def prepare_output(out: Path, run_doc: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    run_file = out / "run.json"
-    if run_file.exists():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
+    """The output folder's lifecycle (``pipeline.io.lifecycle``): a folder of something else is refused untouched, a
+    second run at once too; ``--overwrite`` removes only what a training run writes there."""
+    store = Store(out)
+    previous = lifecycle.claim(store, "train")
+    if previous is not None:
         if overwrite:
-            for name in (CHECKPOINTS, "metrics.json", "summary.json", "loss_curve.png", "run.json"):
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            lifecycle.remove_owned(store, (CHECKPOINTS, "metrics.json", "summary.json", "loss_curve.png", "run.json"))
         elif not resume:
             raise OutputError(f"{out} holds a training run: pass --resume to continue it or --overwrite to start over")
         elif previous.get("fingerprint") != run_doc["fingerprint"]:
@@ -123,10 +124,10 @@ def prepare_output(out: Path, run_doc: dict[str, Any], resume: bool, overwrite: 
                 f"{out} was trained with another config or corpus ({previous.get('fingerprint')}); --resume needs the same "
                 "ones (the data order depends on them); use --overwrite or another --out"
             )
-    elif resume and out.exists() and any(out.iterdir()):
-        raise OutputError(f"{out} has no run.json: nothing to resume")
+    elif resume:
+        raise OutputError(f"{out} holds no training run (no run.json): nothing to resume")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(run_file, run_doc)
+    write_json_atomically(out / "run.json", run_doc)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:

@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", choices=("transcribe", "translate"))
     parser.add_argument("--formats", default="parquet,srt", help=f"parquet plus any of {','.join(OUTPUT_FORMATS)} (default: parquet,srt)")
     parser.add_argument("--group-by", help="rank compared sources by folder (dir, default) or by a manifest field, e.g. uploader")
+    parser.add_argument("--retry-transient", action="store_true",
+                        help="transcribe again the files rejected by faults that may pass (read errors, killed decoders, timeouts)")
     add_common_arguments(parser, "transcribe")
     args = parser.parse_args(argv)
     if not args.inputs and not args.compare_with:
@@ -134,6 +136,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     found = discover(args, config["sources"])
     run_doc = {"job": "transcribe", "inputs": inputs, "config": to_plain(config)}
+    out.prepare(run_doc, args.overwrite)
+    if args.retry_transient:
+        log.info("--retry-transient: %d shards with transient rejects taken back", out.retire(out.transient_shards()))
     keys, todo = out.start(found.sources, found.rejects, run_doc, args.overwrite, config["output"])
     log.info("%d files found (%d rejected at discovery), %d already done, %d to transcribe", len(keys), len(found.rejects),
              len(found.sources) - len(todo), len(todo))
@@ -153,6 +158,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     summary.update(elapsed_s=round(elapsed, 1), output=out.location)
     summary["real_time_factor"] = round(summary["hours"]["audio"] * 3600 / max(elapsed, 1e-9), 2) if todo else None
     accounting.reject_fraction(summary, args.max_reject_fraction)
+    accounting.error_budget(summary, args.max_error_fraction)
     out.write_json("summary.json", summary)
     return summary
 

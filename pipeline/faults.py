@@ -10,7 +10,8 @@ before its marker). Actions:
 - ``enospc``: ``OSError(ENOSPC)``, like a full disk.
 
 Each fault fires once per ``WSPSR_FAULTS_DIR``, across all processes (an exclusive-create file records it), so a
-retried task or restarted actor then succeeds. Unset, this costs one dictionary lookup per call.
+retried task or restarted actor then succeeds; ``ACTION*N@POINT`` fires N times (``raise*1000@stage:NAME``: a bug
+that every row meets). Unset, this costs one dictionary lookup per call.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ def inject(point: str) -> None:
         action, _, where = item.strip().partition("@")
         if where != point:
             continue
+        action, _, times = action.partition("*")
         if action not in ACTIONS:
             raise ValueError(f"WSPSR_FAULTS: unknown action {action!r} (one of {', '.join(ACTIONS)})")
-        if not _first_time(f"{action}@{point}"):
+        if not any(_first_time(f"{action}@{point}" + (f".{n}" if n else "")) for n in range(int(times or 1))):
             continue
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)

@@ -34,6 +34,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, job: str, reject_fract
         "--max-reject-fraction", type=_fraction, metavar="F",
         help="exit non-zero (after writing everything) when more than this fraction of the inputs is rejected",
     )
+    parser.add_argument(
+        "--max-error-fraction", type=_fraction, metavar="F", default=0.01,
+        help="exit non-zero (after writing everything) when more than this fraction of the inputs met an unexpected "
+             "error in a stage (internal_error rejects; default 0.01)",
+    )
 
 
 def _fraction(text: str) -> float:
@@ -97,6 +102,12 @@ def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report
     report(summary)
     if not summary["accounting"]["ok"]:
         print(f"wspsr {name}: error: accounting check failed (see summary.json)", file=sys.stderr)
+        return 1
+    if not summary.get("error_fraction", {}).get("ok", True):
+        errors = summary["error_fraction"]
+        print(f"wspsr {name}: error: {errors['internal_errors']} inputs ({errors['value']:.1%}) met an unexpected error in a stage, "
+              f"more than --max-error-fraction {errors['max']}: everything else is committed; the rejects with reason "
+              "internal_error name the stage and the exception", file=sys.stderr)
         return 1
     if not summary.get("reject_fraction", {}).get("ok", True):
         fraction = summary["reject_fraction"]

@@ -47,10 +47,15 @@ class Stage:
 
 
 def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Reject]) -> pa.Table:
-    """Apply a per-row function; a returned ``Reject`` marks that row rejected (its other columns unchanged)."""
+    """Apply a per-row function; a returned ``Reject`` marks that row rejected (its other columns unchanged), and so
+    does an exception the function raises on a row (``internal_error``: a bug or a library's limit met by one input
+    is that input's reject, the other rows go on)."""
     rows = []
     for row in batch.to_pylist():
-        result = fn(row)
+        try:
+            result = fn(row)
+        except Exception as exc:
+            result = internal_error(exc)
         if isinstance(result, Reject):
             row = dict(row, reject_reason=result.reason.value, reject_detail=result.detail)
             if result.duplicate_of is not None:
@@ -61,6 +66,12 @@ def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Re
         else:
             rows.append(result)
     return table_from_rows(rows) if rows else batch
+
+
+def internal_error(exc: BaseException) -> Reject:
+    """The reject of a row a stage raised on: the exception's type and message (the stage is stamped on the row)."""
+    message = " ".join(str(exc).split())[:500] or "(no message)"
+    return Reject(RejectReason.INTERNAL_ERROR, f"{type(exc).__name__}: {message}")
 
 
 def active_mask(batch: pa.Table) -> pa.ChunkedArray | None:
@@ -88,17 +99,41 @@ def apply_stage(stage: Stage, batch: pa.Table, state: Any = None) -> pa.Table:
         active, passed = batch, None
     else:
         active, passed = batch.filter(mask), batch.filter(pc.invert(mask))
-    if active.num_rows:
-        faults.inject(f"stage:{stage.name}")
-        out = stage.fn(active, stage.options, state) if stage.is_model_stage else stage.fn(active, stage.options)
-        out = _stamp_stage(out, stage.name)
-    else:
-        out = active
+    out = _stamp_stage(_isolated(stage, active, state), stage.name) if active.num_rows else active
     if passed is None or passed.num_rows == 0:
         return out
     if out.num_rows == 0:
         return passed
     return pa.concat_tables([out, passed], promote_options="permissive")
+
+
+def _isolated(stage: Stage, batch: pa.Table, state: Any) -> pa.Table:
+    """The stage over a batch; if it raises, over each row alone, and a row that raises alone is rejected as
+    ``internal_error``: one input that breaks a stage never takes its batch, its block or the run with it."""
+    try:
+        return _call(stage, batch, state)
+    except Exception as exc:
+        if batch.num_rows == 1:
+            return _as_internal_error(batch, exc)
+    parts = []
+    for i in range(batch.num_rows):
+        row = batch.slice(i, 1)
+        try:
+            parts.append(_call(stage, row, state))
+        except Exception as exc:
+            parts.append(_as_internal_error(row, exc))
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _call(stage: Stage, batch: pa.Table, state: Any) -> pa.Table:
+    faults.inject(f"stage:{stage.name}")
+    return stage.fn(batch, stage.options, state) if stage.is_model_stage else stage.fn(batch, stage.options)
+
+
+def _as_internal_error(row: pa.Table, exc: BaseException) -> pa.Table:
+    reject = internal_error(exc)
+    values = dict(row.to_pylist()[0], reject_reason=reject.reason.value, reject_detail=reject.detail)
+    return table_from_rows([values])
 
 
 def _stamp_stage(table: pa.Table, name: str) -> pa.Table:

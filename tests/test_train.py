@@ -32,7 +32,7 @@ def train_in_process(out: Path, corpus: Path, *args: str) -> dict:
 def trainer_state(out: Path, step: int) -> dict:
     import torch
 
-    return torch.load(out / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt", map_location="cpu", weights_only=False)
+    return torch.load(out / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt", map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow

@@ -112,7 +112,10 @@ class OutputDir:
             return
         previous = lifecycle.claim(self.store, run_doc.get("job", "?"))
         if previous is not None:
-            if previous.get("fingerprint") != self.fingerprint and not overwrite:
+            other_config = previous.get("fingerprint") != self.fingerprint
+            if other_config and not overwrite and not marker_names(self.store):  # nothing committed: nothing to protect
+                overwrite = True
+            if other_config and not overwrite:
                 raise OutputError(
                     f"{self.location} holds output of a different config (fingerprint {previous.get('fingerprint')}, this run "
                     f"{self.fingerprint}); pass --overwrite to replace it or choose another --out"
@@ -161,6 +164,11 @@ class OutputDir:
         if len(keys) == 0:
             return []
         return [marker["shard"] for marker in self.iter_markers() if _any_in(input_keys(marker), keys)]
+
+    def transient_shards(self) -> list[str]:
+        """The committed shards holding rejects of faults that may pass (read errors, killed decoders, timeouts):
+        what ``--retry-transient`` takes back."""
+        return [marker["shard"] for marker in self.iter_markers() if marker.get("transient")]
 
     def retire(self, shards: Iterable[str]) -> int:
         """Take committed shards back (their inputs are processed again): a pending record names their files, then

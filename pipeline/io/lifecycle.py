@@ -237,3 +237,16 @@ def claim(store: Store, job: str) -> dict[str, Any] | None:
     check_ownership(store, job)
     lock_folder(store)
     return check_ownership(store, job)  # again under the lock: another run may have claimed it meanwhile
+
+
+def remove_owned(store: Store, names: tuple[str, ...]) -> None:
+    """Files and folders a job writes at the top of its own folder, removed: a link is removed itself, never what
+    it points to."""
+    import shutil
+
+    for name in names:
+        path = Path(store.path(name))
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        elif path.is_dir():
+            shutil.rmtree(path)

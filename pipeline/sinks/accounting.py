@@ -146,3 +146,17 @@ def reject_fraction(summary_doc: dict[str, Any], limit: float | None) -> None:
     block = summary_doc["inputs"]
     fraction = block["rejected"] / block["in"] if block["in"] else 0.0
     summary_doc["reject_fraction"] = {"value": round(fraction, 4), "max": limit, "ok": limit is None or fraction <= limit}
+
+
+INTERNAL_ERROR = "internal_error"
+DEFAULT_MAX_ERROR_FRACTION = 0.01
+
+
+def error_budget(summary_doc: dict[str, Any], limit: float) -> None:
+    """Record whether the inputs that a stage raised on (``internal_error`` rejects) stay within
+    ``--max-error-fraction``: a few are inputs no rule foresaw; more means a bug that every input meets, and the run
+    fails after committing everything else."""
+    block = summary_doc["inputs"]
+    errors = block["rejected_by_reason"].get(INTERNAL_ERROR, 0)
+    fraction = errors / block["in"] if block["in"] else 0.0
+    summary_doc["error_fraction"] = {"internal_errors": errors, "value": round(fraction, 4), "max": limit, "ok": fraction <= limit}

@@ -169,11 +169,10 @@ def fingerprint_rows(kept: pa.Table) -> pa.Table:
 
 
 def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions) -> dict[str, Any]:
+    batch = _without_empty_sources(batch)
     stats = empty_stats()
     rejects, sources, keys = reject_rows(batch, stats)
     kept = batch.filter(pc.is_null(batch["reject_reason"])) if "reject_reason" in batch.column_names else batch
-    if kept.num_rows and pc.any(pc.equal(pc.fill_null(pc.list_value_length(kept["windows"]), 0), 0)).as_py():
-        raise RuntimeError("a source is neither rejected nor has windows (a stage bug)")
     corpus = window_rows(kept)
     window_stats(corpus, stats)
     rejects_table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
@@ -199,6 +198,23 @@ def text_duplicates(rejects: pa.Table) -> dict[str, str]:
 def _transient_count(rejects: pa.Table) -> int:
     """Rejects of faults that may pass (``--retry-transient`` takes their shards back)."""
     return int(pc.sum(pc.fill_null(rejects["transient"], False).cast(pa.int64())).as_py() or 0) if rejects.num_rows else 0
+
+
+def _without_empty_sources(batch: pa.Table) -> pa.Table:
+    """A source neither rejected nor holding a window (a stage bug) becomes its own ``internal_error`` reject."""
+    if batch.num_rows == 0 or "windows" not in batch.column_names:
+        return batch
+    active = pc.is_null(batch["reject_reason"]) if "reject_reason" in batch.column_names else pa.array([True] * batch.num_rows)
+    empty = pc.and_(active, pc.equal(pc.fill_null(pc.list_value_length(batch["windows"]), 0), 0))
+    if not pc.any(empty).as_py():
+        return batch
+    reason = pc.if_else(empty, RejectReason.INTERNAL_ERROR.value, batch["reject_reason"] if "reject_reason" in batch.column_names else pa.scalar(None, pa.string()))
+    detail = pc.if_else(empty, "a source neither rejected nor given a window (a stage bug)",
+                        batch["reject_detail"] if "reject_detail" in batch.column_names else pa.scalar(None, pa.string()))
+    stage = pc.if_else(empty, "commit", batch["reject_stage"] if "reject_stage" in batch.column_names else pa.scalar(None, pa.string()))
+    for name, column in (("reject_reason", reason), ("reject_detail", detail), ("reject_stage", stage)):
+        batch = batch.set_column(batch.column_names.index(name), name, column) if name in batch.column_names else batch.append_column(name, column)
+    return batch
 
 
 def _corpus_parts(corpus: pa.Table, options: OutputOptions) -> list[pa.Table]:

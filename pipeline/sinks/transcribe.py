@@ -79,8 +79,9 @@ def commit_transcribe_batch(batch: pa.Table, out: OutputDir, options: OutputOpti
         "comparison": [pa.Table.from_pylist(comparison_out, schema=COMPARISON_SCHEMA)],
     }
     ids = sources["kept"] + sources["rejected"]
+    transient = sum(1 for r in rejects_out if r.get("transient"))
     return out.commit_shard(shard_id(ids), tables, sources, dict(stats), options, extra_files=files,
-                            inputs=inputs_of(ids, keys["kept"] + keys["rejected"]))
+                            inputs=inputs_of(ids, keys["kept"] + keys["rejected"]), marker_fields={"transient": transient})
 
 
 def summarize_transcription(out: OutputDir, found: np.ndarray, names: dict[int, str] | None = None, rank_top: int = 20) -> dict[str, Any]:

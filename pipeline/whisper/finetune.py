@@ -143,7 +143,7 @@ def token_loss(model, mel, inputs, labels):
 def load_trainer_state(folder: Path) -> dict[str, Any]:
     import torch
 
-    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def load_model_for_training(spec: str, device):
