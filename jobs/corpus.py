@@ -28,7 +28,7 @@ from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.sinks.corpus import CORPUS_TABLES, audio_work, commit_corpus_batch, publish_shards, summarize
 from pipeline.whisper.engines import ENGINES
 from pipeline.sinks import accounting
-from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, releases_folders, run_job
 from pipeline.whisper.models import prepare_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.io.sources import DISCOVERED_SCHEMA, SourceOptions, SourceSplit, duplicate_reject, plan_splits, read_split, split_rows
@@ -175,6 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@releases_folders
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     config = resolve_config(

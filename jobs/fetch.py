@@ -26,7 +26,7 @@ from pipeline.sinks.fetch import (
     summarize_fetch, jsonl_bytes,
 )
 from pipeline.sinks import accounting
-from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, releases_folders, run_job
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import RejectReason, RejectScope, table_from_rows
 from pipeline.stage import Stage
@@ -122,6 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@releases_folders
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     config = resolve_config(

@@ -29,7 +29,7 @@ from pipeline.io import lifecycle
 from pipeline.io.commit import OutputError, committed_files, write_json_atomically
 from pipeline.io.storage import Store, atomic_file
 from pipeline.config import ConfigError, to_plain, to_toml
-from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, releases_folders, run_job
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.eval.splits import group_of, select_split, threshold_of_positions, window_positions
 from pipeline.stage import Stage
@@ -130,6 +130,7 @@ def prepare_output(out: Path, run_doc: dict[str, Any], resume: bool, overwrite: 
     write_json_atomically(out / "run.json", run_doc)
 
 
+@releases_folders
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     config = resolve_config(

@@ -19,7 +19,7 @@ from pipeline.io.commit import OutputDir, OutputOptions
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.whisper.engines import ENGINES, DecodingOptions
 from pipeline.sinks import accounting
-from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, run_job
+from pipeline.jobargs import add_common_arguments, output_fingerprint, resolve_config, releases_folders, run_job
 from pipeline.whisper.models import prepare_model
 from pipeline.run.runner import Plan, RayOptions
 from pipeline.schema import table_from_rows
@@ -112,6 +112,7 @@ def discover(args: argparse.Namespace, options: SourceOptions) -> Discovery:
     return found
 
 
+@releases_folders
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     formats = parse_formats(args.formats)

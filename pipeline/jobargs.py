@@ -74,6 +74,22 @@ def output_fingerprint(config: Mapping[str, Any], inputs: list[str], files: list
     return fingerprint(produced)
 
 
+def releases_folders(run: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A job's ``run`` gives back the output-folder locks it took however it ends (called by ``main`` or in-process)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapped(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        from pipeline.io.lifecycle import release_folders
+
+        try:
+            return run(*args, **kwargs)
+        finally:
+            release_folders()
+
+    return wrapped
+
+
 def run_job(name: str, run: Callable[[list[str] | None], dict[str, Any]], report: Callable[[dict[str, Any]], None], argv: list[str] | None) -> int:
     """A job's ``main``: run it, print its summary; exit 2 on a usage or setup error, 1 when accounting fails."""
     from pipeline.io.lifecycle import OutputError, release_folders

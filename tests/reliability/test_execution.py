@@ -110,14 +110,28 @@ def test_disk_full_while_committing(sources, clean, tmp_path):
     assert rows(out) == clean[1]
 
 
-def test_a_bug_in_a_stage_fails_the_run_loudly_and_a_rerun_finishes(sources, clean, tmp_path):
+def test_a_bug_on_one_batch_is_retried_row_by_row(sources, clean, tmp_path):
+    """The stage raises once on a whole batch: the batch runs again row by row and every row comes through."""
     out = tmp_path / "out"
-    failed = run(corpus_cmd(sources, out), faults="raise@stage:segment_into_windows", tmp=tmp_path, check=False)
-    assert failed.returncode != 0 and "injected fault at stage:segment_into_windows" in failed.stderr
-    assert not (out / "summary.json").exists()
-    run_in_process(sources, out)
+    run(corpus_cmd(sources, out, "--set", "ray.sources_per_block=4"), faults="raise@stage:segment_into_windows", tmp=tmp_path)
+    assert (tmp_path / "fired" / "raise@stage_segment_into_windows").exists()
     assert_accounted(out, "corpus")
     assert rows(out) == clean[1]
+
+
+def test_a_bug_every_row_meets_is_rejected_per_row_and_fails_the_run_past_the_error_budget(sources, tmp_path):
+    """A stage that raises on every row: each row becomes its own internal_error reject (stage, exception), everything
+    is committed and accounted for, and the run exits 1 because the error budget is spent."""
+    out = tmp_path / "out"
+    failed = run(corpus_cmd(sources, out), faults="raise*100@stage:segment_into_windows", tmp=tmp_path, check=False)
+    assert failed.returncode == 1 and "--max-error-fraction" in failed.stderr
+    summary = assert_accounted(out, "corpus")
+    assert summary["inputs"]["rejected_by_reason"] == {"bad_audio": 1, "internal_error": 12}
+    assert summary["error_fraction"] == {"internal_errors": 12, "value": round(12 / 13, 4), "max": 0.01, "ok": False}
+    errors = [r for r in reject_rows(out) if r["reason"] == "internal_error"]
+    assert {(r["stage"], r["detail"]) for r in errors} == {("segment_into_windows", "RuntimeError: injected fault at stage:segment_into_windows")}
+    # The budget is a setting: with room for them the same run succeeds (a rerun changes nothing committed).
+    assert run(corpus_cmd(sources, out, "--max-error-fraction", "1.0")).returncode == 0
 
 
 def test_one_worker_and_bigger_blocks_give_the_same_rows(sources, clean, tmp_path):

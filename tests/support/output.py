@@ -45,8 +45,9 @@ def markers(out: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted((out / "_commits").glob("*.json")) if not path.name.startswith(".tmp-")]
 
 
-def assert_accounted(out: Path, output_table: str) -> dict:
-    """Check the invariant from the files themselves (not only the summary); return the summary."""
+def assert_accounted(out: Path, output_table: str, foreign: set[str] = frozenset()) -> dict:
+    """Check the invariant from the files themselves (not only the summary); return the summary. ``foreign``: files
+    (relative paths) a user put into the folder, which the job must leave alone."""
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accounting"]["ok"], summary["accounting"]
     kept = {row["source_id"] for row in committed_rows(out, output_table)}
@@ -61,6 +62,6 @@ def assert_accounted(out: Path, output_table: str) -> dict:
     assert not list(out.rglob(".tmp-*")), "temporary files left behind"
     # every data file on disk is named by a marker (nothing half-committed is visible)
     named = {f"{t}/{n}" for m in markers(out) for t, ns in m["files"].items() for n in ns}
-    on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")}
+    on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")} - set(foreign)
     assert on_disk <= named, f"uncommitted files: {on_disk - named}"
     return summary
