@@ -280,32 +280,54 @@ def test_a_timeout_is_tried_again_then_transient(flaky_ffmpeg):
 
 
 def test_object_store_read_errors_are_tried_again(monkeypatch):
+    """Read errors while looking the object up or copying it may pass; a location that cannot be opened will not."""
     import contextlib
 
     import pyarrow.fs as pafs
 
     from pipeline.io import media, storage
 
-    failures = []
+    failures = {"info": 0, "copy": 0}
+    failing = {"info": 0, "copy": 0}
+
+    def flaky(step):
+        if failures[step] < failing[step]:
+            failures[step] += 1
+            raise OSError("connection reset by peer")
+
+    def flaky_info(location):
+        flaky("info")
+        return pafs.FileInfo(location, type=pafs.FileType.File, size=1000)
 
     @contextlib.contextmanager
     def flaky_copy(location):
-        if len(failures) < failing:
-            failures.append(location)
-            raise OSError("connection reset by peer")
+        flaky("copy")
         yield JFK
 
-    monkeypatch.setattr(storage, "info", lambda location: pafs.FileInfo(location, type=pafs.FileType.File, size=1000))
+    monkeypatch.setattr(storage, "info", flaky_info)
     monkeypatch.setattr(storage, "local_copy", flaky_copy)
     monkeypatch.setattr(media, "RETRY_DELAY_S", 0.01)
-    failing = 1
-    assert len(decode_audio("s3://bucket/jfk.flac")) == 176000 and len(failures) == 1
-    failures.clear()
-    failing = 10
+    failing.update(info=1, copy=media.DECODE_ATTEMPTS - 1)
+    assert len(decode_audio("s3://bucket/jfk.flac")) == 176000
+    assert failures == {"info": 1, "copy": media.DECODE_ATTEMPTS - 1}
+    for step in ("info", "copy"):
+        failures.update(info=0, copy=0)
+        failing.update(info=0, copy=0)
+        failing[step] = 10
+        with pytest.raises(DecodeError) as err:
+            decode_audio("s3://bucket/jfk.flac")
+        assert (err.value.reason, err.value.transient) == (RejectReason.AUDIO_NOT_FOUND, True)
+        assert failures[step] == media.DECODE_ATTEMPTS
+
+    def unopenable(location):
+        failures["copy"] += 1
+        raise storage.StorageError(f"cannot open {location!r}: unknown scheme")
+
+    failures.update(info=0, copy=0)
+    monkeypatch.setattr(storage, "local_copy", unopenable)
     with pytest.raises(DecodeError) as err:
         decode_audio("s3://bucket/jfk.flac")
-    assert (err.value.reason, err.value.transient) == (RejectReason.AUDIO_NOT_FOUND, True)
-    assert len(failures) == media.DECODE_ATTEMPTS
+    assert (err.value.reason, err.value.transient, failures["copy"]) == (RejectReason.AUDIO_NOT_FOUND, False, 1)
 
 
 def test_decoding_stops_at_the_duration_cap(tmp_path):

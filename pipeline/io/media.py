@@ -26,7 +26,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import ffmpeg
 import numpy as np
@@ -38,6 +38,7 @@ from pipeline.audio import SAMPLE_RATE, samples_to_ms
 from pipeline.retry import ATTEMPTS, BASE_DELAY_S, retry_transient
 from pipeline.schema import RejectReason
 
+T = TypeVar("T")
 # Container demuxers we accept (ffmpeg names; "mov" covers mp4/m4a, "matroska" covers webm).
 DEFAULT_FORMATS = (
     "wav,w64,flac,mp3,ogg,matroska,webm,mov,aac,aiff,caf,au,amr,asf,avi,mpegts,wv,ape,tta,loas,latm"
@@ -128,7 +129,7 @@ def check_audio_file(path: str | Path, limits: DecodeLimits = DecodeLimits()) ->
     """What can be told of an audio file without decoding it (there, a regular file, not empty, within the size
     limit); ``DecodeError`` with the reject reason otherwise. Costs one metadata call."""
     if storage.is_uri(path):
-        found = storage.info(str(path))
+        found = _retried(lambda: _object_store_call(path, lambda: storage.info(str(path))))
         if found.type != pafs.FileType.File:
             raise DecodeError(RejectReason.AUDIO_NOT_FOUND, "no such object" if found.type == pafs.FileType.NotFound else "not a file")
         if found.size > limits.max_file_mb * 1024 * 1024:  # refused before downloading it
@@ -277,22 +278,33 @@ def _decode(path: str | Path, limits: DecodeLimits, keep_channels: bool, fingerp
     """Each attempt has the whole ``limits.timeout_s``: a file takes at most ``DECODE_ATTEMPTS`` timeouts plus the
     retry delays before it is rejected."""
     check_audio_file(path, limits)
-    return retry_transient(lambda: _decode_once(path, limits, keep_channels, fingerprint), _is_transient,
-                           attempts=DECODE_ATTEMPTS, base_delay_s=RETRY_DELAY_S)
+    return _retried(lambda: _decode_once(path, limits, keep_channels, fingerprint))
+
+
+def _retried(call: Callable[[], T]) -> T:
+    return retry_transient(call, _is_transient, attempts=DECODE_ATTEMPTS, base_delay_s=RETRY_DELAY_S)
 
 
 def _is_transient(error: BaseException) -> bool:
     return isinstance(error, DecodeError) and error.transient
 
 
+def _object_store_call(uri: str | Path, call: Callable[[], T]) -> T:
+    """An object-store read error may pass (``DecodeError``, transient); a location pyarrow cannot open at all (no
+    bucket, an unknown scheme, bad settings: ``StorageError``) will not."""
+    try:
+        return call()
+    except storage.StorageError as exc:
+        raise DecodeError(RejectReason.AUDIO_NOT_FOUND, str(exc)) from None
+    except OSError as exc:
+        raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {uri}: {exc}", transient=True) from None
+
+
 def _decode_once(path: str | Path, limits: DecodeLimits, keep_channels: bool,
                  fingerprint: bool) -> tuple[np.ndarray, np.ndarray | None]:
     if storage.is_uri(path):
         with contextlib.ExitStack() as stack:
-            try:
-                local = stack.enter_context(storage.local_copy(str(path)))
-            except OSError as exc:
-                raise DecodeError(RejectReason.AUDIO_NOT_FOUND, f"cannot read {path}: {exc}", transient=True) from None
+            local = _object_store_call(path, lambda: stack.enter_context(storage.local_copy(str(path))))
             return _decode_once(local, limits, keep_channels, fingerprint)
     if not fingerprint:
         return _decode_local(Path(path), limits, keep_channels), None
