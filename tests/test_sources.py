@@ -170,3 +170,50 @@ def test_splits_find_what_one_pass_finds_with_stable_refs(tmp_path):
     assert sorted(r["source_id"] for r in rows if not r.get("reject_reason")) == sorted(r["source_id"] for r in found.sources)
     assert sorted(r["source"].removeprefix(f"{root}/") for r in found.sources if r.get("manifest") is None) == ["en/deeper/talk.mp3", "top.mp3"]
     assert sorted(r["source"].removeprefix(f"{root}/") for r in found.rejects) == ["de/rede.opus", "en/talk.mp3"]  # no transcript beside them
+
+
+def test_only_regular_files_are_paired_and_a_named_pipe_is_refused_unopened(tmp_path):
+    root = tmp_path / "d"
+    touch(root / "x.wav")
+    os.mkfifo(root / "x.srt")  # opening it would block for ever
+    touch(root / "sub" / "y.wav")
+    os.mkfifo(root / "sub" / "y.en.vtt")
+    found = discover_sources([str(root)])
+    assert found.sources == []
+    assert sorted((r["reason"], r["detail"]) for r in found.rejects) == [
+        ("unsafe_path", "sub/y.en.vtt is a named pipe, not a regular file"), ("unsafe_path", "x.srt is a named pipe, not a regular file")]
+
+
+def test_a_source_key_follows_what_the_file_is_not_where_it_is_listed(tmp_path):
+    root = tmp_path / "d"
+    touch(root / "b.wav")
+    touch(root / "b.txt", "first words")
+    def keys():
+        return {os.path.basename(r["audio_path"]): r["key"] for r in discover_sources([str(root)]).sources}
+
+    key = keys()["b.wav"]
+    touch(root / "a.wav")  # sorts before: positions shift, the key does not
+    touch(root / "a.txt")
+    assert keys()["b.wav"] == key
+    touch(root / "b.txt", "other words, longer")  # the file changed: a new source
+    assert keys()["b.wav"] != key
+
+
+def test_manifest_lines_out_of_any_range_are_their_own_rejects(tmp_path):
+    touch(tmp_path / "a.wav")
+    lines = [
+        json.dumps({"audio": "a.wav", "text": "Fine."}),
+        '{"audio": "a.wav", "text": "x", "meta": ' + "[" * 10_000 + "]" * 10_000 + "}",
+        '{"audio": "a.wav", "text": "x", "n": ' + "9" * 5_000 + "}",
+        '{"audio": "a.wav", "text": "x", "n": 1e400, "id": "big"}',
+        '{"audio": "a.wav", "text": "x", "language": ' + "[" * 31 + "]" * 31 + "}",
+        "\xff\xfe not utf-8",
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape").replace("\xff\xfe".encode(), b"\xff\xfe"))
+    found = discover_sources([str(manifest)])
+    assert len(found.sources) == 2  # the first line, and the line with 1e400 (an infinite float is a value like another)
+    reasons = sorted((r["reason"], r["detail"].split(":")[0]) for r in found.rejects)
+    assert reasons == [("bad_manifest_line", "line 2"), ("bad_manifest_line", "line 3"), ("bad_manifest_line", "line 5"),
+                       ("bad_manifest_line", "line 6")]
+    assert "nested deeper than 32" in next(r["detail"] for r in found.rejects if r["detail"].startswith("line 2"))
