@@ -2,26 +2,41 @@
 
 Reading (corpus and compare inputs) gives cues in integer milliseconds. Parsing is lenient about layout (missing
 hours, cue settings, tags, missing final blank line, CRLF) and strict about meaning: text we cannot decode with
-certainty is refused rather than guessed. Writing (``render``: per-file outputs of ``wspsr transcribe``) follows
-openai-whisper's command-line writers, and the JSON it writes reads back here.
+certainty is refused rather than guessed. A transcript is untrusted input, so reading does bounded work: only
+regular files are opened and at most the size limit read, every pattern runs in linear time, times beyond
+``MAX_CUE_MS`` make an invalid cue, and JSON deeper than ``MAX_JSON_DEPTH`` or with numbers longer than
+``MAX_JSON_NUMBER_CHARS`` is refused before it is parsed; whatever is wrong ends as a ``TranscriptError``.
+Writing (``render``: per-file outputs of ``wspsr transcribe``) follows openai-whisper's command-line writers, and
+the JSON it writes reads back here.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import html
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import pyarrow.fs as pafs
+
 from pipeline.io import storage
+from pipeline.retry import retry_transient
 from pipeline.schema import RejectReason
 
 TIMED_FORMATS = ("srt", "vtt", "json")
 FORMAT_BY_SUFFIX = {".srt": "srt", ".vtt": "vtt", ".json": "json", ".txt": "txt"}
+
+MAX_CUE_MS = 1000 * 3600 * 1000  # 1,000 hours: beyond any recording, far inside the int64 the cue rows store
+MAX_JSON_DEPTH = 100  # Whisper JSON nests 5 deep (word timings); json.loads recurses once per level
+MAX_JSON_NUMBER_CHARS = 100  # a time is a short decimal; Python's int() refuses over 4,300 digits with ValueError
 
 
 @dataclass(frozen=True)
@@ -41,12 +56,13 @@ class Transcript:
 
 
 class TranscriptError(ValueError):
-    """A transcript that cannot be used; ``reason`` becomes the reject code."""
+    """A transcript that cannot be used; ``reason`` becomes the reject code, ``transient`` says a retry may pass."""
 
-    def __init__(self, reason: RejectReason, detail: str):
+    def __init__(self, reason: RejectReason, detail: str, transient: bool = False):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.transient = transient
 
 
 _BOMS = (
@@ -87,7 +103,9 @@ def decode_text(data: bytes, encoding: str | None = None) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-_TAG = re.compile(r"<[^>\n]*>|\{\\[^}\n]*\}")  # HTML/VTT tags, ASS overrides like {\an8}
+# HTML/VTT tags, ASS overrides like {\an8}. A tag cannot contain its own opening character, so a scan from an
+# unclosed one stops at the next opener: linear, where "up to the closer" rescans the rest of the line per opener.
+_TAG = re.compile(r"<[^<>\n]*>|\{\\[^{}\n]*\}")
 _SPACE = re.compile(r"\s+")
 
 
@@ -100,9 +118,13 @@ _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:[,.](\d{1,3}))?"
 _TIMING_LINE = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}")
 
 
-def _to_ms(hours: str | None, minutes: str, seconds: str, fraction: str | None) -> int:
+def _to_ms(hours: str | None, minutes: str, seconds: str, fraction: str | None) -> int | None:
+    """None beyond ``MAX_CUE_MS`` (an hour field of any length matches the pattern)."""
+    if hours is not None and len(hours.lstrip("0")) > len(str(MAX_CUE_MS // 3_600_000)):
+        return None
     frac = int((fraction or "0").ljust(3, "0"))
-    return ((int(hours or 0) * 60 + int(minutes)) * 60 + int(seconds)) * 1000 + frac
+    ms = ((int(hours or 0) * 60 + int(minutes)) * 60 + int(seconds)) * 1000 + frac
+    return ms if ms <= MAX_CUE_MS else None
 
 
 def _parse_timing(line: str) -> tuple[int, int] | None:
@@ -110,7 +132,8 @@ def _parse_timing(line: str) -> tuple[int, int] | None:
     if not match:
         return None
     g = match.groups()
-    return _to_ms(*g[:4]), _to_ms(*g[4:])
+    start, end = _to_ms(*g[:4]), _to_ms(*g[4:8])
+    return None if start is None or end is None else (start, end)
 
 
 def _blocks(text: str) -> list[list[str]]:
@@ -127,24 +150,23 @@ def _blocks(text: str) -> list[list[str]]:
 
 
 def _cues_from_blocks(blocks: list[list[str]]) -> tuple[list[Cue], int]:
-    """Shared by SRT and VTT: a block's first ``-->`` line times it, the lines after are its text."""
-    cues: list[Cue] = []
+    """Shared by SRT and VTT: a block's first ``-->`` line times it, the lines after are its text. A cue's text
+    lines are gathered first and cleaned once, so any number of continuation blocks costs linear time."""
+    timed: list[tuple[int, int, list[str]]] = []
     invalid = 0
     for block in blocks:
         timing_at = next((i for i, line in enumerate(block) if "-->" in line), None)
         if timing_at is None:
             # Text that continues the previous cue across a stray blank line; a lone number is an SRT index.
-            if cues and not (len(block) == 1 and block[0].strip().isdigit()):
-                last = cues[-1]
-                cues[-1] = Cue(last.start_ms, last.end_ms, clean_cue_text(last.text + " " + " ".join(block)))
+            if timed and not (len(block) == 1 and block[0].strip().isdigit()):
+                timed[-1][2].extend(block)
             continue
         times = _parse_timing(block[timing_at])
         if times is None:
             invalid += 1
             continue
-        text = clean_cue_text(" ".join(block[timing_at + 1 :]))
-        cues.append(Cue(times[0], times[1], text))
-    return cues, invalid
+        timed.append((times[0], times[1], block[timing_at + 1 :]))
+    return [Cue(start, end, clean_cue_text(" ".join(lines))) for start, end, lines in timed], invalid
 
 
 def parse_srt(text: str) -> Transcript:
@@ -152,21 +174,82 @@ def parse_srt(text: str) -> Transcript:
     return _timed("srt", cues, invalid)
 
 
+_VTT_NON_CUE = re.compile(r"(?:NOTE|STYLE|REGION)(?:\s|$)")
+
+
 def parse_vtt(text: str) -> Transcript:
     text = text.lstrip("\ufeff")
     if not text.startswith("WEBVTT"):
         raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, "WebVTT file does not start with 'WEBVTT'")
     blocks = _blocks(text)[1:]  # the header block (WEBVTT line and header metadata)
-    blocks = [b for b in blocks if not re.match(r"^(NOTE|STYLE|REGION)(\s|$)", b[0])]
+    blocks = [b for b in blocks if not _VTT_NON_CUE.match(b[0])]
     cues, invalid = _cues_from_blocks(blocks)
     return _timed("vtt", cues, invalid)
 
 
-def parse_whisper_json(text: str) -> Transcript:
+# What is left of JSON text once strings (closed or not: the closing quote is optional, so a match never fails and
+# rescans) and everything but brackets are taken out: the brackets, whose running count is the nesting depth.
+_JSON_NOT_BRACKETS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[^\[\]{}"]+', re.DOTALL)
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects, outside strings; linear time, no recursion."""
+    brackets = np.frombuffer(_JSON_NOT_BRACKETS.sub("", text).encode("ascii"), np.uint8)
+    if not len(brackets):
+        return 0
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), np.int8(1), np.int8(-1))
+    return int(np.cumsum(steps, dtype=np.int32).max())
+
+
+class _JsonNumberTooLong(ValueError):
+    pass
+
+
+def _bounded_number(parse):
+    """``json.loads`` hands each number literal to its hook: refusing long ones keeps ``int()`` from raising on (or
+    spending time over) thousands of digits."""
+
+    def parse_bounded(literal: str):
+        if len(literal) > MAX_JSON_NUMBER_CHARS:
+            raise _JsonNumberTooLong(f"a number of {len(literal)} characters (limit {MAX_JSON_NUMBER_CHARS})")
+        return parse(literal)
+
+    return parse_bounded
+
+
+_parse_int, _parse_float = _bounded_number(int), _bounded_number(float)
+
+
+def _load_json(text: str) -> Any:
+    """``json.loads`` with bounded depth and number size; anything it cannot read is a format reject. NaN and
+    Infinity still parse: they are one segment's unreadable time (an invalid cue), not a broken file."""
+    depth = _json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"JSON nested {depth} deep (limit {MAX_JSON_DEPTH})")
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"invalid JSON: {exc}") from None
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except _JsonNumberTooLong as exc:
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"JSON with {exc}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:  # ValueError includes JSONDecodeError
+        detail = f"invalid JSON: {type(exc).__name__}: {exc}"
+        raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, detail) from None
+
+
+def _seconds_to_ms(value: Any) -> int | None:
+    """A JSON time in seconds as milliseconds; None when it is not a finite number within ``MAX_CUE_MS``."""
+    if isinstance(value, str) and len(value) > MAX_JSON_NUMBER_CHARS:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(seconds) or abs(seconds) * 1000 > MAX_CUE_MS:
+        return None
+    return round(seconds * 1000)
+
+
+def parse_whisper_json(text: str) -> Transcript:
+    doc = _load_json(text)
     segments = doc.get("segments") if isinstance(doc, dict) else doc
     language = doc.get("language") if isinstance(doc, dict) and isinstance(doc.get("language"), str) else None
     if segments is None and isinstance(doc, dict) and isinstance(doc.get("text"), str):
@@ -176,15 +259,14 @@ def parse_whisper_json(text: str) -> Transcript:
     cues: list[Cue] = []
     invalid = 0
     for seg in segments:
-        try:
-            start, end, seg_text = float(seg["start"]), float(seg["end"]), seg["text"]
-        except (KeyError, TypeError, ValueError):
+        if not isinstance(seg, dict):
             invalid += 1
             continue
-        if not (math.isfinite(start) and math.isfinite(end)) or not isinstance(seg_text, str):
+        start, end, seg_text = _seconds_to_ms(seg.get("start")), _seconds_to_ms(seg.get("end")), seg.get("text")
+        if start is None or end is None or not isinstance(seg_text, str):
             invalid += 1
             continue
-        cues.append(Cue(round(start * 1000), round(end * 1000), clean_cue_text(seg_text)))
+        cues.append(Cue(start, end, clean_cue_text(seg_text)))
     return _timed("json", cues, invalid, language)
 
 
@@ -207,13 +289,18 @@ def parse_whisper_cli(text: str) -> Transcript | None:
     if not lines:
         return None
     cues: list[Cue] = []
+    invalid = 0
     for line in lines:
         match = _WHISPER_CLI_LINE.match(line)
         if match is None:
             return None
         g = match.groups()
-        cues.append(Cue(_to_ms(*g[:4]), _to_ms(*g[4:8]), clean_cue_text(g[8])))
-    return _timed("whisper_cli", cues, 0)
+        start, end = _to_ms(*g[:4]), _to_ms(*g[4:8])
+        if start is None or end is None:
+            invalid += 1
+            continue
+        cues.append(Cue(start, end, clean_cue_text(g[8])))
+    return _timed("whisper_cli", cues, invalid)
 
 
 def parse_transcript(text: str, fmt: str) -> Transcript:
@@ -235,26 +322,92 @@ def transcript_format(path: str | Path) -> str | None:
 
 
 def read_transcript(path: str | Path, max_bytes: int, encoding: str | None = None) -> Transcript:
-    """``path`` is a local path or a URI (``s3://...``)."""
+    """``path`` is a local path or a URI (``s3://...``). A read error that may pass is tried again first."""
     fmt = transcript_format(path)
     if fmt is None:
         raise TranscriptError(RejectReason.BAD_TRANSCRIPT_FORMAT, f"unknown transcript extension {Path(path).suffix!r}")
     try:
-        if storage.is_uri(path):
-            size = storage.info(str(path)).size
-            data = storage.read_bytes(str(path)) if size is not None and size <= max_bytes else b""
-        else:
-            size = Path(path).stat().st_size
-            data = Path(path).read_bytes() if size <= max_bytes else b""
-        if size is None:
-            raise FileNotFoundError(2, "No such file or object", str(path))
-        if size > max_bytes:
-            raise TranscriptError(RejectReason.TRANSCRIPT_TOO_LARGE, f"{size} bytes > limit {max_bytes}")
+        data = retry_transient(lambda: _read_bounded(path, max_bytes), _is_transient_read_error)
     except OSError as exc:
-        raise TranscriptError(RejectReason.TRANSCRIPT_UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        raise TranscriptError(RejectReason.TRANSCRIPT_UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}",
+                              transient=_is_transient_read_error(exc)) from None
     if not data.strip():
         raise TranscriptError(RejectReason.EMPTY_TRANSCRIPT, "transcript file is empty or whitespace only")
     return parse_transcript(decode_text(data, encoding), fmt)
+
+
+# Errors that say the file is not there or not ours to read: the same on every try. Any other OSError (EIO, a
+# timeout, a reset connection, an object store's error without an errno) may pass.
+_PERMANENT_ERRNOS = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENAMETOOLONG,
+    errno.EINVAL, errno.ENXIO, errno.ENODEV,
+})
+
+
+def _is_transient_read_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno not in _PERMANENT_ERRNOS
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(mode: int) -> TranscriptError:
+    kind = next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "not a file")
+    return TranscriptError(RejectReason.TRANSCRIPT_UNREADABLE, f"not a regular file ({kind})")
+
+
+def _too_large(size: int, max_bytes: int) -> TranscriptError:
+    return TranscriptError(RejectReason.TRANSCRIPT_TOO_LARGE, f"{size} bytes > limit {max_bytes}")
+
+
+def _read_bounded(path: str | Path, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of a regular file or object; a named pipe, device or folder is never opened (reading
+    one could block for ever), and the bytes read, not the size reported, decide what is too large."""
+    if storage.is_uri(path):
+        found = storage.info(str(path))
+        if found.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(errno.ENOENT, "No such file or object", str(path))
+        if found.type != pafs.FileType.File:
+            raise TranscriptError(RejectReason.TRANSCRIPT_UNREADABLE, "not a regular file (a directory)")
+        if found.size is not None and found.size > max_bytes:
+            raise _too_large(found.size, max_bytes)
+        filesystem, inner = storage.resolve(str(path))
+        with filesystem.open_input_stream(inner) as stream:
+            data = stream.read(max_bytes + 1)
+    else:
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):
+            raise _not_regular(status.st_mode)
+        if status.st_size > max_bytes:
+            raise _too_large(status.st_size, max_bytes)
+        # Should the name become a pipe or a terminal after the check, opening it neither waits for a writer
+        # (O_NONBLOCK) nor takes the terminal (O_NOCTTY); fstat then refuses it.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise _not_regular(status.st_mode)
+            data = _read_up_to(fd, max_bytes + 1)
+        finally:
+            os.close(fd)
+    if len(data) > max_bytes:
+        raise TranscriptError(RejectReason.TRANSCRIPT_TOO_LARGE, f"over the limit of {max_bytes} bytes")
+    return data
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    parts, left = [], limit
+    while left > 0:
+        part = os.read(fd, min(left, 1 << 20))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 # --- writing ---------------------------------------------------------------------------------------------
 
