@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from pipeline.io.commit import OutputDir, OutputOptions, committed_files, input_keys, stale_keys, without_keys
 from pipeline.config import ConfigError, to_plain, to_toml
 from pipeline.sinks.corpus import CORPUS_TABLES, audio_work, commit_corpus_batch, publish_shards, summarize
+from pipeline.audio import SAMPLE_RATE
 from pipeline.whisper.engines import ENGINES
 from pipeline.sinks import accounting
 from pipeline.jobargs import JobFailed, add_common_arguments, output_fingerprint, resolve_config, releases_folders, run_job
@@ -85,15 +86,26 @@ def text_stages(config: dict[str, Any], verdicts: PseudoLabelVerdicts | None = N
 
 
 def audio_stages(config: dict[str, Any], model_memory_gb: float | None = None) -> list[Stage]:
+    """Decoding to windows one source at a time (a source's PCM is let go once its windows are cut, so a task holds
+    the PCM of about one recording, whatever the block holds), each task reserving the memory the longest recording
+    the limits allow needs; then the model stages over the block's windows."""
+    memory_gb = pcm_task_memory_gb(config["decode"])
+    per_source = {"batch_size": 1, "memory_gb": memory_gb}
     # With audio dedup the decode also fingerprints (the same ffmpeg run); the step itself runs after the commit.
-    stages = [Stage("decode_audio", decode_and_fingerprint if config["audio_dedup"].enabled else decode_audio, config["decode"])]
+    stages = [Stage("decode_audio", decode_and_fingerprint if config["audio_dedup"].enabled else decode_audio, config["decode"], **per_source)]
     if config["speaking_rate"].enabled:
-        stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"]))
-    stages.append(Stage("segment_into_windows", segment_into_windows, config["segment"]))
+        stages.append(Stage("check_speaking_rate", check_speaking_rate, config["speaking_rate"], **per_source))
+    stages.append(Stage("segment_into_windows", segment_into_windows, config["segment"], **per_source))
     if config["language"].enabled:
         stages.append(Stage("score_windows", score_windows, config["language"], setup=load_scoring_model, memory_gb=model_memory_gb))
         stages.append(Stage("judge_windows", judge_windows, config["language"]))
     return stages
+
+
+def pcm_task_memory_gb(limits: DecodeOptions) -> float:
+    """Memory a decoding task reserves: the longest recording the limits allow as 16 kHz PCM (held once: the stages
+    pass it on without copies) and its windows, plus a worker's own share."""
+    return round((1.5 * limits.max_seconds * SAMPLE_RATE * 2 + 256 * 2**20) / 2**30, 2)
 
 
 def verdicts_files(config: dict[str, Any]) -> list[str]:

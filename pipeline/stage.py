@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import faults
-from pipeline.schema import RejectReason, table_from_rows
+from pipeline.schema import STREAM_COLUMNS, RejectReason, table_from_rows
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Stage:
     num_gpus: float = 0.0
     concurrency: int | None = None  # model stages: number of actors; task stages: most tasks at once (None: Ray decides)
     batch_size: int | None = None  # rows per call; None: a whole block
-    memory_gb: float | None = None  # model stages: host memory an actor reserves (None: the runner's default)
+    memory_gb: float | None = None  # memory a model actor (or a task of a task stage) reserves; None: the runner's default
 
     @property
     def is_model_stage(self) -> bool:
@@ -49,9 +50,14 @@ class Stage:
 def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Reject]) -> pa.Table:
     """Apply a per-row function; a returned ``Reject`` marks that row rejected (its other columns unchanged), and so
     does an exception the function raises on a row (``internal_error``: a bug or a library's limit met by one input
-    is that input's reject, the other rows go on)."""
+    is that input's reject, the other rows go on). Recordings (``large_binary`` columns such as ``pcm``) reach the
+    function as read-only views of the batch's own buffers and leave it without a copy: a stage that passes a
+    recording on, or reads it, costs no memory of its size."""
+    recordings = [field.name for field in batch.schema if pa.types.is_large_binary(field.type)]
+    given = {name: _views(batch[name]) for name in recordings}
     rows = []
-    for row in batch.to_pylist():
+    for i, row in enumerate(batch.drop_columns(recordings).to_pylist() if recordings else batch.to_pylist()):
+        row.update({name: views[i] for name, views in given.items()})
         try:
             result = fn(row)
         except Exception as exc:
@@ -65,7 +71,44 @@ def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Re
             rows.append(row)
         else:
             rows.append(result)
-    return table_from_rows(rows) if rows else batch
+    return _table_of(rows, batch, given) if rows else batch
+
+
+def _views(column: pa.ChunkedArray) -> list[memoryview | None]:
+    """Each value of a binary column as a read-only view of the column's buffer (no copy)."""
+    views: list[memoryview | None] = []
+    for chunk in column.chunks:
+        _, offsets, data = chunk.buffers()
+        bounds = np.frombuffer(offsets, dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+        whole = memoryview(data) if data is not None else memoryview(b"")
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        views += [whole[bounds[i] : bounds[i + 1]] if valid[i] else None for i in range(len(chunk))]
+    return views
+
+
+def _table_of(rows: list[dict[str, Any]], batch: pa.Table, given: dict[str, list[memoryview | None]]) -> pa.Table:
+    """The output rows as a table; a recording a row passed on unchanged is the input's column (shared, not copied),
+    and one a row made anew is wrapped where it lies (a chunk of one value each)."""
+    recordings = [name for name, type_ in STREAM_COLUMNS.items() if pa.types.is_large_binary(type_) and any(name in row for row in rows)]
+    recordings += [name for name in given if name not in recordings]
+    table = table_from_rows([{k: v for k, v in row.items() if k not in recordings} for row in rows])
+    for name in recordings:
+        values = [row.get(name) for row in rows]
+        original = given.get(name)
+        if original is not None and all(value is view for value, view in zip(values, original)) and len(values) == len(original):
+            column = batch[name]
+        else:
+            column = pa.chunked_array([_one_value(value) for value in values], type=pa.large_binary())
+        table = table.append_column(name, column)
+    return table
+
+
+def _one_value(value: Any) -> pa.Array:
+    if value is None:
+        return pa.nulls(1, pa.large_binary())
+    data = pa.py_buffer(value)
+    offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int64))
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, data])
 
 
 def internal_error(exc: BaseException) -> Reject:
@@ -95,8 +138,10 @@ def rejected_rows(batch: pa.Table) -> pa.Table:
 def apply_stage(stage: Stage, batch: pa.Table, state: Any = None) -> pa.Table:
     """Run one stage on the still-active rows of a batch; rejected rows pass through untouched."""
     mask = active_mask(batch)
-    if mask is None:
+    if mask is None or pc.all(mask).as_py():  # no rejected row: no filtering, which would copy every column
         active, passed = batch, None
+    elif not pc.any(mask).as_py():
+        return batch
     else:
         active, passed = batch.filter(mask), batch.filter(pc.invert(mask))
     out = _stamp_stage(_isolated(stage, active, state), stage.name) if active.num_rows else active

@@ -265,9 +265,11 @@ class Plan:
             else:
                 # A task stage's concurrency bounds how many of its tasks run at once (e.g. downloads).
                 compute = ray.data.TaskPoolStrategy(size=stage.concurrency) if stage.concurrency else None
+                # A declared memory keeps Ray from running more such tasks on a node than its memory holds.
+                memory = {"memory": stage.memory_gb * 2**30} if stage.memory_gb else {}
                 dataset = dataset.map_batches(
                     _run_task_stage, fn_args=(stage,), batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus,
-                    compute=compute,
+                    compute=compute, **memory,
                 )
         return dataset
 
