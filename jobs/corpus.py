@@ -268,7 +268,7 @@ def process_pending(out: OutputDir, config: dict[str, Any], splits: list[SourceS
     del text
     audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config, model_memory_gb))
     # Rejected before decoding: their length from the container's header, so every reject has its hours.
-    dataset = plan.union(plan.map(plan.map(dataset, rejected_rows), probe_rejected), audio)
+    dataset = plan.union(plan.map(plan.map(dataset, rejected_rows), probe_rejected, config["decode"]), audio)
     for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options), total=len(found) - len(committed), what="sources"):
         pass
     return found, plan

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -130,10 +131,15 @@ def test_rerun_is_idempotent_and_resumes_after_a_crash(built, sources, tmp_path)
     shutil.copytree(out, again)
     assert run([*args, "--out", str(again)])["inputs"] == summary["inputs"]
     assert corpus_rows(again) == before_corpus and reject_rows(again) == before_rejects
-    # A crash: one shard's marker never written, a temporary file left behind.
+    # A crash: one shard's files written (its pending record names them) but not its marker, and a temporary file of
+    # an interrupted write beside one of them.
     markers = sorted((again / "_commits").glob("*.json"), key=lambda p: -len(json.loads(p.read_text())["sources"]["kept"]))
+    crashed = json.loads(markers[0].read_text())
+    files = sorted(f"{table}/{name}" for table, names in crashed["files"].items() for name in names)
+    (again / "_commits" / "_pending").mkdir(exist_ok=True)
+    (again / "_commits" / "_pending" / f"{crashed['shard']}.json").write_text(json.dumps({"shard": crashed["shard"], "files": files}))
     markers[0].unlink()
-    (again / "corpus" / ".tmp-part-half.parquet").write_bytes(b"PAR1 half")
+    (again / f"{files[0]}").with_name(f".tmp-{Path(files[0]).name}.k3x9_q2z").write_bytes(b"PAR1 half")
     resumed = run([*args, "--out", str(again)])
     assert resumed["accounting"]["ok"] and resumed["inputs"] == summary["inputs"]
     assert corpus_rows(again) == before_corpus and reject_rows(again) == before_rejects
