@@ -72,16 +72,18 @@ SECTIONS: dict[str, type] = {
 
 
 def text_stages(config: dict[str, Any], verdicts: PseudoLabelVerdicts | None = None) -> list[Stage]:
-    """Cheap per-transcript steps, run on every source before the global dedup step."""
+    """Cheap per-transcript steps, run on every source before the global dedup step; each bounded by
+    ``transcript.timeout_s`` per source (a transcript built to be slow is that source's ``stage_timeout``)."""
+    limit = {"timeout_s": config["transcript"].timeout_s}
     stages = [Stage("load_transcript", load_transcript, config["transcript"])]
     if verdicts is not None:
-        stages.append(Stage("check_pseudo_labels", check_pseudo_labels, verdicts))
+        stages.append(Stage("check_pseudo_labels", check_pseudo_labels, verdicts, **limit))
     if config["machine_generated"].enabled:
-        stages.append(Stage("detect_machine_generated", detect_machine_generated, config["machine_generated"]))
+        stages.append(Stage("detect_machine_generated", detect_machine_generated, config["machine_generated"], **limit))
     if config["language"].enabled:
-        stages.append(Stage("detect_text_language", detect_text_language, config["language"]))
+        stages.append(Stage("detect_text_language", detect_text_language, config["language"], **limit))
     if config["dedup"].enabled:
-        stages.append(Stage("compute_signatures", compute_signatures, config["dedup"]))
+        stages.append(Stage("compute_signatures", compute_signatures, config["dedup"], **limit))
     return stages
 
 

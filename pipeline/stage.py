@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import faults
+from pipeline.limits import TimeLimitExceeded, time_limit
 from pipeline.schema import STREAM_COLUMNS, RejectReason, table_from_rows
 
 
@@ -41,6 +42,7 @@ class Stage:
     concurrency: int | None = None  # model stages: number of actors; task stages: most tasks at once (None: Ray decides)
     batch_size: int | None = None  # rows per call; None: a whole block
     memory_gb: float | None = None  # memory a model actor (or a task of a task stage) reserves; None: the runner's default
+    timeout_s: float | None = None  # wall clock per row (a batch gets its rows' share); None: no limit
 
     @property
     def is_model_stage(self) -> bool:
@@ -63,7 +65,8 @@ def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Re
         except Exception as exc:
             result = internal_error(exc)
         if isinstance(result, Reject):
-            row = dict(row, reject_reason=result.reason.value, reject_detail=result.detail)
+            detail = f"{result.detail} (a fault that may pass, retried; --retry-transient tries again)" if result.transient else result.detail
+            row = dict(row, reject_reason=result.reason.value, reject_detail=detail)
             if result.duplicate_of is not None:
                 row["duplicate_of"] = result.duplicate_of
             if result.transient:
@@ -153,32 +156,38 @@ def apply_stage(stage: Stage, batch: pa.Table, state: Any = None) -> pa.Table:
 
 
 def _isolated(stage: Stage, batch: pa.Table, state: Any) -> pa.Table:
-    """The stage over a batch; if it raises, over each row alone, and a row that raises alone is rejected as
-    ``internal_error``: one input that breaks a stage never takes its batch, its block or the run with it."""
+    """The stage over a batch; if it raises (or runs past its rows' time), over each row alone, and a row that
+    raises alone is rejected as ``internal_error`` (one that runs past ``timeout_s`` as ``stage_timeout``): one input
+    that breaks a stage never takes its batch, its block or the run with it."""
     try:
-        return _call(stage, batch, state)
-    except Exception as exc:
+        with time_limit(stage.timeout_s * batch.num_rows if stage.timeout_s else None):
+            return _call(stage, batch, state)
+    except (Exception, TimeLimitExceeded) as exc:
         if batch.num_rows == 1:
-            return _as_internal_error(batch, exc)
+            return _rejected(batch, exc, stage)
     parts = []
     for i in range(batch.num_rows):
         row = batch.slice(i, 1)
         try:
-            parts.append(_call(stage, row, state))
-        except Exception as exc:
-            parts.append(_as_internal_error(row, exc))
+            with time_limit(stage.timeout_s):
+                parts.append(_call(stage, row, state))
+        except (Exception, TimeLimitExceeded) as exc:
+            parts.append(_rejected(row, exc, stage))
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _rejected(row: pa.Table, exc: BaseException, stage: Stage) -> pa.Table:
+    if isinstance(exc, TimeLimitExceeded):
+        reject = Reject(RejectReason.STAGE_TIMEOUT, f"{stage.name} took longer than its limit of {stage.timeout_s:g} s on this source")
+    else:
+        reject = internal_error(exc)
+    values = dict(row.to_pylist()[0], reject_reason=reject.reason.value, reject_detail=reject.detail)
+    return table_from_rows([values])
 
 
 def _call(stage: Stage, batch: pa.Table, state: Any) -> pa.Table:
     faults.inject(f"stage:{stage.name}")
     return stage.fn(batch, stage.options, state) if stage.is_model_stage else stage.fn(batch, stage.options)
-
-
-def _as_internal_error(row: pa.Table, exc: BaseException) -> pa.Table:
-    reject = internal_error(exc)
-    values = dict(row.to_pylist()[0], reject_reason=reject.reason.value, reject_detail=reject.detail)
-    return table_from_rows([values])
 
 
 def _stamp_stage(table: pa.Table, name: str) -> pa.Table:

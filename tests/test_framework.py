@@ -138,3 +138,26 @@ def test_model_pools_grow_to_the_gpus_of_the_cluster():
     assert pool_bounds(RayOptions(), cluster_gpus=8, gpus_per_actor=1, stage_actors=2) == (2, 2)
     with pytest.raises(ValueError, match="model_actors"):
         RayOptions(model_actors=0)
+
+
+def _spin_on_two(batch: pa.Table, options) -> pa.Table:
+    if 2 in batch["n"].to_pylist():
+        while True:  # a row built to keep a stage busy for ever
+            pass
+    return batch.append_column("seen", pa.array([True] * batch.num_rows))
+
+
+def _raise_on_three(batch: pa.Table, options) -> pa.Table:
+    if 3 in batch["n"].to_pylist():
+        raise OverflowError("int too large to convert")
+    return batch
+
+
+def test_a_row_that_raises_or_runs_too_long_is_its_own_reject_and_the_batch_goes_on():
+    batch = table_from_rows([{"source_id": str(n), "n": n} for n in range(5)])
+    stages = [Stage("spin", _spin_on_two, None, timeout_s=0.3), Stage("check", _raise_on_three, None)]
+    out = {r["n"]: r for r in run_stages(stages, batch).to_pylist()}
+    assert (out[2]["reject_reason"], out[2]["reject_stage"]) == ("stage_timeout", "spin")
+    assert (out[3]["reject_reason"], out[3]["reject_stage"], out[3]["reject_detail"]) == (
+        "internal_error", "check", "OverflowError: int too large to convert")
+    assert all(out[n]["reject_reason"] is None and out[n]["seen"] for n in (0, 1, 4))

@@ -113,8 +113,8 @@ def test_disk_full_while_committing(sources, clean, tmp_path):
 def test_a_bug_on_one_batch_is_retried_row_by_row(sources, clean, tmp_path):
     """The stage raises once on a whole batch: the batch runs again row by row and every row comes through."""
     out = tmp_path / "out"
-    run(corpus_cmd(sources, out, "--set", "ray.sources_per_block=4"), faults="raise@stage:segment_into_windows", tmp=tmp_path)
-    assert (tmp_path / "fired" / "raise@stage_segment_into_windows").exists()
+    run(corpus_cmd(sources, out), faults="raise@stage:find_audio", tmp=tmp_path)  # a stage over whole blocks of sources
+    assert (tmp_path / "fired" / "raise@stage_find_audio").exists()
     assert_accounted(out, "corpus")
     assert rows(out) == clean[1]
 

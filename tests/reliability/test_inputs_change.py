@@ -114,7 +114,8 @@ def test_a_manifest_that_grows_across_pieces_and_is_reordered(tmp_path, local_ra
         shutil.copyfile(SPEECH / f"{name}.flac", media / f"{name}.flac")
         lines.append(json.dumps({"audio": f"media/{name}.flac", "text": text, "language": language}, ensure_ascii=False))
     manifest = tmp_path / "manifest.jsonl"
-    pieces = ["--set", "sources.manifest_split_mb=0.0001"]  # about 100 bytes: every line a piece of its own
+    pieces = ["--set", "sources.manifest_split_mb=0.0001",  # about 100 bytes: every line a piece of its own
+              "--set", "dedup.enabled=false", "--set", "audio_dedup.enabled=false"]
 
     manifest.write_text("\n".join(lines[1:4]) + "\n", encoding="utf-8")
     out = tmp_path / "out"
