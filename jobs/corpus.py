@@ -243,7 +243,7 @@ def process_pending(out: OutputDir, config: dict[str, Any], splits: list[SourceS
     """Every input that has no committed outcome (or whose committed outcome the inputs now decide differently)
     through the stages into the sink; returns the keys of every input found (sorted) and the plan, None when nothing
     was left to do (then Ray is never started)."""
-    committed = out.committed_keys()
+    committed, found = out.committed_keys(), None
     if len(committed):  # a rerun: is anything left? (discovery in this process, 8 bytes a source kept)
         found = discovered_keys(splits, config["sources"])
         if np.array_equal(found, committed):
@@ -254,12 +254,15 @@ def process_pending(out: OutputDir, config: dict[str, Any], splits: list[SourceS
     read = functools.partial(read_split, options=config["sources"])
     # Every source through the text stages, committed ones too: the global step decides exactly as a whole run would.
     text = plan.materialize(plan.apply(plan.read_splits(splits, read, DISCOVERED_SCHEMA), text_stages(config, verdicts)))
-    found = plan.sorted_values(text, "key")
-    decisions = find_duplicates(plan, text, config["dedup"], duplicate_reject, rows_hint=len(found))
-    retired = out.retire(shards_to_redo(out, found, decisions))
-    committed = out.committed_keys()
-    log.info("%d sources found in %d splits, %d already committed, %d to process%s", len(found), len(splits), len(committed),
-             len(found) - len(committed), f" ({retired} shards taken back: inputs removed, changed or decided differently)" if retired else "")
+    rows = plan.count(text)
+    # A first run's keys wait in the object store for the accounting at the end (the driver holds nothing per source
+    # while the global step and the commits run).
+    keys = plan.materialize(plan.map(text, only_keys)) if found is None else None
+    decisions = find_duplicates(plan, text, config["dedup"], duplicate_reject, rows_hint=rows)
+    retired = out.retire(shards_to_redo(out, found, decisions)) if found is not None else 0
+    committed = out.committed_keys() if found is not None else committed
+    log.info("%d sources found in %d splits, %d already committed, %d to process%s", rows, len(splits), len(committed),
+             rows - len(committed), f" ({retired} shards taken back: inputs removed, changed or decided differently)" if retired else "")
     # Committed work skipped, sources whose id an earlier one took replaced, near-duplicates marked; then what is
     # rejected goes to the sink in the big blocks it is in, and what is left is rebatched for the audio work.
     dataset = plan.map(plan.map(text, without_keys, committed), replace_copies, decisions)
@@ -271,9 +274,13 @@ def process_pending(out: OutputDir, config: dict[str, Any], splits: list[SourceS
     audio = plan.apply(plan.rebatch(plan.map(dataset, active_rows), ray_options.sources_per_block), audio_stages(config, model_memory_gb))
     # Rejected before decoding: their length from the container's header, so every reject has its hours.
     dataset = plan.union(plan.map(plan.map(dataset, rejected_rows), probe_rejected, config["decode"]), audio)
-    for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options), total=len(found) - len(committed), what="sources"):
+    for _ in plan.commit(dataset, functools.partial(commit_corpus_batch, out=out, options=output_options), total=rows - len(committed), what="sources"):
         pass
-    return found, plan
+    return (found if found is not None else plan.sorted_values(keys, "key")), plan
+
+
+def only_keys(batch: pa.Table) -> pa.Table:
+    return batch.select(["key"])
 
 
 def shards_to_redo(out: OutputDir, found: np.ndarray, decisions: DuplicateDecisions) -> list[str]:

@@ -77,6 +77,9 @@ def map_rows(batch: pa.Table, fn: Callable[[dict[str, Any]], dict[str, Any] | Re
     return _table_of(rows, batch, given) if rows else batch
 
 
+RECORDINGS = tuple(name for name, type_ in STREAM_COLUMNS.items() if pa.types.is_large_binary(type_))
+
+
 def _views(column: pa.ChunkedArray) -> list[memoryview | None]:
     """Each value of a binary column as a read-only view of the column's buffer (no copy)."""
     views: list[memoryview | None] = []
@@ -92,8 +95,10 @@ def _views(column: pa.ChunkedArray) -> list[memoryview | None]:
 def _table_of(rows: list[dict[str, Any]], batch: pa.Table, given: dict[str, list[memoryview | None]]) -> pa.Table:
     """The output rows as a table; a recording a row passed on unchanged is the input's column (shared, not copied),
     and one a row made anew is wrapped where it lies (a chunk of one value each)."""
-    recordings = [name for name, type_ in STREAM_COLUMNS.items() if pa.types.is_large_binary(type_) and any(name in row for row in rows)]
+    recordings = [name for name in RECORDINGS if any(name in row for row in rows)]
     recordings += [name for name in given if name not in recordings]
+    if not recordings:
+        return table_from_rows(rows)
     table = table_from_rows([{k: v for k, v in row.items() if k not in recordings} for row in rows])
     for name in recordings:
         values = [row.get(name) for row in rows]

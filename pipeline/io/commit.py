@@ -157,7 +157,9 @@ class OutputDir:
         """The keys of every committed input, sorted, repeats kept (8 bytes an input): what a rerun compares with the
         inputs it finds."""
         parts = [input_keys(marker) for marker in self.iter_markers()]
-        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        keys.sort()
+        return keys
 
     def shards_holding(self, keys: np.ndarray) -> list[str]:
         """The committed shards that account for any of the sorted ``keys``."""

@@ -351,7 +351,7 @@ def _manifest_line(raw: bytes, lineno: int, label: str, spelled: str, base: Path
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not valid UTF-8 ({exc})") from None
-    if _nesting_depth(text) > MAX_LINE_DEPTH:
+    if raw.count(b"[") + raw.count(b"{") > MAX_LINE_DEPTH and _nesting_depth(text) > MAX_LINE_DEPTH:
         raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: JSON nested deeper than {MAX_LINE_DEPTH} levels")
     try:
         entry = json.loads(text)
@@ -360,7 +360,7 @@ def _manifest_line(raw: bytes, lineno: int, label: str, spelled: str, base: Path
     if not isinstance(entry, dict):
         raise _LineError(RejectReason.BAD_MANIFEST_LINE, f"line {lineno}: not a JSON object")
     try:
-        return _manifest_entry(entry, lineno, label, spelled, base, roots, options, audio_only)
+        return _manifest_entry(entry, lineno, label, spelled, base, roots, options, audio_only, content=raw)
     except _LineError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, OSError) as exc:  # values no field check foresaw
@@ -427,6 +427,7 @@ def _manifest_entry(
     roots: list[Path],
     options: SourceOptions,
     audio_only: bool = False,
+    content: bytes = b"",
 ) -> dict[str, Any]:
     audio = _manifest_path(entry.get("audio"), "audio", base, roots)
     has_transcript, has_text = "transcript" in entry, "text" in entry
@@ -455,7 +456,7 @@ def _manifest_entry(
             source_id = stable_id(label, entry["audio"])
     metadata = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     files = [path for path in (audio, transcript) if path is not None and not isinstance(path, str)]
-    version = "|".join([hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest(), *map(file_version, files)])
+    version = "|".join([hashlib.sha256(content.strip()).hexdigest(), *map(file_version, files)])
     return source_row(
         source_id,
         audio if isinstance(audio, str) else os.path.normpath(os.path.join(os.path.dirname(spelled), entry["audio"])),

@@ -300,8 +300,12 @@ class Plan:
     def sorted_values(self, dataset, column: str) -> np.ndarray:
         """One integer column of every row, sorted, on the driver (8 bytes a row: the inputs' keys)."""
         values = timed("phase", f"collect_{column}", 0, _collect, dataset.select_columns([column]), None)
-        found = values[column].to_numpy() if values.num_rows else np.zeros(0, dtype=np.int64)
-        return np.sort(found.astype(np.int64, copy=False))
+        found = values[column].to_numpy().astype(np.int64, copy=False) if values.num_rows else np.zeros(0, dtype=np.int64)
+        del values
+        if not found.flags.writeable:  # a single block's column, shared with Arrow: one copy to sort
+            found = found.copy()
+        found.sort()
+        return found
 
     def columns(self, dataset) -> list[str]:
         return list(dataset.schema().names)

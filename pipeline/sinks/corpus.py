@@ -184,15 +184,7 @@ def commit_corpus_batch(batch: pa.Table, out: OutputDir, options: OutputOptions)
 
 
 DUPLICATE_REASONS = (RejectReason.DUPLICATE.value, RejectReason.EVAL_OVERLAP.value)
-
-
-def text_duplicates(rejects: pa.Table) -> dict[str, str]:
-    """{source id: the source kept for it} of the shard's near-duplicate rejects: a rerun compares them with what the
-    dedup step decides now, and takes the shard back when its inputs changed that decision."""
-    if rejects.num_rows == 0:
-        return {}
-    rows = rejects.filter(pc.is_in(rejects["reason"], value_set=pa.array(DUPLICATE_REASONS)))
-    return dict(zip(rows["source_id"].to_pylist(), rows["duplicate_of"].to_pylist()))
+AFTER_DEDUP_REASONS = pa.array([*DUPLICATE_REASONS, RejectReason.AUDIO_DUPLICATE.value])
 
 
 def _transient_count(rejects: pa.Table) -> int:
@@ -339,13 +331,17 @@ def _marker_fields(rejects: pa.Table) -> dict[str, Any]:
     near-duplicates link to (``clusters``: their text keepers; ``cluster_moves``: those an audio keeper replaced), its
     near-duplicates' keepers (``duplicates``), the sources it dropped as audio duplicates (``audio_dropped``: keeper
     and detail) and its transient rejects."""
+    transient = _transient_count(rejects)
+    decided = AFTER_DEDUP_REASONS
+    if rejects.num_rows:
+        rejects = rejects.filter(pc.is_in(rejects["reason"], value_set=decided))
     rows = rejects.select(["source_id", "reason", "detail", "duplicate_of", "cluster_id"]).to_pylist() if rejects.num_rows else []
     linked = {r["duplicate_of"]: r["cluster_id"] for r in rows if r["reason"] in DUPLICATE_REASONS and r["duplicate_of"]}
     fields = {
         "clusters": sorted(linked),
         "cluster_moves": {target: cluster for target, cluster in sorted(linked.items()) if cluster != target},
-        "duplicates": text_duplicates(rejects),
-        "transient": _transient_count(rejects),
+        "duplicates": {r["source_id"]: r["duplicate_of"] for r in rows if r["reason"] in DUPLICATE_REASONS},
+        "transient": transient,
     }
     audio = {r["source_id"]: [r["duplicate_of"], r["detail"]] for r in rows if r["reason"] == RejectReason.AUDIO_DUPLICATE.value}
     if audio:
@@ -366,7 +362,9 @@ def summarize(out: OutputDir, found: np.ndarray, extra: dict[str, Any] | None = 
     totals = accounting.tally(markers())
     kept, rejected = totals.get("sources_kept", 0), totals.get("rejected", {})
     hours = accounting.hours
-    committed = np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+    committed = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    del keys[:]
+    committed.sort()
     return accounting.summary(
         out.fingerprint,
         accounting.inputs(len(found), kept, rejected),
